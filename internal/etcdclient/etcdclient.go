@@ -1,0 +1,54 @@
+// Package etcdclient builds the etcd client every workersd component uses.
+//
+// The defaults matter for recovery time: gRPC's reconnect backoff grows to two
+// minutes, so after a long etcd outage a worker could stay unregistered long
+// after etcd is back. Capping it keeps "back within TTL after etcd answers".
+package etcdclient
+
+import (
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+)
+
+// MaxReconnectDelay caps gRPC's reconnect backoff.
+const MaxReconnectDelay = time.Second
+
+// New returns a client for endpoints. It does not block: with etcd down the
+// client is returned and calls wait (bounded by their contexts) until it
+// answers. cfg may carry TLS and auth; its endpoints are replaced.
+func New(endpoints []string, cfg clientv3.Config) (*clientv3.Client, error) {
+	if len(endpoints) == 0 {
+		return nil, fmt.Errorf("etcd client: no endpoints")
+	}
+	cfg.Endpoints = endpoints
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.DialKeepAliveTime == 0 {
+		// Detect a dead member quickly enough to fail over within a TTL.
+		cfg.DialKeepAliveTime = 2 * time.Second
+		cfg.DialKeepAliveTimeout = 2 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff: backoff.Config{
+			BaseDelay:  100 * time.Millisecond,
+			Multiplier: 1.6,
+			Jitter:     0.2,
+			MaxDelay:   MaxReconnectDelay,
+		},
+		MinConnectTimeout: 2 * time.Second,
+	}))
+	c, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+	}
+	return c, nil
+}
