@@ -57,7 +57,7 @@ type Worker struct {
 //
 // ctx bounds nothing that blocks; its values (not its cancellation) reach the
 // registration loop, which lives until Stop.
-func Start(ctx context.Context, cfg Config) (w *Worker, err error) {
+func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
@@ -74,7 +74,7 @@ func Start(ctx context.Context, cfg Config) (w *Worker, err error) {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
 
-	w = &Worker{
+	w := &Worker{
 		cfg:         cfg,
 		log:         log,
 		reg:         prometheus.NewRegistry(),
