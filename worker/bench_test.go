@@ -1,0 +1,198 @@
+package worker
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/workersd/workersd/internal/etcdtest"
+)
+
+// rssChildEnv makes the test binary act as the child of BenchmarkRSS.
+const rssChildEnv = "WORKERSD_RSS_CHILD"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(rssChildEnv); mode != "" {
+		rssChild(mode, os.Getenv("WORKERSD_RSS_ETCD"))
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// BenchmarkStartToRegistered measures the whole start-up of a worker (etcd
+// client, listener, registry, registration) until its key is in etcd, with
+// etcd on loopback. Goal: < 100 ms.
+func BenchmarkStartToRegistered(b *testing.B) {
+	etcd := etcdtest.Start(b)
+	log := hclog.NewNullLogger()
+	b.ResetTimer()
+	for b.Loop() {
+		w, err := Start(context.Background(), Config{
+			Job: "bench", Host: "h", EtcdEndpoints: []string{etcd.Endpoint()},
+			ListenAddress: "127.0.0.1:0", FinalScrapeTimeout: new(time.Duration(0)), Logger: log,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := w.WaitRegistered(ctx); err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+		b.StopTimer()
+		if err := w.Stop(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/start")
+}
+
+// BenchmarkMetricsLatency measures /metrics over HTTP for a worker whose
+// application registers 200 series (plus the Go, process, tracer and
+// registrar metrics every worker has), with 20 units in flight for the
+// tracer. Goal: p99 <= 2 ms.
+func BenchmarkMetricsLatency(b *testing.B) {
+	etcd := etcdtest.Start(b)
+	w, err := Start(context.Background(), Config{
+		Job: "bench", Host: "h", EtcdEndpoints: []string{etcd.Endpoint()},
+		ListenAddress: "127.0.0.1:0", FinalScrapeTimeout: new(time.Duration(0)), Logger: hclog.NewNullLogger(),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Stop(context.Background())
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "app_requests_total", Help: "h"}, []string{"route", "code"})
+	w.Registry().MustRegister(vec)
+	for i := range 200 {
+		vec.WithLabelValues("/route/"+strconv.Itoa(i/4), strconv.Itoa(200+i%4)).Add(float64(i))
+	}
+	for i := range 20 {
+		u := w.Tracer().Start(context.Background(), vec.WithLabelValues("/route/"+strconv.Itoa(i), "200"))
+		defer u.End()
+	}
+	client := &http.Client{}
+	url := "http://" + w.Addr() + MetricsPath
+	get := func() {
+		resp, err := client.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatal(resp.Status)
+		}
+	}
+	get()
+	var lat []time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		get()
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(q(0.5), "p50-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
+}
+
+// BenchmarkRSS compares the resident memory of two processes of this same
+// binary: one idle, one running a registered worker that has served a few
+// scrapes with 200 application series. Same binary, so the difference is
+// what the package adds at run time (heap, goroutines, touched code), not
+// link-time size. Goal: <= 5 MB.
+func BenchmarkRSS(b *testing.B) {
+	etcd := etcdtest.Start(b)
+	var without, with int
+	for b.Loop() {
+		without = childRSS(b, "without", etcd.Endpoint())
+		with = childRSS(b, "with", etcd.Endpoint())
+	}
+	b.ReportMetric(float64(without)/1024, "MB-rss-without")
+	b.ReportMetric(float64(with)/1024, "MB-rss-with")
+	b.ReportMetric(float64(with-without)/1024, "MB-added")
+}
+
+func childRSS(b *testing.B, mode, endpoint string) int {
+	b.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), rssChildEnv+"="+mode, "WORKERSD_RSS_ETCD="+endpoint)
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("rss child %s: %v", mode, err)
+	}
+	kb, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		b.Fatalf("rss child %s printed %q", mode, out)
+	}
+	return kb
+}
+
+// rssChild prints its VmRSS in kB after (mode "with") running a worker.
+func rssChild(mode, endpoint string) {
+	if mode == "with" {
+		w, err := Start(context.Background(), Config{
+			Job: "rss", Host: "h", EtcdEndpoints: []string{endpoint},
+			ListenAddress: "127.0.0.1:0", FinalScrapeTimeout: new(time.Duration(0)), Logger: hclog.NewNullLogger(),
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := w.WaitRegistered(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "app_requests_total", Help: "h"}, []string{"route"})
+		w.Registry().MustRegister(vec)
+		for i := range 200 {
+			vec.WithLabelValues(strconv.Itoa(i)).Inc()
+		}
+		for range 5 {
+			resp, err := http.Get("http://" + w.Addr() + MetricsPath)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		defer w.Stop(context.Background())
+	}
+	runtime.GC()
+	fmt.Println(vmRSS())
+}
+
+func vmRSS() int {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			return n
+		}
+	}
+	return -1
+}
