@@ -1,0 +1,13 @@
+// Package sdfile renders Prometheus target groups as file_sd / http_sd JSON
+// and keeps a file and an HTTP endpoint up to date with them.
+//
+// Rendering is deterministic (Render, Store): the same groups give the same
+// bytes whatever the order they came in, so two sdwriters beside two
+// Prometheus servers write identical files. WriteFile replaces a file
+// atomically with a temporary file that no *.json glob matches, fsync,
+// mode 0644 and rename; FileWriter writes only when the content changes.
+// Syncer ties them together for a discoverer: it takes updates, coalesces
+// bursts, writes, retries failed writes and serves the same bytes as http_sd.
+//
+// The package knows nothing of etcd; it works with any discoverer's groups.
+package sdfile

@@ -1,0 +1,208 @@
+package sdfile
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+)
+
+// waitOutput waits until the Syncer's output satisfies ok.
+func waitOutput(t *testing.T, s *Syncer, ok func([]byte) bool) []byte {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		out, next := s.Output()
+		if out != nil && ok(out) {
+			return out
+		}
+		select {
+		case <-next:
+		case <-deadline:
+			t.Fatalf("output never as expected; last:\n%s", out)
+		}
+	}
+}
+
+func startSyncer(t *testing.T, opts Options) *Syncer {
+	t.Helper()
+	s := New(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s
+}
+
+func get(t *testing.T, h http.Handler) (int, string, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/sd", nil))
+	b, _ := io.ReadAll(rec.Body)
+	return rec.Code, rec.Header().Get("Content-Type"), string(b)
+}
+
+func TestSyncer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sd", "targets.json")
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	os.WriteFile(path, []byte("previous run\n"), 0o644)
+	m := NewMetrics(nil)
+	s := startSyncer(t, Options{File: path, Metrics: m})
+
+	// Before the first update: no output, the previous file stays.
+	if s.Ready() {
+		t.Fatal("ready before any update")
+	}
+	if code, _, _ := get(t, s); code != http.StatusServiceUnavailable {
+		t.Fatalf("/sd before the first update: %d, want 503", code)
+	}
+	checkFile(t, path, "previous run\n")
+
+	// The first update, even empty, is the complete set.
+	s.Update(nil, time.Now())
+	waitOutput(t, s, func(b []byte) bool { return string(b) == "[]\n" })
+	checkFile(t, path, "[]\n")
+	if code, ct, body := get(t, s); code != 200 || ct != "application/json" || body != "[]\n" {
+		t.Fatalf("/sd: %d %q %q", code, ct, body)
+	}
+	if !s.Ready() {
+		t.Fatal("not ready after the first update")
+	}
+
+	g := group("/k/a", []string{"h:1"}, model.LabelSet{"job": "api"})
+	s.Update([]*targetgroup.Group{g}, time.Now())
+	out := waitOutput(t, s, func(b []byte) bool { return bytes.Contains(b, []byte("h:1")) })
+	checkFile(t, path, string(out))
+	if _, _, body := get(t, s); body != string(out) {
+		t.Errorf("/sd serves %q, the file holds %q", body, out)
+	}
+	if got := value(m.Targets.WithLabelValues("api")); got != 1 {
+		t.Errorf("targets{job=api} = %v", got)
+	}
+
+	s.Update([]*targetgroup.Group{{Source: "/k/a"}}, time.Now())
+	waitOutput(t, s, func(b []byte) bool { return string(b) == "[]\n" })
+	checkFile(t, path, "[]\n")
+	if n := count(m.Targets); n != 0 {
+		t.Errorf("targets has %d series after the last target went", n)
+	}
+	if got := value(m.Writes); got != 3 {
+		t.Errorf("writes = %v, want 3", got)
+	}
+	if got := count(m.Latency); got != 1 {
+		t.Errorf("latency histogram missing")
+	}
+}
+
+// Updates that arrive while the Syncer is busy are written once.
+func TestSyncerCoalesces(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.json")
+	m := NewMetrics(nil)
+	s := New(Options{File: path, Metrics: m})
+	for i := range 1000 {
+		s.Update([]*targetgroup.Group{group(fmt.Sprint(i), []string{fmt.Sprintf("h:%d", i+1)}, nil)}, time.Now())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	waitOutput(t, s, func(b []byte) bool { return bytes.Contains(b, []byte(`"h:1000"`)) })
+	if got := value(m.Writes); got != 1 {
+		t.Errorf("1000 queued updates took %v writes, want 1", got)
+	}
+}
+
+// A failed write is counted, leaves the previous file, and is retried until
+// it succeeds; /sd serves the new targets meanwhile.
+func TestSyncerRetriesFailedWrites(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.json")
+	m := NewMetrics(nil)
+	s := startSyncer(t, Options{File: path, Metrics: m, RetryInterval: 20 * time.Millisecond})
+	s.Update(nil, time.Now())
+	waitOutput(t, s, func(b []byte) bool { return string(b) == "[]\n" })
+
+	var groups []*targetgroup.Group
+	for i := range 100 {
+		groups = append(groups, group(fmt.Sprint(i), []string{fmt.Sprintf("host-%d:%d", i, i+1)}, model.LabelSet{"job": "j"}))
+	}
+	t.Run("disk full", func(t *testing.T) {
+		limitFileSize(t, 1024)
+		s.Update(groups, time.Now())
+		deadline := time.Now().Add(10 * time.Second)
+		for value(m.WriteErrors) < 3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("write errors = %v, want retries", value(m.WriteErrors))
+			}
+			_, next := s.Output()
+			<-next
+		}
+		checkFile(t, path, "[]\n")
+		if _, _, body := get(t, s); !bytes.Contains([]byte(body), []byte("host-99")) {
+			t.Errorf("/sd does not serve the new targets while the file cannot be written")
+		}
+	})
+	// The limit is lifted: the next retry writes the file.
+	want := Render(groups)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the file was not written after the failure ended")
+		}
+		_, next := s.Output()
+		select {
+		case <-next:
+		case <-time.After(time.Second):
+		}
+	}
+	checkFile(t, path, string(want))
+	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
+		t.Errorf("failed writes left %v", ents)
+	}
+}
+
+// Without a file, the output is still rendered and served.
+func TestSyncerWithoutFile(t *testing.T) {
+	s := startSyncer(t, Options{})
+	s.Update([]*targetgroup.Group{group("a", []string{"h:1"}, nil)}, time.Time{})
+	waitOutput(t, s, func(b []byte) bool { return bytes.Contains(b, []byte("h:1")) })
+	if code, _, _ := get(t, s); code != 200 {
+		t.Fatalf("/sd: %d", code)
+	}
+}
+
+// value reads the one counter or gauge in c (testutil would need another
+// module).
+func value(c prometheus.Collector) float64 {
+	ch := make(chan prometheus.Metric, 1)
+	c.Collect(ch)
+	var m dto.Metric
+	(<-ch).Write(&m)
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
+}
+
+// count is how many series c has.
+func count(c prometheus.Collector) int {
+	ch := make(chan prometheus.Metric)
+	go func() { c.Collect(ch); close(ch) }()
+	n := 0
+	for range ch {
+		n++
+	}
+	return n
+}
