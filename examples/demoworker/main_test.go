@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
+)
+
+// The binary registers, processes exactly --jobs units, and on SIGTERM waits
+// for a final scrape (which reads every unit) before it deregisters and exits.
+func TestDemoworkerGracefulStop(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	bin := filepath.Join(t.TempDir(), "demoworker")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "--etcd.endpoints="+etcd.Endpoint(), "--job=dw", "--host=h",
+		"--listen-address=127.0.0.1:0", "--jobs=1000", "--rate=0", "--job-duration=0s",
+		"--final-scrape-timeout=1m", "--log.level=warn")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening on ")
+	if err != nil || !ok {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	count := func() string {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "demo_jobs_processed_total "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	keys := func() int64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := cli.Get(ctx, "/workersd/v1/dw/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return -1
+		}
+		return r.Count
+	}
+	poll.Until(t, 30*time.Second, func() bool { return keys() == 1 }, "demoworker never registered")
+	poll.Until(t, 30*time.Second, func() bool { return count() == "1000" }, "never processed 1000 units")
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// Scrape as Prometheus would until the worker exits: the scrape that
+	// begins after it saw SIGTERM is the final one, and every scrape,
+	// that one included, reads all 1000 units while the key is in etcd.
+	deadline := time.After(30 * time.Second)
+	for exited := false; !exited; {
+		registered := keys() == 1
+		if got := count(); got != "" {
+			if got != "1000" || !registered {
+				t.Fatalf("scrape read %q with key registered=%v, want 1000 while registered", got, registered)
+			}
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("exit: %v", err)
+			}
+			exited = true
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no exit after SIGTERM and scrapes")
+		}
+	}
+	if n := keys(); n != 0 {
+		t.Fatalf("%d keys left after exit", n)
+	}
+}
