@@ -1,0 +1,495 @@
+package registrar
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+const (
+	// DefaultTTL is the lease TTL: a crashed worker disappears within about
+	// this long; keep-alives cost about 3/TTL requests per second per worker.
+	DefaultTTL = 10 * time.Second
+	// MinTTL is etcd's own floor (1.5 x election timeout, rounded up); a
+	// shorter lease is silently extended by the server, so it is refused.
+	MinTTL = 2 * time.Second
+)
+
+// Config is the identity of one registration and where it goes.
+type Config struct {
+	// Client is the etcd client; the caller owns it and closes it after
+	// Deregister.
+	Client *clientv3.Client
+	// Prefix is where registrations live; DefaultPrefix when empty.
+	Prefix string
+	// Job and Host name the worker; the slot is claimed, not configured.
+	Job, Host string
+	// Value says where Prometheus scrapes the worker. Address is required.
+	// A zero StartedAt is set to the time New is called.
+	Value Value
+	// TTL of the lease; DefaultTTL when zero, at least MinTTL.
+	TTL time.Duration
+	// Registerer receives the registrar's metrics; nil means none. Several
+	// registrars may share one Registerer: they then share the collectors.
+	Registerer prometheus.Registerer
+	// Logger; nil discards.
+	Logger hclog.Logger
+}
+
+// State is what the caller can read about a registration.
+type State struct {
+	// Registered is true while the key is in etcd on a live lease, as far as
+	// the registrar knows.
+	Registered bool
+	// Key and Slot of the current (or last) claim; Slot is -1 before any.
+	Key     string
+	Slot    int
+	LeaseID clientv3.LeaseID
+	// LastError is why the last attempt or registration failed; nil when
+	// registered without incident.
+	LastError error
+	// Registrations counts successful claims, the first included.
+	Registrations int
+}
+
+// Registrar keeps one registration alive until Deregister.
+type Registrar struct {
+	cfg      Config
+	prefix   string
+	value    []byte
+	ttlSec   int64
+	opTO     time.Duration
+	backoffs backoffPolicy
+	log      hclog.Logger
+	m        *metrics
+
+	mu      sync.Mutex
+	state   State
+	changed chan struct{} // closed and replaced on every state change
+	cancel  context.CancelFunc
+	done    chan struct{}
+
+	// Owned by the run goroutine; read by Deregister only after it ended.
+	lease clientv3.LeaseID
+	key   string
+	slot  int
+	rev   int64 // revision at which the key was last known to be ours
+}
+
+// New validates cfg and returns a registrar that has not registered yet. Every
+// error is a *FieldError naming the offending field.
+func New(cfg Config) (*Registrar, error) {
+	if cfg.Client == nil {
+		return nil, fieldErr("client", "an etcd client is required")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if err := ValidatePrefix(cfg.Prefix); err != nil {
+		return nil, err
+	}
+	if err := ValidateName("job", cfg.Job); err != nil {
+		return nil, err
+	}
+	if err := ValidateName("host", cfg.Host); err != nil {
+		return nil, err
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < MinTTL {
+		return nil, fieldErr("ttl", "%s is below etcd's minimum lease TTL of %s", cfg.TTL, MinTTL)
+	}
+	if cfg.Value.StartedAt.IsZero() {
+		cfg.Value.StartedAt = time.Now().UTC().Truncate(time.Second)
+	}
+	value, err := cfg.Value.Encode()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	r := &Registrar{
+		cfg:    cfg,
+		prefix: Key{Prefix: cfg.Prefix, Job: cfg.Job, Host: cfg.Host}.SlotPrefix(),
+		value:  value,
+		ttlSec: int64((cfg.TTL + time.Second - 1) / time.Second),
+		// An etcd call may wait for a connection; bound it so a dead
+		// endpoint turns into a retry rather than a hang.
+		opTO:     min(max(cfg.TTL, 2*time.Second), 5*time.Second),
+		backoffs: backoffPolicy{base: 100 * time.Millisecond, max: min(cfg.TTL/2, 3*time.Second)},
+		log:      cfg.Logger.With("job", cfg.Job, "host", cfg.Host),
+		m:        m,
+		changed:  make(chan struct{}),
+		slot:     -1,
+	}
+	r.state.Slot = -1
+	return r, nil
+}
+
+// Register starts keeping the registration alive in the background and
+// returns at once: an application must start even when etcd is down. The
+// loop ends when ctx is cancelled or Deregister is called; only Deregister
+// removes the key at once. Calling Register again has no effect.
+func (r *Registrar) Register(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done != nil {
+		return
+	}
+	ctx, r.cancel = context.WithCancel(ctx)
+	r.done = make(chan struct{})
+	r.m.state.WithLabelValues("retrying").Inc()
+	go r.run(ctx)
+}
+
+// Deregister stops the loop and revokes the lease, so the key disappears at
+// once. The revoke is bounded by ctx and by the TTL; if it fails the key
+// expires with its lease. Deregister before Register does nothing.
+func (r *Registrar) Deregister(ctx context.Context) error {
+	r.mu.Lock()
+	cancel, done := r.cancel, r.done
+	r.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("deregister %s: %w", r.prefix, ctx.Err())
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lease == 0 {
+		return nil
+	}
+	lease := r.lease
+	r.lease = 0
+	rctx, rcancel := context.WithTimeout(ctx, r.cfg.TTL)
+	defer rcancel()
+	if _, err := r.cfg.Client.Revoke(rctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("deregister %s: revoke lease %x: %w", r.key, lease, err)
+	}
+	r.log.Debug("deregistered", "key", r.key)
+	return nil
+}
+
+// State returns a copy of the current state.
+func (r *Registrar) State() State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state
+}
+
+// WaitRegistered blocks until the registration is in etcd or ctx ends.
+func (r *Registrar) WaitRegistered(ctx context.Context) error {
+	for {
+		r.mu.Lock()
+		ok, ch, err := r.state.Registered, r.changed, r.state.LastError
+		r.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("wait registered: %w (last error: %v)", ctx.Err(), err)
+			}
+			return fmt.Errorf("wait registered: %w", ctx.Err())
+		}
+	}
+}
+
+func (r *Registrar) setState(f func(*State)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	before := r.state.Registered
+	f(&r.state)
+	if before != r.state.Registered {
+		from, to := "retrying", "registered"
+		if before {
+			from, to = to, from
+		}
+		r.m.state.WithLabelValues(from).Dec()
+		r.m.state.WithLabelValues(to).Inc()
+	}
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// run owns the registration until ctx ends: claim, hold, and after any loss
+// claim again, for ever. Unlike go-kit's sd/etcdv3 it never gives up.
+func (r *Registrar) run(ctx context.Context) {
+	defer close(r.done)
+	defer func() {
+		r.setState(func(s *State) { s.Registered = false })
+		r.m.state.WithLabelValues("retrying").Dec()
+	}()
+	failures := 0
+	for {
+		start := time.Now()
+		err := r.claim(ctx)
+		if err == nil {
+			r.m.latency.Observe(time.Since(start).Seconds())
+			r.mu.Lock()
+			n := r.state.Registrations
+			r.mu.Unlock()
+			if n > 0 {
+				r.m.reregistrations.Inc()
+			}
+			r.setState(func(s *State) {
+				s.Registered, s.Key, s.Slot, s.LeaseID, s.LastError = true, r.key, r.slot, r.lease, nil
+				s.Registrations++
+			})
+			r.log.Info("registered", "key", r.key, "lease", fmt.Sprintf("%x", int64(r.lease)))
+			held := time.Now()
+			err = r.hold(ctx)
+			if time.Since(held) > r.cfg.TTL {
+				failures = 0 // a registration that lasted resets the backoff
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		r.setState(func(s *State) { s.Registered, s.LastError = false, err })
+		r.log.Warn("registration lost or failed; retrying", "error", err)
+		delay := r.backoffs.delay(failures)
+		failures++
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// claim makes sure the worker's key is in etcd on a live lease: it keeps a
+// registration that survived (etcd restarted with its data), otherwise it
+// revokes the old lease, grants a new one and claims the previous slot or
+// the lowest free one.
+func (r *Registrar) claim(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTO)
+	defer cancel()
+	cli := r.cfg.Client
+
+	if r.lease != 0 {
+		held, err := r.stillHeld(ctx)
+		if err != nil {
+			return err
+		}
+		if held {
+			return nil
+		}
+		// Best effort: a lease that survived on the server must not keep a
+		// second key alive next to the new claim.
+		if _, err := cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("revoke previous lease %x: %w", int64(r.lease), err)
+		}
+		r.lease = 0
+	}
+
+	grant, err := cli.Grant(ctx, r.ttlSec)
+	if err != nil {
+		return fmt.Errorf("grant lease: %w", err)
+	}
+	r.lease = grant.ID
+
+	if r.slot >= 0 {
+		ok, err := r.tryClaim(ctx, r.slot)
+		if err != nil || ok {
+			return err
+		}
+	}
+	for {
+		n, err := r.lowestFree(ctx)
+		if err != nil {
+			return err
+		}
+		ok, err := r.tryClaim(ctx, n)
+		if err != nil || ok {
+			return err
+		}
+	}
+}
+
+// stillHeld reports whether the current key still holds this registrar's
+// value on its lease.
+func (r *Registrar) stillHeld(ctx context.Context) (bool, error) {
+	if r.key == "" {
+		return false, nil
+	}
+	resp, err := r.cfg.Client.Get(ctx, r.key)
+	if err != nil {
+		return false, fmt.Errorf("check key %s: %w", r.key, err)
+	}
+	if len(resp.Kvs) == 1 && r.ours(resp.Kvs[0]) {
+		r.rev = resp.Header.Revision
+		return true, nil
+	}
+	return false, nil
+}
+
+func (r *Registrar) ours(kv *mvccpb.KeyValue) bool {
+	return clientv3.LeaseID(kv.Lease) == r.lease && bytes.Equal(kv.Value, r.value)
+}
+
+// tryClaim creates the key for slot n if, and only if, nobody holds it.
+func (r *Registrar) tryClaim(ctx context.Context, n int) (bool, error) {
+	key := r.prefix + fmt.Sprint(n)
+	resp, err := r.cfg.Client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(r.value), clientv3.WithLease(r.lease))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("claim slot %d: %w", n, err)
+	}
+	if !resp.Succeeded {
+		return false, nil
+	}
+	r.key, r.slot, r.rev = key, n, resp.Header.Revision
+	return true, nil
+}
+
+// lowestFree lists the taken slots of (job, host) and returns the lowest
+// free one. Keys that are not canonical slots do not block a slot.
+func (r *Registrar) lowestFree(ctx context.Context) (int, error) {
+	resp, err := r.cfg.Client.Get(ctx, r.prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, fmt.Errorf("list slots under %s: %w", r.prefix, err)
+	}
+	taken := make([]int, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		if n, err := parseSlot(string(kv.Key[len(r.prefix):])); err == nil {
+			taken = append(taken, n)
+		}
+	}
+	sort.Ints(taken)
+	n := 0
+	for _, t := range taken {
+		if t == n {
+			n++
+		} else if t > n {
+			break
+		}
+	}
+	if n > MaxSlot {
+		return 0, fmt.Errorf("no free slot under %s", r.prefix)
+	}
+	return n, nil
+}
+
+// errLost explains why a held registration ended.
+type errLost struct{ reason, detail string }
+
+func (e *errLost) Error() string { return e.reason + ": " + e.detail }
+
+// hold keeps the lease alive and watches the key until either is lost.
+func (r *Registrar) hold(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cli := r.cfg.Client
+
+	ka, err := cli.KeepAlive(ctx, r.lease)
+	if err != nil {
+		r.m.keepaliveFailures.Inc()
+		return r.lost("keepalive_failed", err.Error())
+	}
+	watch := func() clientv3.WatchChan {
+		return cli.Watch(clientv3.WithRequireLeader(ctx), r.key, clientv3.WithRev(r.rev+1))
+	}
+	wch := watch()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case resp, ok := <-ka:
+			if !ok || resp == nil {
+				r.m.keepaliveFailures.Inc()
+				return r.lost("keepalive_closed", fmt.Sprintf("lease %x expired or etcd unreachable for a TTL", int64(r.lease)))
+			}
+			if resp.TTL <= 0 {
+				r.m.keepaliveFailures.Inc()
+				return r.lost("lease_expired", fmt.Sprintf("lease %x not found", int64(r.lease)))
+			}
+		case wr, ok := <-wch:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					return r.lost("key_deleted", r.key)
+				}
+				if !r.ours(ev.Kv) {
+					return r.lost("key_overwritten", fmt.Sprintf("%s now holds lease %x", r.key, ev.Kv.Lease))
+				}
+				r.rev = ev.Kv.ModRevision
+			}
+			if !ok || wr.Canceled || wr.Err() != nil {
+				// The watch broke (compaction, no leader, stream closed):
+				// look at the key itself, then watch again. The keep-alive
+				// stays the judge of whether etcd is reachable.
+				if err := r.recheck(ctx); err != nil {
+					return err
+				}
+				wch = watch()
+			}
+		}
+	}
+}
+
+// recheck verifies the key after a broken watch, waiting a moment first so a
+// watch that keeps failing does not spin.
+func (r *Registrar) recheck(ctx context.Context) error {
+	select {
+	case <-time.After(r.backoffs.base):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	gctx, cancel := context.WithTimeout(ctx, r.opTO)
+	defer cancel()
+	resp, err := r.cfg.Client.Get(gctx, r.key)
+	if err != nil {
+		return nil // unreachable: the keep-alive will tell if the lease is gone
+	}
+	if len(resp.Kvs) != 1 || !r.ours(resp.Kvs[0]) {
+		return r.lost("key_lost", r.key+" no longer holds this registration")
+	}
+	r.rev = resp.Header.Revision
+	return nil
+}
+
+func (r *Registrar) lost(reason, detail string) error {
+	r.m.losses.WithLabelValues(reason).Inc()
+	return &errLost{reason: reason, detail: detail}
+}
+
+// backoffPolicy is capped exponential backoff with jitter, so that workers
+// that lost etcd together do not return together.
+type backoffPolicy struct{ base, max time.Duration }
+
+func (b backoffPolicy) delay(failures int) time.Duration {
+	d := b.base << min(failures, 16)
+	if d > b.max || d <= 0 {
+		d = b.max
+	}
+	// Jitter within [d/2, d].
+	return d/2 + rand.N(d/2+1)
+}
