@@ -45,6 +45,18 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Logger; nil discards.
 	Logger hclog.Logger
+	// Resume adopts a registration made earlier by another process (a host
+	// agent that restarted): if Key still holds the same value on Lease, it
+	// is kept instead of claiming a second slot; otherwise Lease is revoked
+	// and Key's slot is tried first. Value, StartedAt included, must be the
+	// one registered then.
+	Resume Resume
+}
+
+// Resume names a registration to adopt; see Config.Resume.
+type Resume struct {
+	Key   string
+	Lease clientv3.LeaseID
 }
 
 // State is what the caller can read about a registration.
@@ -140,6 +152,16 @@ func New(cfg Config) (*Registrar, error) {
 		slot:     -1,
 	}
 	r.state.Slot = -1
+	if cfg.Resume.Key != "" {
+		k, err := ParseKey(cfg.Prefix, cfg.Resume.Key)
+		if err != nil {
+			return nil, fieldErr("resume.key", "%v", err)
+		}
+		if k.Job != cfg.Job || k.Host != cfg.Host {
+			return nil, fieldErr("resume.key", "%q is not a key of job %q on host %q", cfg.Resume.Key, cfg.Job, cfg.Host)
+		}
+		r.key, r.slot, r.lease = cfg.Resume.Key, k.Slot, cfg.Resume.Lease
+	}
 	return r, nil
 }
 

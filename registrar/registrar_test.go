@@ -483,3 +483,58 @@ func TestNoGoroutineLeftAfterDeregister(t *testing.T) {
 	cli.Close()
 	goleak.VerifyNone(t, ignore)
 }
+
+func TestResumeAdoptsARegistrationInsteadOfDuplicatingIt(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	started := time.Now().UTC().Truncate(time.Second)
+	cfg := registrar.Config{Client: cli, Job: "agent", Host: "h", TTL: testTTL,
+		Value: registrar.Value{Address: "127.0.0.1:4400", PID: 77, StartedAt: started}}
+
+	// The first process registers and dies without revoking: its context
+	// ends, which stops the loop but leaves the lease to live out its TTL.
+	first, err := registrar.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first.Register(ctx)
+	if err := first.WaitRegistered(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	old := first.State()
+	cancel()
+
+	cfg.Resume = registrar.Resume{Key: old.Key, Lease: old.LeaseID}
+	second, err := registrar.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(t, second)
+	if st := second.State(); st.Key != old.Key || st.LeaseID != old.LeaseID {
+		t.Fatalf("resumed as %s on lease %x, want %s on %x", st.Key, st.LeaseID, old.Key, old.LeaseID)
+	}
+	// Kept alive by the new owner well past the TTL, and still one key.
+	time.Sleep(testTTL + time.Second)
+	if k := keys(t, cli, registrar.DefaultPrefix); len(k) != 1 || k[old.Key] != int64(old.LeaseID) {
+		t.Fatalf("keys after resume: %v", k)
+	}
+
+	// A resume whose lease is gone claims the same slot anew.
+	if err := second.Deregister(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	third, err := registrar.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(t, third)
+	if st := third.State(); st.Key != old.Key || st.LeaseID == old.LeaseID {
+		t.Fatalf("resume of a revoked lease: %+v, want slot %s on a new lease", st, old.Key)
+	}
+
+	cfg.Resume = registrar.Resume{Key: "/workersd/v1/other/h/0"}
+	if _, err := registrar.New(cfg); err == nil || !strings.Contains(err.Error(), "resume.key") {
+		t.Fatalf("resume of another job's key: %v", err)
+	}
+}
