@@ -1,0 +1,431 @@
+package etcdsd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/workersd/workersd/registrar"
+)
+
+// Defaults for Options.
+const (
+	DefaultPageSize       = 2000
+	DefaultRequestTimeout = 10 * time.Second
+	DefaultProbeInterval  = 5 * time.Second
+	DefaultMinBackoff     = 100 * time.Millisecond
+	DefaultMaxBackoff     = 5 * time.Second
+)
+
+// Sink receives what a Discoverer finds: first, once the first listing is
+// complete, every group (possibly none); then every change. A group with no
+// targets means its source (the etcd key) is gone. Groups are never modified
+// after they are handed over. seen is when the etcd response that caused the
+// update arrived.
+//
+// Update is called from the Discoverer's goroutine; while it runs, etcd
+// events queue up and are coalesced into the next call.
+type Sink interface {
+	Update(groups []*targetgroup.Group, seen time.Time)
+}
+
+// Options configure a Discoverer. Zero values mean the defaults.
+type Options struct {
+	// Prefix is where registrations live; registrar.DefaultPrefix when empty.
+	Prefix string
+	// Logger; nil discards.
+	Logger hclog.Logger
+	// Metrics; nil means metrics that are kept but not registered.
+	Metrics *Metrics
+	// PageSize is the number of keys per list request.
+	PageSize int
+	// RequestTimeout bounds one list request.
+	RequestTimeout time.Duration
+	// ProbeInterval is how often etcd is probed with a linearizable read,
+	// which tells whether it is reachable and whether it is still the same
+	// cluster (a rebuilt etcd starts its revisions again, and a watch on the
+	// old revision would wait for ever).
+	ProbeInterval time.Duration
+	// MinBackoff and MaxBackoff bound the jittered, doubling wait between
+	// failed attempts to list or watch.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Discoverer lists and watches the registrations under a prefix and turns
+// them into target groups, one per registration (see TargetGroup).
+//
+// It never reports an outage as an empty target list: while etcd cannot be
+// read, nothing is emitted; after it can, the prefix is listed again and only
+// the differences are emitted. When two registrations have the same address,
+// only the one created last is emitted.
+type Discoverer struct {
+	client *clientv3.Client
+	owned  bool // close client when Run returns
+	opts   Options
+	log    hclog.Logger
+	m      *Metrics
+
+	running   atomic.Bool
+	synced    chan struct{}
+	reachable atomic.Bool
+
+	// Owned by the Run goroutine.
+	invalidLog, dupLog *limiter
+}
+
+// New returns a Discoverer reading through client, which the caller keeps
+// and closes after Run has returned.
+func New(client *clientv3.Client, opts Options) (*Discoverer, error) {
+	if client == nil {
+		return nil, errors.New("etcdsd: no etcd client")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = registrar.DefaultPrefix
+	}
+	if err := registrar.ValidatePrefix(opts.Prefix); err != nil {
+		return nil, fmt.Errorf("etcdsd: %w", err)
+	}
+	setDefault(&opts.PageSize, DefaultPageSize)
+	setDefault(&opts.RequestTimeout, DefaultRequestTimeout)
+	setDefault(&opts.ProbeInterval, DefaultProbeInterval)
+	setDefault(&opts.MinBackoff, DefaultMinBackoff)
+	setDefault(&opts.MaxBackoff, DefaultMaxBackoff)
+	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
+	return &Discoverer{
+		client:     client,
+		opts:       opts,
+		log:        opts.Logger,
+		m:          opts.Metrics,
+		synced:     make(chan struct{}),
+		invalidLog: newLimiter(time.Second, 10),
+		dupLog:     newLimiter(time.Second, 10),
+	}, nil
+}
+
+func setDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
+// Synced is closed once the first complete listing has been handed over.
+func (d *Discoverer) Synced() <-chan struct{} { return d.synced }
+
+// Reachable says whether etcd answered the last list, watch or probe.
+func (d *Discoverer) Reachable() bool { return d.reachable.Load() }
+
+// Run implements discovery.Discoverer: it sends the groups to up until ctx is
+// done. It does not close up. A Discoverer runs once (Run or RunSink).
+func (d *Discoverer) Run(ctx context.Context, up chan<- []*targetgroup.Group) {
+	d.RunSink(ctx, chanSink{ctx: ctx, up: up})
+}
+
+type chanSink struct {
+	ctx context.Context
+	up  chan<- []*targetgroup.Group
+}
+
+func (s chanSink) Update(groups []*targetgroup.Group, _ time.Time) {
+	select {
+	case s.up <- groups:
+	case <-s.ctx.Done():
+	}
+}
+
+// RunSink hands everything found to sink until ctx is done.
+func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
+	if !d.running.CompareAndSwap(false, true) {
+		panic("etcdsd: a Discoverer runs only once")
+	}
+	if d.owned {
+		defer d.client.Close()
+	}
+	st := newState(d.opts.Prefix, d.m)
+	st.onError = d.logInvalid
+	st.onDup = d.logDuplicate
+	bo := backoff{min: d.opts.MinBackoff, max: d.opts.MaxBackoff}
+	var cluster uint64
+	first := true
+	for ctx.Err() == nil {
+		start := time.Now()
+		kvs, hdr, err := d.list(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.m.ListFailures.Inc()
+			d.setReachable(false, err)
+			wait := bo.next()
+			d.log.Warn("cannot list etcd; the targets already emitted stay as they are", "prefix", d.opts.Prefix, "error", err, "retry_in", wait)
+			if !sleep(ctx, wait) {
+				return
+			}
+			continue
+		}
+		seen := time.Now()
+		d.setReachable(true, nil)
+		fresh := !first && hdr.ClusterId != cluster
+		if fresh {
+			d.log.Warn("etcd is another cluster now (rebuilt or restored); reading every registration again",
+				"old_cluster_id", fmt.Sprintf("%x", cluster), "cluster_id", fmt.Sprintf("%x", hdr.ClusterId))
+		}
+		cluster = hdr.ClusterId
+		st.relist(kvs, fresh)
+		kvs = nil // let the listing go before the watch starts
+		groups := st.flush()
+		if first {
+			d.log.Info("listed registrations", "prefix", d.opts.Prefix, "revision", hdr.Revision,
+				"registrations", len(st.entries), "targets", len(st.shown), "invalid", len(st.invalid), "took", seen.Sub(start))
+			sink.Update(groups, seen)
+			close(d.synced)
+			first = false
+		} else {
+			d.m.Relists.Inc()
+			d.log.Info("listed registrations again", "revision", hdr.Revision, "changed", len(groups), "targets", len(st.shown))
+			if len(groups) > 0 {
+				sink.Update(groups, seen)
+			}
+		}
+
+		watchStart := time.Now()
+		end := d.watch(ctx, st, sink, hdr.Revision, cluster)
+		if ctx.Err() != nil {
+			return
+		}
+		d.m.WatchRestarts.Inc()
+		if time.Since(watchStart) > d.opts.MaxBackoff {
+			bo.reset()
+		}
+		if end.err != nil && errors.Is(end.err, rpctypes.ErrCompacted) {
+			d.log.Info("watch fell behind etcd compaction; listing again", "error", end.err)
+			continue
+		}
+		if end.rebuilt {
+			continue
+		}
+		wait := bo.next()
+		d.log.Warn("etcd watch ended; listing again", "error", end.err, "retry_in", wait)
+		if !sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// list reads every key under the prefix at one revision, in pages.
+func (d *Discoverer) list(ctx context.Context) ([]*mvccpb.KeyValue, *pb.ResponseHeader, error) {
+	end := clientv3.GetPrefixRangeEnd(d.opts.Prefix)
+	key := d.opts.Prefix
+	var (
+		kvs []*mvccpb.KeyValue
+		hdr *pb.ResponseHeader
+	)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(d.opts.PageSize))}
+		if hdr != nil {
+			opts = append(opts, clientv3.WithRev(hdr.Revision))
+		}
+		rctx, cancel := context.WithTimeout(ctx, d.opts.RequestTimeout)
+		resp, err := d.client.Get(rctx, key, opts...)
+		cancel()
+		if err != nil {
+			return nil, nil, err
+		}
+		if hdr == nil {
+			hdr = resp.Header
+			kvs = make([]*mvccpb.KeyValue, 0, resp.Count)
+		}
+		kvs = append(kvs, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return kvs, hdr, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// watchEnd says why a watch ended.
+type watchEnd struct {
+	err     error
+	rebuilt bool // the probe found another cluster or an older revision
+}
+
+type probeResult struct {
+	err     error
+	cluster uint64
+	rev     int64
+	minRev  int64 // the watch had seen this revision before the probe began
+}
+
+// watch applies every change after rev until the watch ends or ctx is done.
+// Events that arrive together are applied together and handed over once.
+func (d *Discoverer) watch(ctx context.Context, st *state, sink Sink, rev int64, cluster uint64) watchEnd {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	var probes sync.WaitGroup
+	defer probes.Wait()
+	defer cancel()
+	wch := d.client.Watch(wctx, d.opts.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+
+	ticker := time.NewTicker(d.opts.ProbeInterval)
+	defer ticker.Stop()
+	probeCh := make(chan probeResult, 1)
+	probing := false
+	lastRev := rev
+
+	// apply handles one response; a non-nil result ends the watch.
+	apply := func(resp clientv3.WatchResponse, ok bool) *watchEnd {
+		if !ok {
+			return &watchEnd{err: errors.New("watch channel closed")}
+		}
+		if err := resp.Err(); err != nil {
+			return &watchEnd{err: err}
+		}
+		d.setReachable(true, nil)
+		for _, ev := range resp.Events {
+			switch ev.Type {
+			case clientv3.EventTypePut:
+				st.put(ev.Kv)
+			case clientv3.EventTypeDelete:
+				st.del(string(ev.Kv.Key))
+			}
+		}
+		lastRev = max(lastRev, resp.Header.GetRevision())
+		return nil
+	}
+	emit := func(seen time.Time) {
+		if groups := st.flush(); len(groups) > 0 {
+			sink.Update(groups, seen)
+		}
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return watchEnd{err: ctx.Err()}
+		case resp, ok := <-wch:
+			seen := time.Now()
+		drain:
+			for {
+				if end := apply(resp, ok); end != nil {
+					emit(seen)
+					return *end
+				}
+				select {
+				case resp, ok = <-wch:
+				default:
+					break drain
+				}
+			}
+			emit(seen)
+		case <-ticker.C:
+			if probing {
+				continue
+			}
+			probing = true
+			probes.Add(1)
+			go func(minRev int64) {
+				defer probes.Done()
+				probeCh <- d.probe(wctx, minRev)
+			}(lastRev)
+		case p := <-probeCh:
+			probing = false
+			if errors.Is(p.err, context.Canceled) && ctx.Err() != nil {
+				continue
+			}
+			d.setReachable(p.err == nil, p.err)
+			if p.err != nil {
+				continue
+			}
+			if p.cluster != cluster || p.rev < p.minRev {
+				d.log.Warn("etcd was rebuilt or restored under this watch", "cluster_id", fmt.Sprintf("%x", p.cluster),
+					"revision", p.rev, "watched_revision", p.minRev)
+				return watchEnd{rebuilt: true}
+			}
+		}
+	}
+}
+
+// probe reads one key linearizably: it needs a leader and returns the
+// cluster's current revision, which is at least minRev unless etcd was
+// rebuilt.
+func (d *Discoverer) probe(ctx context.Context, minRev int64) probeResult {
+	pctx, cancel := context.WithTimeout(ctx, min(d.opts.RequestTimeout, d.opts.ProbeInterval))
+	defer cancel()
+	resp, err := d.client.Get(pctx, d.opts.Prefix, clientv3.WithCountOnly())
+	if err != nil {
+		return probeResult{err: err, minRev: minRev}
+	}
+	return probeResult{cluster: resp.Header.ClusterId, rev: resp.Header.Revision, minRev: minRev}
+}
+
+func (d *Discoverer) setReachable(ok bool, err error) {
+	if ok {
+		d.m.Reachable.Set(1)
+	} else {
+		d.m.Reachable.Set(0)
+	}
+	if d.reachable.Swap(ok) == ok {
+		return
+	}
+	if ok {
+		d.log.Info("etcd is reachable")
+	} else {
+		d.log.Warn("etcd is unreachable; keeping the targets already emitted", "error", err)
+	}
+}
+
+func (d *Discoverer) logInvalid(key string, modRev int64, reason string, err error) {
+	if ok, suppressed := d.invalidLog.allow(); ok {
+		d.log.Warn("skipping invalid registration", "key", key, "mod_revision", modRev, "reason", reason, "error", err, "suppressed_since_last", suppressed)
+	}
+}
+
+func (d *Discoverer) logDuplicate(dropped, winner *entry) {
+	if ok, suppressed := d.dupLog.allow(); ok {
+		d.log.Warn("dropping duplicate registration: another key created later has the same address",
+			"key", dropped.key, "address", dropped.addr, "kept", winner.key, "suppressed_since_last", suppressed)
+	}
+}
+
+// backoff is a doubling, capped, jittered wait.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	// Half fixed, half random: many sdwriters do not retry in step.
+	return b.cur/2 + rand.N(b.cur/2+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
