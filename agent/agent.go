@@ -1,0 +1,691 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/workersd/workersd/registrar"
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultPollInterval = 100 * time.Millisecond
+	DefaultRegisterWait = 500 * time.Millisecond
+	// MaxBodySize bounds one API request: a registration is a few hundred
+	// bytes.
+	MaxBodySize = 64 << 10
+	// syncInterval is how often the registrations' keys and leases are
+	// compared with the state file (a re-registration gets a new lease).
+	syncInterval = 200 * time.Millisecond
+)
+
+// Config configures an Agent. Client and Host are required.
+type Config struct {
+	// Client is the etcd client every registration uses; the caller closes
+	// it after Close.
+	Client *clientv3.Client
+	// Prefix of the registrations; registrar.DefaultPrefix when empty.
+	Prefix string
+	// Host names this machine in keys and instance labels.
+	Host string
+	// TTL of each registration's lease; registrar.DefaultTTL when zero.
+	TTL time.Duration
+	// AdvertiseHost is the host part of the address registered for a
+	// request that gives only a port. Default: the local IP this host uses
+	// to reach the client's first endpoint, as package worker does.
+	AdvertiseHost string
+	// StateFile keeps registrations across restarts of the agent; empty
+	// means none are kept.
+	StateFile string
+	// PollInterval is how often a process is checked when it cannot be
+	// watched through a pidfd.
+	PollInterval time.Duration
+	// DisablePidfd forces polling (kernels before 5.10, tests).
+	DisablePidfd bool
+	// RegisterWait bounds how long a registration request waits for the
+	// key to be in etcd before answering "pending"; negative: not at all.
+	RegisterWait time.Duration
+	// Registerer receives the agent's and the registrars' metrics; nil
+	// means none.
+	Registerer prometheus.Registerer
+	// Logger; nil discards.
+	Logger hclog.Logger
+}
+
+// Request registers one worker process.
+type Request struct {
+	// Job is the Prometheus job.
+	Job string `json:"job"`
+	// Port the worker serves metrics on; the address registered is
+	// AdvertiseHost:Port. Give either Port or Address.
+	Port int `json:"port,omitempty"`
+	// Address (host:port) to register as is.
+	Address string `json:"address,omitempty"`
+	// PID of the worker process: the registration lives as long as it.
+	PID         int               `json:"pid"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Scheme      string            `json:"scheme,omitempty"`
+	MetricsPath string            `json:"metrics_path,omitempty"`
+}
+
+// Worker is the API's view of one registration.
+type Worker struct {
+	// ID is "<pid>-<start ticks>": unlike the pid alone it never names a
+	// later process that reuses the pid.
+	ID          string            `json:"id"`
+	PID         int               `json:"pid"`
+	Job         string            `json:"job"`
+	Address     string            `json:"address"`
+	Scheme      string            `json:"scheme,omitempty"`
+	MetricsPath string            `json:"metrics_path,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	StartedAt   time.Time         `json:"started_at"`
+	// State is "registered" while the key is in etcd, "pending" before the
+	// first claim and while etcd is unreachable (the agent keeps trying).
+	State string `json:"state"`
+	// Key and Slot of the registration; empty and -1 until the first claim.
+	Key   string `json:"key,omitempty"`
+	Slot  int    `json:"slot"`
+	Lease string `json:"lease,omitempty"`
+	// Error is why the registration is pending, if known.
+	Error string `json:"error,omitempty"`
+	// Watch is how the process is watched: "pidfd" or "poll".
+	Watch string `json:"watch"`
+}
+
+// Error is an API error: an HTTP status, the request field at fault (if
+// any) and a message for people.
+type Error struct {
+	Status int    `json:"-"`
+	Field  string `json:"field,omitempty"`
+	Msg    string `json:"error"`
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+func apiErr(status int, field, format string, args ...any) *Error {
+	return &Error{Status: status, Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// fromFieldErr turns a validation error into a 400 naming the field.
+func fromFieldErr(err error) *Error {
+	var fe *registrar.FieldError
+	if errors.As(err, &fe) {
+		return apiErr(http.StatusBadRequest, fe.Field, "%s", fe.Error())
+	}
+	return apiErr(http.StatusBadRequest, "", "%v", err)
+}
+
+// Agent registers worker processes and revokes their registrations when
+// they exit.
+type Agent struct {
+	cfg Config
+	log hclog.Logger
+	m   *metrics
+
+	ctx    context.Context // lives from Start to Close; parent of every registration
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // watchers, the state syncer, revokes of dead leases
+
+	opMu sync.Mutex // serializes Register and API deregistration
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	byID    map[string]*entry
+	byPID   map[int]*entry
+
+	saveMu sync.Mutex
+}
+
+// entry is one registered process.
+type entry struct {
+	id         string
+	pid        int
+	startTicks uint64
+	job        string
+	value      registrar.Value
+	reg        *registrar.Registrar
+	proc       *procHandle
+	cancel     context.CancelFunc // ends the watcher and the registration loop
+
+	// key and lease as last persisted; guarded by Agent.mu.
+	key   string
+	lease clientv3.LeaseID
+}
+
+// New validates cfg. The agent does nothing until Start.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("agent: an etcd client is required")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = registrar.DefaultPrefix
+	}
+	if err := registrar.ValidatePrefix(cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := registrar.ValidateName("host", cfg.Host); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = registrar.DefaultTTL
+	}
+	if cfg.TTL < registrar.MinTTL {
+		return nil, fmt.Errorf("agent: ttl %s is below etcd's minimum of %s", cfg.TTL, registrar.MinTTL)
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.RegisterWait == 0 {
+		cfg.RegisterWait = DefaultRegisterWait
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return &Agent{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		m:     m,
+		byID:  map[string]*entry{},
+		byPID: map[int]*entry{},
+	}, nil
+}
+
+// Start restores the registrations of the state file whose processes are
+// still alive, adopting their keys and leases, revokes those of processes
+// that died meanwhile, and starts keeping the state file up to date. ctx
+// bounds the agent's life like Close does, without revoking anything.
+func (a *Agent) Start(ctx context.Context) error {
+	a.mu.Lock()
+	if a.started {
+		a.mu.Unlock()
+		return errors.New("agent: already started")
+	}
+	a.started = true
+	a.ctx, a.cancel = context.WithCancel(ctx)
+	a.mu.Unlock()
+
+	if a.cfg.StateFile != "" {
+		st, err := readState(a.cfg.StateFile)
+		if err != nil {
+			// Refusing to start would leave every worker unregistered; the
+			// leases of the unreadable entries expire on their own.
+			a.log.Error("ignoring the state file", "error", err)
+		}
+		for _, se := range st.Workers {
+			a.restore(se)
+		}
+		a.persist()
+	}
+	a.wg.Add(1)
+	go a.syncState()
+	return nil
+}
+
+// restore adopts one registration of an earlier agent process.
+func (a *Agent) restore(se stateEntry) {
+	log := a.log.With("pid", se.PID, "job", se.Job, "key", se.Key)
+	a.mu.Lock()
+	_, dup := a.byPID[se.PID]
+	a.mu.Unlock()
+	if dup || !alive(se.PID, se.StartTicks) {
+		log.Info("worker exited while the agent was down; revoking its lease")
+		a.m.deregistrations.WithLabelValues("exited").Inc()
+		a.revokeLater(se.Lease)
+		return
+	}
+	proc, err := openProc(se.PID, se.StartTicks, a.cfg.PollInterval, !a.cfg.DisablePidfd)
+	if err != nil {
+		log.Info("worker exited while the agent was down; revoking its lease", "error", err)
+		a.m.deregistrations.WithLabelValues("exited").Inc()
+		a.revokeLater(se.Lease)
+		return
+	}
+	resume := registrar.Resume{Key: se.Key, Lease: se.Lease}
+	reg, err := a.newRegistrar(se.Job, se.Value, resume)
+	if err != nil && se.Key != "" {
+		// Another host name or prefix than before: the old key cannot be
+		// adopted, so it must not outlive its lease next to a new one.
+		log.Warn("cannot adopt the previous registration; registering anew", "error", err)
+		a.revokeLater(se.Lease)
+		se.Key, se.Lease = "", 0
+		reg, err = a.newRegistrar(se.Job, se.Value, registrar.Resume{})
+	}
+	if err != nil {
+		log.Error("dropping an invalid entry of the state file", "error", err)
+		proc.close()
+		a.revokeLater(se.Lease)
+		return
+	}
+	e := &entry{
+		id: se.ID, pid: se.PID, startTicks: se.StartTicks, job: se.Job, value: se.Value,
+		reg: reg, proc: proc, key: se.Key, lease: se.Lease,
+	}
+	a.mu.Lock()
+	a.add(e)
+	a.mu.Unlock()
+	a.m.restored.Inc()
+	log.Info("adopted the registration of a live worker", "watch", e.watchMethod())
+}
+
+// revokeLater revokes the lease of a registration whose process is gone,
+// without holding up the start when etcd is down (it then expires).
+func (a *Agent) revokeLater(lease clientv3.LeaseID) {
+	if lease == 0 {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
+		defer cancel()
+		if _, err := a.cfg.Client.Revoke(ctx, lease); err != nil {
+			a.log.Debug("revoke of a dead worker's lease failed; it expires on its own", "lease", fmt.Sprintf("%x", int64(lease)), "error", err)
+		}
+	}()
+}
+
+func (a *Agent) newRegistrar(job string, v registrar.Value, resume registrar.Resume) (*registrar.Registrar, error) {
+	return registrar.New(registrar.Config{
+		Client:     a.cfg.Client,
+		Prefix:     a.cfg.Prefix,
+		Job:        job,
+		Host:       a.cfg.Host,
+		Value:      v,
+		TTL:        a.cfg.TTL,
+		Registerer: a.cfg.Registerer,
+		Logger:     a.log.Named("registrar").With("pid", v.PID),
+		Resume:     resume,
+	})
+}
+
+// add starts the registration and the watcher of e. a.mu is held.
+func (a *Agent) add(e *entry) {
+	ctx, cancel := context.WithCancel(a.ctx)
+	e.cancel = cancel
+	a.byID[e.id] = e
+	a.byPID[e.pid] = e
+	a.m.workers.Set(float64(len(a.byID)))
+	e.reg.Register(ctx)
+	a.wg.Add(1)
+	go a.watch(ctx, e)
+}
+
+// watch revokes e's registration as soon as its process exits.
+func (a *Agent) watch(ctx context.Context, e *entry) {
+	defer a.wg.Done()
+	defer e.proc.close()
+	err := e.proc.wait(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		// Not knowing is not dying: keep the registration, poll instead.
+		a.log.Warn("pidfd wait failed; polling instead", "pid", e.pid, "error", err)
+		poll := &procHandle{pid: e.pid, startTicks: e.startTicks, poll: a.cfg.PollInterval}
+		if poll.wait(ctx) != nil {
+			return
+		}
+	}
+	seen := time.Now()
+	if a.remove(context.WithoutCancel(ctx), e, "exited") {
+		a.m.exitToRevoke.Observe(time.Since(seen).Seconds())
+		a.log.Info("worker exited; registration revoked", "pid", e.pid, "job", e.job, "after", time.Since(seen))
+	}
+}
+
+// remove revokes e's registration. It reports false if e was removed
+// already (the API and the watcher may race).
+func (a *Agent) remove(ctx context.Context, e *entry, reason string) bool {
+	a.mu.Lock()
+	if a.byID[e.id] != e {
+		a.mu.Unlock()
+		return false
+	}
+	delete(a.byID, e.id)
+	delete(a.byPID, e.pid)
+	a.m.workers.Set(float64(len(a.byID)))
+	a.mu.Unlock()
+	a.m.deregistrations.WithLabelValues(reason).Inc()
+
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.TTL)
+	defer cancel()
+	if err := e.reg.Deregister(ctx); err != nil {
+		a.log.Warn("revoke failed; the registration expires with its lease", "pid", e.pid, "error", err)
+	}
+	e.cancel()
+	// After the revoke, so removal from etcd is not delayed by a disk
+	// write; a crash in between only leaves an entry whose process is
+	// dead, which the next start drops.
+	a.persist()
+	return true
+}
+
+// Register registers a worker process. It reports whether a registration
+// was created; registering the same process again with the same request
+// returns the existing one. Errors are *Error.
+func (a *Agent) Register(ctx context.Context, req Request) (Worker, bool, error) {
+	e, created, err := a.register(ctx, req)
+	if err != nil {
+		return Worker{}, false, err
+	}
+	if !created {
+		return a.view(e), false, nil
+	}
+	// Answer with the key when etcd is quick, "pending" when it is not: a
+	// worker must start even when etcd is down.
+	if a.cfg.RegisterWait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, a.cfg.RegisterWait)
+		err := e.reg.WaitRegistered(wctx)
+		cancel()
+		if err == nil {
+			a.recordLease(e)
+		}
+	}
+	return a.view(e), true, nil
+}
+
+func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error) {
+	v, err := a.value(req)
+	if err != nil {
+		return nil, false, err
+	}
+	ticks, err := processStartTicks(req.PID)
+	if errors.Is(err, errNotAlive) {
+		return nil, false, apiErr(http.StatusUnprocessableEntity, "pid", "pid %d is not a running process", req.PID)
+	}
+	if err != nil {
+		return nil, false, apiErr(http.StatusInternalServerError, "pid", "%v", err)
+	}
+	if v.StartedAt, err = processStartTime(ticks); err != nil {
+		return nil, false, apiErr(http.StatusInternalServerError, "", "%v", err)
+	}
+
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	a.mu.Lock()
+	if !a.started || a.closed {
+		a.mu.Unlock()
+		return nil, false, apiErr(http.StatusServiceUnavailable, "", "the agent is not running")
+	}
+	old := a.byPID[req.PID]
+	a.mu.Unlock()
+	if old != nil {
+		if old.startTicks == ticks {
+			if old.job == req.Job && sameValue(old.value, v) {
+				return old, false, nil
+			}
+			return nil, false, apiErr(http.StatusConflict, "pid",
+				"pid %d is already registered (job %q, address %s); DELETE /v1/workers/%d first", req.PID, old.job, old.value.Address, req.PID)
+		}
+		// The pid was reused before the watcher noticed the old exit.
+		a.remove(ctx, old, "exited")
+	}
+
+	proc, err := openProc(req.PID, ticks, a.cfg.PollInterval, !a.cfg.DisablePidfd)
+	if errors.Is(err, errNotAlive) {
+		return nil, false, apiErr(http.StatusUnprocessableEntity, "pid", "pid %d is not a running process", req.PID)
+	}
+	if err != nil {
+		return nil, false, apiErr(http.StatusInternalServerError, "pid", "watch pid %d: %v", req.PID, err)
+	}
+	reg, err := a.newRegistrar(req.Job, v, registrar.Resume{})
+	if err != nil {
+		proc.close()
+		return nil, false, fromFieldErr(err)
+	}
+	e := &entry{
+		id:  strconv.Itoa(req.PID) + "-" + strconv.FormatUint(ticks, 10),
+		pid: req.PID, startTicks: ticks, job: req.Job, value: v, reg: reg, proc: proc,
+	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		proc.close()
+		return nil, false, apiErr(http.StatusServiceUnavailable, "", "the agent is stopping")
+	}
+	a.add(e)
+	a.mu.Unlock()
+	a.m.registrations.Inc()
+	a.persist()
+	a.log.Info("worker registered", "pid", e.pid, "job", e.job, "address", v.Address, "watch", e.watchMethod())
+	return e, true, nil
+}
+
+// value validates a request and builds the value to register.
+func (a *Agent) value(req Request) (registrar.Value, error) {
+	if err := registrar.ValidateName("job", req.Job); err != nil {
+		return registrar.Value{}, fromFieldErr(err)
+	}
+	if req.PID <= 0 {
+		return registrar.Value{}, apiErr(http.StatusBadRequest, "pid", "pid: required, the worker's process id (> 0)")
+	}
+	addr := req.Address
+	switch {
+	case req.Address != "" && req.Port != 0:
+		return registrar.Value{}, apiErr(http.StatusBadRequest, "port", "give either port or address, not both")
+	case req.Address == "":
+		if req.Port < 1 || req.Port > 65535 {
+			return registrar.Value{}, apiErr(http.StatusBadRequest, "port", "port: %d is out of range 1-65535 (or give address)", req.Port)
+		}
+		host, err := a.advertiseHost()
+		if err != nil {
+			return registrar.Value{}, apiErr(http.StatusInternalServerError, "port", "%v", err)
+		}
+		addr = net.JoinHostPort(host, strconv.Itoa(req.Port))
+	}
+	v := registrar.Value{
+		Address: addr, Scheme: req.Scheme, MetricsPath: req.MetricsPath, PID: req.PID,
+	}
+	if len(req.Labels) > 0 {
+		v.Labels = maps.Clone(req.Labels)
+	}
+	if err := v.Validate(); err != nil {
+		return registrar.Value{}, fromFieldErr(err)
+	}
+	return v, nil
+}
+
+func (a *Agent) advertiseHost() (string, error) {
+	if a.cfg.AdvertiseHost != "" {
+		return strings.Trim(a.cfg.AdvertiseHost, "[]"), nil
+	}
+	eps := a.cfg.Client.Endpoints()
+	if len(eps) == 0 {
+		return a.cfg.Host, nil
+	}
+	ip, err := outboundIP(eps[0])
+	if err != nil {
+		a.log.Warn("cannot tell which local address reaches etcd; advertising the host name", "endpoint", eps[0], "error", err)
+		return a.cfg.Host, nil
+	}
+	return ip.String(), nil
+}
+
+func sameValue(x, y registrar.Value) bool {
+	return x.Address == y.Address && x.Scheme == y.Scheme && x.MetricsPath == y.MetricsPath &&
+		x.PID == y.PID && maps.Equal(x.Labels, y.Labels)
+}
+
+// Deregister revokes the registration of a process given by pid or ID.
+// Errors are *Error.
+func (a *Agent) Deregister(ctx context.Context, idOrPID string) (Worker, error) {
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	e := a.lookup(idOrPID)
+	if e == nil {
+		return Worker{}, apiErr(http.StatusNotFound, "pid", "no worker %q is registered", idOrPID)
+	}
+	w := a.view(e)
+	a.remove(ctx, e, "api")
+	a.log.Info("worker deregistered", "pid", e.pid, "job", e.job)
+	w.State = "deregistered"
+	return w, nil
+}
+
+func (a *Agent) lookup(idOrPID string) *entry {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e, ok := a.byID[idOrPID]; ok {
+		return e
+	}
+	pid, err := strconv.Atoi(idOrPID)
+	if err != nil || strconv.Itoa(pid) != idOrPID {
+		return nil
+	}
+	return a.byPID[pid]
+}
+
+// Get returns one registration by pid or ID.
+func (a *Agent) Get(idOrPID string) (Worker, bool) {
+	e := a.lookup(idOrPID)
+	if e == nil {
+		return Worker{}, false
+	}
+	return a.view(e), true
+}
+
+// List returns every registration, by pid.
+func (a *Agent) List() []Worker {
+	a.mu.Lock()
+	es := slices.Collect(maps.Values(a.byID))
+	a.mu.Unlock()
+	slices.SortFunc(es, func(x, y *entry) int { return x.pid - y.pid })
+	ws := make([]Worker, 0, len(es))
+	for _, e := range es {
+		ws = append(ws, a.view(e))
+	}
+	return ws
+}
+
+func (e *entry) watchMethod() string {
+	if e.proc.usesPidfd() {
+		return "pidfd"
+	}
+	return "poll"
+}
+
+func (a *Agent) view(e *entry) Worker {
+	st := e.reg.State()
+	w := Worker{
+		ID: e.id, PID: e.pid, Job: e.job,
+		Address: e.value.Address, Scheme: e.value.Scheme, MetricsPath: e.value.MetricsPath,
+		Labels: e.value.Labels, StartedAt: e.value.StartedAt,
+		State: "pending", Key: st.Key, Slot: st.Slot, Watch: e.watchMethod(),
+	}
+	if st.Registered {
+		w.State = "registered"
+	}
+	if st.LeaseID != 0 {
+		w.Lease = fmt.Sprintf("%x", int64(st.LeaseID))
+	}
+	if st.LastError != nil {
+		w.Error = st.LastError.Error()
+	}
+	return w
+}
+
+// recordLease notes e's current key and lease and persists them if they
+// changed: a restarted agent adopts what the state file says.
+func (a *Agent) recordLease(e *entry) {
+	st := e.reg.State()
+	if st.Key == "" || st.LeaseID == 0 {
+		return
+	}
+	a.mu.Lock()
+	changed := a.byID[e.id] == e && (e.key != st.Key || e.lease != st.LeaseID)
+	if changed {
+		e.key, e.lease = st.Key, st.LeaseID
+	}
+	a.mu.Unlock()
+	if changed {
+		a.persist()
+	}
+}
+
+// syncState persists the new lease of every registration that was claimed
+// again (after etcd lost it, say). The registrar has no change notification,
+// so it is polled; a write happens only on change.
+func (a *Agent) syncState() {
+	defer a.wg.Done()
+	t := time.NewTicker(syncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-a.ctx.Done():
+			return
+		}
+		a.mu.Lock()
+		es := slices.Collect(maps.Values(a.byID))
+		a.mu.Unlock()
+		for _, e := range es {
+			a.recordLease(e)
+		}
+	}
+}
+
+// persist writes the state file from the current registrations.
+func (a *Agent) persist() {
+	if a.cfg.StateFile == "" {
+		return
+	}
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
+	a.mu.Lock()
+	s := stateFile{Version: stateVersion, Workers: make([]stateEntry, 0, len(a.byID))}
+	for _, e := range a.byID {
+		s.Workers = append(s.Workers, stateEntry{
+			ID: e.id, PID: e.pid, StartTicks: e.startTicks, Job: e.job, Value: e.value,
+			Key: e.key, Lease: e.lease,
+		})
+	}
+	a.mu.Unlock()
+	slices.SortFunc(s.Workers, func(x, y stateEntry) int { return x.PID - y.PID })
+	if err := writeState(a.cfg.StateFile, s); err != nil {
+		a.m.stateWriteFailures.Inc()
+		a.log.Error("cannot write the state file; a restart would lose registrations", "error", err)
+	}
+}
+
+// Close stops watching and keeping registrations alive, WITHOUT revoking
+// them: an agent restart within the TTL is invisible to Prometheus, since
+// the next agent adopts the leases; after a longer stop they expire. Only a
+// process exit or an API deregistration revokes.
+func (a *Agent) Close() {
+	a.mu.Lock()
+	if !a.started || a.closed {
+		a.closed = true
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	a.mu.Unlock()
+	// Record the last known leases before the loops stop.
+	a.mu.Lock()
+	es := slices.Collect(maps.Values(a.byID))
+	a.mu.Unlock()
+	for _, e := range es {
+		a.recordLease(e)
+	}
+	a.cancel()
+	a.wg.Wait()
+}

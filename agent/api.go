@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+)
+
+// Handler serves the agent's API:
+//
+//	POST   /v1/workers        register {"job","port"|"address","pid","labels","scheme","metrics_path"}
+//	GET    /v1/workers        list
+//	GET    /v1/workers/{id}   one, by pid or ID
+//	DELETE /v1/workers/{id}   revoke at once, by pid or ID
+//	GET    /-/healthy
+//
+// Errors are {"error": "...", "field": "..."} with a 4xx status, and change
+// nothing.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/workers", a.handleRegister)
+	mux.HandleFunc("GET /v1/workers", a.handleList)
+	mux.HandleFunc("GET /v1/workers/{id}", a.handleGet)
+	mux.HandleFunc("DELETE /v1/workers/{id}", a.handleDelete)
+	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "OK")
+	})
+	return a.count(mux)
+}
+
+// count records every response's status in the API metric.
+func (a *Agent) count(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		a.m.apiRequests.WithLabelValues(r.Method, strconv.Itoa(sw.status)).Inc()
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (a *Agent) handleRegister(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodySize)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	var req Request
+	if err := dec.Decode(&req); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeErr(w, apiErr(http.StatusRequestEntityTooLarge, "", "request body larger than %d bytes", MaxBodySize))
+			return
+		}
+		writeErr(w, apiErr(http.StatusBadRequest, "", "invalid JSON request: %v", err))
+		return
+	}
+	if dec.More() {
+		writeErr(w, apiErr(http.StatusBadRequest, "", "invalid JSON request: data after the object"))
+		return
+	}
+	wk, created, err := a.Register(r.Context(), req)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+		w.Header().Set("Location", "/v1/workers/"+wk.ID)
+	}
+	writeJSON(w, status, wk)
+}
+
+func (a *Agent) handleList(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"workers": a.List()})
+}
+
+func (a *Agent) handleGet(w http.ResponseWriter, r *http.Request) {
+	wk, ok := a.Get(r.PathValue("id"))
+	if !ok {
+		writeErr(w, apiErr(http.StatusNotFound, "pid", "no worker %q is registered", r.PathValue("id")))
+		return
+	}
+	writeJSON(w, http.StatusOK, wk)
+}
+
+func (a *Agent) handleDelete(w http.ResponseWriter, r *http.Request) {
+	wk, err := a.Deregister(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, wk)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	var ae *Error
+	if !errors.As(err, &ae) {
+		ae = apiErr(http.StatusInternalServerError, "", "%v", err)
+	}
+	writeJSON(w, ae.Status, ae)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}

@@ -1,0 +1,15 @@
+// Package agent is the host agent that registers workers which cannot embed
+// Go: a gunicorn, uWSGI or Puma worker calls a small JSON API on a Unix
+// socket after it forks, and the agent keeps one registrar.Registrar per
+// worker, so the etcd data is exactly what an embedded Go worker writes.
+//
+// The agent also does what a lease cannot: it watches every registered
+// process (a pidfd where the kernel has them, otherwise polling) and revokes
+// the registration the moment the process exits, instead of leaving a dead
+// target behind for a TTL.
+//
+// Its registrations survive a restart of the agent: they are kept in a state
+// file, and a restarted agent adopts the keys and leases of the processes
+// that are still alive (registrar.Config.Resume) rather than claiming second
+// slots, and revokes those of processes that died meanwhile.
+package agent

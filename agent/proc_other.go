@@ -1,0 +1,28 @@
+//go:build !linux
+
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// The agent reads /proc for process start times (to tell a pid's successor
+// from the process it registered); other systems are not supported.
+var errNotAlive = errors.New("process is not alive")
+
+var errUnsupported = errors.New("the workersd agent needs Linux (/proc, pidfd)")
+
+func processStartTicks(pid int) (uint64, error)        { return 0, errUnsupported }
+func alive(pid int, startTicks uint64) bool            { return false }
+func processStartTime(ticks uint64) (time.Time, error) { return time.Time{}, errUnsupported }
+func (h *procHandle) usesPidfd() bool                  { return false }
+func (h *procHandle) wait(ctx context.Context) error   { return errUnsupported }
+func (h *procHandle) close()                           {}
+
+type procHandle struct{}
+
+func openProc(pid int, startTicks uint64, poll time.Duration, usePidfd bool) (*procHandle, error) {
+	return nil, errUnsupported
+}
