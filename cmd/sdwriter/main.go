@@ -1,0 +1,257 @@
+// Command sdwriter turns the worker registrations in etcd into Prometheus
+// targets: a file_sd JSON file and the same bytes served as http_sd.
+//
+// With no --etcd.endpoints it starts an embedded single-member etcd on
+// 127.0.0.1:2379, where workers look by default, so one host needs nothing
+// else. It serves /metrics (its own), /sd (http_sd), /-/healthy and
+// /-/ready on --web.listen-address, by default :9850.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/config"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+
+	"github.com/workersd/workersd/etcdsd"
+	"github.com/workersd/workersd/internal/embedetcd"
+	"github.com/workersd/workersd/registrar"
+	"github.com/workersd/workersd/sdfile"
+)
+
+const (
+	name = "sdwriter"
+	// defaultWebAddress is the port examples/prometheus.yml scrapes.
+	defaultWebAddress = ":9850"
+	metricsPrefix     = "workersd_sdwriter_"
+	shutdownTimeout   = 5 * time.Second
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	code := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// flags are sdwriter's command line.
+type flags struct {
+	endpoints   string
+	embedListen string
+	embedPeer   string
+	embedDir    string
+	sd          etcdsd.SDConfig
+	outputFile  string
+	web         *web.FlagConfig
+	logLevel    string
+	logFormat   string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+	f := &flags{}
+	app := kingpin.New(name, "Writes the worker registrations in etcd as Prometheus file_sd and http_sd targets.")
+	app.Version(version.Print(name))
+	app.HelpFlag.Short('h')
+	app.UsageWriter(stderr)
+	app.ErrorWriter(stderr)
+	app.Flag("etcd.endpoints", "Comma-separated etcd client endpoints. Empty: start an embedded single-member etcd (--etcd.embed.*).").
+		Default("").StringVar(&f.endpoints)
+	app.Flag("etcd.embed.listen-address", "Client address of the embedded etcd, where workers register (only without --etcd.endpoints).").
+		Default("127.0.0.1:2379").StringVar(&f.embedListen)
+	app.Flag("etcd.embed.peer-address", "Peer address of the embedded etcd (only without --etcd.endpoints).").
+		Default("127.0.0.1:2380").StringVar(&f.embedPeer)
+	app.Flag("etcd.embed.data-dir", "Data directory of the embedded etcd (only without --etcd.endpoints).").
+		Default("sdwriter.etcd").StringVar(&f.embedDir)
+	app.Flag("etcd.prefix", "Key prefix of the registrations.").Default(registrar.DefaultPrefix).StringVar(&f.sd.Prefix)
+	app.Flag("etcd.cacert", "CA certificate file to verify etcd's TLS certificate.").StringVar(&f.sd.TLSConfig.CAFile)
+	app.Flag("etcd.cert", "Client certificate file for etcd TLS.").StringVar(&f.sd.TLSConfig.CertFile)
+	app.Flag("etcd.key", "Client key file for etcd TLS.").StringVar(&f.sd.TLSConfig.KeyFile)
+	app.Flag("etcd.username", "etcd user name.").StringVar(&f.sd.Username)
+	app.Flag("etcd.password-file", "File holding the etcd user's password.").StringVar(&f.sd.PasswordFile)
+	app.Flag("output.file", "file_sd JSON file to keep up to date. Empty: write no file (http_sd on /sd only).").
+		Default("workersd.json").StringVar(&f.outputFile)
+	f.web = kingpinflag.AddFlags(app, defaultWebAddress)
+	app.Flag("log.level", "Only log messages with the given severity or above. One of: [trace, debug, info, warn, error]").
+		Default("info").EnumVar(&f.logLevel, "trace", "debug", "info", "warn", "error")
+	app.Flag("log.format", "Output format of log messages. One of: [text, json]").Default("text").EnumVar(&f.logFormat, "text", "json")
+
+	if _, err := app.Parse(args); err != nil {
+		return nil, err
+	}
+	if err := registrar.ValidatePrefix(f.sd.Prefix); err != nil {
+		return nil, fmt.Errorf("--etcd.prefix: %w", err)
+	}
+	for e := range strings.SplitSeq(f.endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			f.sd.Endpoints = append(f.sd.Endpoints, e)
+		}
+	}
+	if len(f.sd.Endpoints) == 0 {
+		if f.sd.TLSConfig != (config.TLSConfig{}) || f.sd.Username != "" || f.sd.PasswordFile != "" {
+			return nil, errors.New("--etcd.cacert, --etcd.cert, --etcd.key, --etcd.username and --etcd.password-file need --etcd.endpoints; the embedded etcd serves plain HTTP without authentication")
+		}
+		// Validate the rest as if the embedded etcd were configured.
+		sd := f.sd
+		sd.Endpoints = []string{f.embedListen}
+		if err := sd.Validate(); err != nil {
+			return nil, err
+		}
+		return f, nil
+	}
+	if err := f.sd.Validate(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// run is sdwriter until ctx is done; it returns the exit code.
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	f, err := parseFlags(args, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", name, err)
+		return 2
+	}
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name:       name,
+		Level:      hclog.LevelFromString(f.logLevel),
+		JSONFormat: f.logFormat == "json",
+		Output:     stderr,
+	})
+	if err := serve(ctx, f, logger); err != nil {
+		logger.Error("exiting", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
+	logger.Info("starting", "version", version.Info(), "build", version.BuildContext())
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	cancel := func() { cancelCause(nil) }
+	defer cancel()
+
+	if len(f.sd.Endpoints) == 0 {
+		logger.Info("no --etcd.endpoints: starting an embedded single-member etcd; workers on this host reach it with no flags",
+			"listen_address", f.embedListen, "peer_address", f.embedPeer, "data_dir", f.embedDir)
+		srv, err := embedetcd.Start(embedetcd.Config{Dir: f.embedDir, ClientAddr: f.embedListen, PeerAddr: f.embedPeer})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			start := time.Now()
+			srv.Close()
+			logger.Info("embedded etcd stopped", "took", time.Since(start))
+		}()
+		go func() {
+			select {
+			case err := <-srv.Err():
+				cancelCause(fmt.Errorf("embedded etcd: %w", err))
+			case <-ctx.Done():
+			}
+		}()
+		f.sd.Endpoints = []string{srv.Endpoint()}
+		logger.Info("embedded etcd is serving", "endpoint", srv.Endpoint())
+	}
+	client, err := f.sd.NewClient()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		versioncollector.NewCollector(strings.TrimSuffix(metricsPrefix, "_")),
+	)
+	own := prometheus.WrapRegistererWithPrefix(metricsPrefix, reg)
+	discoveryMetrics := etcdsd.NewMetrics(own)
+	fileMetrics := sdfile.NewMetrics(own)
+	if err := errors.Join(discoveryMetrics.Register(), fileMetrics.Register()); err != nil {
+		return err
+	}
+
+	disc, err := etcdsd.New(client, etcdsd.Options{Prefix: f.sd.Prefix, Logger: logger.Named("etcdsd"), Metrics: discoveryMetrics})
+	if err != nil {
+		return err
+	}
+	syncer := sdfile.New(sdfile.Options{File: f.outputFile, Logger: logger.Named("sdfile"), Metrics: fileMetrics})
+	if f.outputFile == "" {
+		logger.Info("no --output.file: targets are served on /sd only")
+	} else {
+		logger.Info("writing targets", "file", f.outputFile)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel, before the client closes
+	defer cancel()
+	wg.Go(func() { syncer.Run(ctx) })
+	wg.Go(func() { disc.RunSink(ctx, syncer) })
+
+	server := &http.Server{Handler: handler(reg, syncer), ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- web.ListenAndServe(server, f.web, slogLogger(logger.Named("web"))) }()
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("web server: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer scancel()
+	if err := server.Shutdown(sctx); err != nil {
+		logger.Warn("web server shutdown", "error", err)
+	}
+	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// handler serves sdwriter's web endpoints.
+func handler(reg *prometheus.Registry, syncer *sdfile.Syncer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/sd", syncer)
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "sdwriter is healthy.\n")
+	})
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !syncer.Ready() {
+			http.Error(w, "sdwriter is not ready: the first listing of etcd is not complete.", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "sdwriter is ready.\n")
+	})
+	if landing, err := web.NewLandingPage(web.LandingConfig{
+		Name:        name,
+		Description: "workersd registrations in etcd as Prometheus targets",
+		Version:     version.Info(),
+		Links: []web.LandingLinks{
+			{Address: "/sd", Text: "Targets (http_sd)"},
+			{Address: "/metrics", Text: "Metrics"},
+			{Address: "/-/ready", Text: "Readiness"},
+		},
+	}); err == nil {
+		mux.Handle("/", landing)
+	}
+	return mux
+}

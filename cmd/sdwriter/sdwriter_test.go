@@ -1,0 +1,318 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/workersd/workersd/internal/etcdtest"
+)
+
+// Acceptance 1: registrations appear in the file and at /sd with exactly the
+// labels of DESIGN.md, and removals disappear; Prometheus' own readers and
+// promtool accept the output.
+func TestRegistrationsAppearAndDisappear(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	file := filepath.Join(t.TempDir(), "sd", "workersd.json")
+	in := startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint())
+	waitFile(t, file)
+	if got := in.sd(t); string(got) != "[]\n" {
+		t.Fatalf("/sd with no registrations: %q", got)
+	}
+
+	put(t, cli, prefix+"api/web-1/0", `{"address":"10.0.0.5:40211","pid":4242,"started_at":"2026-11-21T10:00:00Z","labels":{"version":"1.4.2"}}`)
+	put(t, cli, prefix+"api/web-2/1", `{"address":"10.0.0.6:40300","scheme":"https","metrics_path":"/internal/metrics","pid":7,"started_at":"2026-11-21T12:00:00+01:00"}`)
+	want := `[
+  {"targets":["10.0.0.5:40211"],"labels":{"__meta_workersd_key":"/workersd/v1/api/web-1/0","__meta_workersd_pid":"4242","__meta_workersd_port":"40211","__meta_workersd_started_at":"2026-11-21T10:00:00Z","host":"web-1","instance":"web-1/0","job":"api","version":"1.4.2","worker":"0"}},
+  {"targets":["10.0.0.6:40300"],"labels":{"__meta_workersd_key":"/workersd/v1/api/web-2/1","__meta_workersd_pid":"7","__meta_workersd_port":"40300","__meta_workersd_started_at":"2026-11-21T11:00:00Z","__metrics_path__":"/internal/metrics","__scheme__":"https","host":"web-2","instance":"web-2/1","job":"api","worker":"1"}}
+]
+`
+	got := waitFile(t, file, "10.0.0.5:40211", "10.0.0.6:40300")
+	if string(got) != want {
+		t.Fatalf("file:\n%s\nwant:\n%s", got, want)
+	}
+	if fi, _ := os.Stat(file); fi.Mode().Perm() != 0o644 {
+		t.Errorf("file mode %v, want 0644", fi.Mode().Perm())
+	}
+	if sd := in.sd(t); !bytes.Equal(sd, got) {
+		t.Errorf("/sd serves other bytes than the file:\n%s", sd)
+	}
+
+	// Prometheus' http_sd reader on /sd.
+	groups := httpSDRefresh(t, "http://"+in.web+"/sd")
+	if len(groups) != 2 || groups[1].Labels["__scheme__"] != "https" || groups[0].Labels["instance"] != "web-1/0" {
+		t.Errorf("http_sd read %v", groups)
+	}
+
+	// promtool on a file_sd job reading the file; and, so that a pass means
+	// something, on a broken file.
+	if ok, out := promtoolCheck(t, file); !ok || !strings.Contains(out, "SUCCESS") {
+		t.Errorf("promtool check config failed:\n%s", out)
+	}
+	broken := filepath.Join(t.TempDir(), "broken.json")
+	os.WriteFile(broken, []byte(`[{"targets":["a:1"],"labels":{"bad-name":"x"}}]`), 0o644)
+	if ok, out := promtoolCheck(t, broken); ok {
+		t.Errorf("promtool accepted a broken file_sd file, so it checks nothing:\n%s", out)
+	}
+
+	del(t, cli, "api/web-1/0")
+	waitFile(t, file, "10.0.0.6:40300")
+	del(t, cli, "api/web-2/1")
+	if got := waitFile(t, file); string(got) != "[]\n" {
+		t.Errorf("empty file: %q", got)
+	}
+	if n := in.metric(t, "workersd_sdwriter_output_writes_total"); n < 4 {
+		t.Errorf("writes_total = %v", n)
+	}
+	if n := in.metric(t, "workersd_sdwriter_event_to_output_seconds"); n < 4 {
+		t.Errorf("latency histogram has %v samples", n)
+	}
+}
+
+// httpSDRefresh reads url as Prometheus' http_sd does (discovery/http,
+// whose package needs modules this one does not): 200, a JSON content
+// type, target groups that unmarshal and are not null.
+func httpSDRefresh(t *testing.T, url string) []*targetgroup.Group {
+	t.Helper()
+	code, ct, body := httpGet(url)
+	if code != 200 {
+		t.Fatalf("http_sd: status %d", code)
+	}
+	if !regexp.MustCompile(`^(?i:application\/json(;\s*charset=("utf-8"|utf-8))?)$`).MatchString(ct) {
+		t.Fatalf("http_sd: unsupported content type %q", ct)
+	}
+	groups, err := parseTargets(body)
+	if err != nil {
+		t.Fatalf("http_sd: %v", err)
+	}
+	return groups
+}
+
+// Acceptance 2: compaction while sdwriter is cut off from etcd. The file is
+// never emptied and converges once the watch notices.
+func TestCompactionWhileDisconnected(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	px := startProxy(t, etcd.Endpoint())
+	file := filepath.Join(t.TempDir(), "workersd.json")
+	in := startSdwriter(t, file, "--etcd.endpoints="+px.addr())
+	putReg(t, cli, "api/a/0", "h:1")
+	putReg(t, cli, "api/b/0", "h:2") // stays registered throughout
+	waitFile(t, file, "h:1", "h:2")
+	watch := watchFile(file, "h:2")
+
+	px.pause()
+	del(t, cli, "api/a/0")
+	putReg(t, cli, "api/c/0", "h:3")
+	for i := range 20 {
+		putReg(t, cli, "api/c/0", fmt.Sprintf("h:%d", 3+i))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // cut off for a while; the file must stay
+	waitFile(t, file, "h:1", "h:2")
+
+	px.resume()
+	waitFile(t, file, "h:2", "h:22")
+	watch.check(t)
+	if n := in.metric(t, "workersd_sdwriter_etcd_relists_total"); n < 1 {
+		t.Errorf("relists_total = %v after compaction", n)
+	}
+}
+
+// Acceptance 2: etcd restarted, and etcd stopped for a while. The file is
+// never emptied, /sd keeps serving, and changes made afterwards arrive.
+func TestEtcdRestartedAndStopped(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	file := filepath.Join(t.TempDir(), "workersd.json")
+	in := startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint())
+	putReg(t, cli, "api/b/0", "h:2")
+	waitFile(t, file, "h:2")
+	watch := watchFile(file, "h:2")
+
+	etcd.Restart()
+	putReg(t, cli, "api/c/0", "h:3")
+	waitFile(t, file, "h:2", "h:3")
+
+	etcd.Stop()
+	waitUntil(t, 30*time.Second, "etcd_reachable 0", func() bool { return in.metric(t, "workersd_sdwriter_etcd_reachable") == 0 })
+	before, _ := os.ReadFile(file)
+	time.Sleep(5 * time.Second) // stopped "for a minute", shortened
+	if after, _ := os.ReadFile(file); !bytes.Equal(before, after) {
+		t.Errorf("the file changed while etcd was stopped:\n%s\n->\n%s", before, after)
+	}
+	if sd := in.sd(t); !bytes.Equal(sd, before) {
+		t.Errorf("/sd changed while etcd was stopped: %s", sd)
+	}
+	if code, _, _ := httpGet("http://" + in.web + "/-/ready"); code != 200 {
+		t.Errorf("/-/ready = %d while etcd is stopped; the last good targets are still served", code)
+	}
+
+	etcd.Restart()
+	del(t, cli, "api/c/0")
+	putReg(t, cli, "api/d/0", "h:4")
+	waitFile(t, file, "h:2", "h:4")
+	watch.check(t)
+	waitUntil(t, 30*time.Second, "etcd_reachable 1", func() bool { return in.metric(t, "workersd_sdwriter_etcd_reachable") == 1 })
+}
+
+// Acceptance 3: sdwriters on the same etcd write identical bytes, whether
+// they saw the changes through the watch or in their first listing.
+func TestTwoSdwritersWriteIdenticalFiles(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	dir := t.TempDir()
+	fileA, fileB, fileC := filepath.Join(dir, "a.json"), filepath.Join(dir, "b.json"), filepath.Join(dir, "c.json")
+	startSdwriter(t, fileA, "--etcd.endpoints="+etcd.Endpoint())
+	startSdwriter(t, fileB, "--etcd.endpoints="+etcd.Endpoint())
+
+	for i := range 30 {
+		put(t, cli, fmt.Sprintf("%sjob%d/host-%d/%d", prefix, i%3, i%5, i),
+			fmt.Sprintf(`{"address":"10.0.%d.%d:%d","pid":%d,"labels":{"zone":"z%d","v":"é\u2028<&>"}}`, i%4, i, 1000+i, i+1, i%2))
+	}
+	// Duplicates (newest wins), garbage, a deletion, and a transaction.
+	put(t, cli, prefix+"job0/host-9/0", `{"address":"10.0.0.0:1000"}`)
+	put(t, cli, prefix+"job0/host-9/1", `{"address":"10.0.0.0:1000"}`)
+	put(t, cli, prefix+"job0/host-9/x", `{"address":"10.0.0.0:1000"}`)
+	put(t, cli, prefix+"job1/host-9/2", `{`)
+	del(t, cli, "job1/host-1/1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Txn(ctx).Then(
+		clientv3.OpPut(prefix+"job2/host-8/0", `{"address":"h:1"}`),
+		clientv3.OpPut(prefix+"job2/host-8/1", `{"address":"h:1"}`),
+		clientv3.OpDelete(prefix+"job2/host-2/2"),
+	).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	put(t, cli, prefix+"zz/last/0", `{"address":"last:1"}`)
+
+	isLast := func(path string) func() bool {
+		return func() bool {
+			b, _ := os.ReadFile(path)
+			return bytes.Contains(b, []byte(`"last:1"`))
+		}
+	}
+	waitUntil(t, 30*time.Second, "a up to date", isLast(fileA))
+	waitUntil(t, 30*time.Second, "b up to date", isLast(fileB))
+	startSdwriter(t, fileC, "--etcd.endpoints="+etcd.Endpoint()) // sees it all in one listing
+	waitUntil(t, 30*time.Second, "c up to date", isLast(fileC))
+
+	a, _ := os.ReadFile(fileA)
+	b, _ := os.ReadFile(fileB)
+	c, _ := os.ReadFile(fileC)
+	if !bytes.Equal(a, b) || !bytes.Equal(a, c) {
+		t.Fatalf("files differ:\n%s\n---\n%s\n---\n%s", a, b, c)
+	}
+	// 30 registrations; job0/host-0/0 hidden by host-9/1 (same address,
+	// newer), two deleted, one of the transaction's pair, and last.
+	if n := len(addresses(t, a)); n != 30-1+1-2+1+1 {
+		t.Errorf("%d targets:\n%s", n, a)
+	}
+	for _, key := range []string{"job0/host-0/0", "job0/host-9/0", "job2/host-8/0"} {
+		if bytes.Contains(a, []byte(`"`+prefix+key+`"`)) {
+			t.Errorf("%s has a newer registration with its address, yet it is in the file", key)
+		}
+	}
+	if !bytes.Contains(a, []byte(`"`+prefix+"job0/host-9/1"+`"`)) || !bytes.Contains(a, []byte(`"`+prefix+"job2/host-8/1"+`"`)) {
+		t.Errorf("the newest registration of a duplicated address must win:\n%s", a)
+	}
+}
+
+// Acceptance 4: garbage under the prefix is skipped and counted; the file
+// stays valid with the other targets; the daemon stays up.
+func TestGarbageIsSkipped(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	file := filepath.Join(t.TempDir(), "workersd.json")
+	in := startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint())
+	putReg(t, cli, "api/good/0", "h:1")
+	garbage := map[string]string{
+		"api/bad/1":   "{not json",
+		"api/bad/2":   `{"address":"h:2","schema":"v2"}`,
+		"api/bad/3":   `{"address":"h:3","labels":{"bad-name":"x"}}`,
+		"api/bad/4":   `{"address":"h:4","labels":{"__address__":"evil:1"}}`,
+		"api/bad/5":   `{"address":"h:5","labels":{"v":"` + strings.Repeat("x", 1<<20) + `"}}`,
+		"api/bad/6":   "{\"address\":\"h:6\",\"labels\":{\"v\":\"\xff\xfe\"}}",
+		"api/bad":     `{"address":"h:7"}`,
+		"api/bad/8/9": `{"address":"h:8"}`,
+		"api\xff/x/0": `{"address":"h:9"}`,
+	}
+	for k, v := range garbage {
+		put(t, cli, prefix+k, v)
+	}
+	putReg(t, cli, "api/good/1", "h:10")
+	waitFile(t, file, "h:1", "h:10")
+	waitUntil(t, 10*time.Second, "every garbage entry counted", func() bool {
+		return in.metric(t, "workersd_sdwriter_invalid_registrations_skipped_total") == float64(len(garbage))
+	})
+	if n := in.metric(t, "workersd_sdwriter_invalid_registrations"); n != float64(len(garbage)) {
+		t.Errorf("invalid_registrations = %v, want %d", n, len(garbage))
+	}
+	for _, reason := range []string{"value", "labels", "key"} {
+		if in.metric(t, "workersd_sdwriter_invalid_registrations", "reason", reason) == 0 {
+			t.Errorf("nothing counted with reason %q", reason)
+		}
+	}
+	if code, _, _ := httpGet("http://" + in.web + "/-/healthy"); code != 200 {
+		t.Errorf("/-/healthy = %d", code)
+	}
+	if ok, out := promtoolCheck(t, file); !ok {
+		t.Errorf("promtool check config:\n%s", out)
+	}
+	if n := in.metric(t, "workersd_sdwriter_targets", "job", "api"); n != 2 {
+		t.Errorf("targets{job=api} = %v", n)
+	}
+}
+
+// Without --output.file only /sd serves the targets.
+func TestNoOutputFile(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	dir := t.TempDir()
+	t.Chdir(dir)
+	in := startSdwriter(t, "", "--etcd.endpoints="+etcd.Endpoint())
+	putReg(t, etcd.Client(t), "api/a/0", "h:1")
+	waitUntil(t, 10*time.Second, "/sd holding the target", func() bool {
+		return fmt.Sprint(addresses(t, in.sd(t))) == "[h:1]"
+	})
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("files written without --output.file: %v", ents)
+	}
+}
+
+func TestFlagErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"--no-such-flag"},
+		{"--etcd.prefix=workersd"},
+		{"--etcd.endpoints=a:1", "--etcd.username=u", "--etcd.password-file=f", "--etcd.prefix=/x"},
+		{"--etcd.cacert=ca.pem"},
+		{"--log.level=loud"},
+		{"--log.format=xml"},
+	} {
+		var stderr bytes.Buffer
+		if code := run(context.Background(), args, &stderr); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+		if !strings.Contains(stderr.String(), "error:") {
+			t.Errorf("%v: no clear error: %q", args, stderr.String())
+		}
+	}
+}
