@@ -1,0 +1,330 @@
+// Command workersd-agent registers the workers of servers that cannot embed
+// Go (gunicorn, uWSGI, Puma) in etcd, one registrar per worker process, and
+// revokes a worker's registration the moment its process exits. Workers call
+// its JSON API on a Unix socket (default /run/workersd/agent.sock); see
+// docs/AGENT.md. Run one per host.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/config"
+	"github.com/prometheus/common/version"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/workersd/workersd/agent"
+	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/registrar"
+)
+
+const (
+	name            = "workersd-agent"
+	socketMode      = 0o660
+	shutdownTimeout = 5 * time.Second
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	code := run(ctx, os.Args[1:], os.Stderr, nil)
+	stop()
+	os.Exit(code)
+}
+
+type flags struct {
+	endpoints      string
+	prefix         string
+	tls            config.TLSConfig
+	username       string
+	passwordFile   string
+	host           string
+	advertiseHost  string
+	ttl            time.Duration
+	socket         string
+	address        string
+	allowNonLoop   bool
+	stateFile      string
+	webAddress     string
+	disablePidfd   bool
+	logLevel       string
+	logFormat      string
+	etcdEndpoints  []string
+	etcdClientConf clientv3.Config
+}
+
+func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+	f := &flags{}
+	app := kingpin.New(name, "Registers the worker processes of any language in etcd for workersd, and revokes them the moment they exit.")
+	app.Version(version.Print(name))
+	app.HelpFlag.Short('h')
+	app.UsageWriter(stderr)
+	app.ErrorWriter(stderr)
+	app.Flag("etcd.endpoints", "Comma-separated etcd client endpoints.").Default("127.0.0.1:2379").StringVar(&f.endpoints)
+	app.Flag("etcd.prefix", "Key prefix of the registrations.").Default(registrar.DefaultPrefix).StringVar(&f.prefix)
+	app.Flag("etcd.cacert", "CA certificate file to verify etcd's TLS certificate.").StringVar(&f.tls.CAFile)
+	app.Flag("etcd.cert", "Client certificate file for etcd TLS.").StringVar(&f.tls.CertFile)
+	app.Flag("etcd.key", "Client key file for etcd TLS.").StringVar(&f.tls.KeyFile)
+	app.Flag("etcd.username", "etcd user name.").StringVar(&f.username)
+	app.Flag("etcd.password-file", "File holding the etcd user's password.").StringVar(&f.passwordFile)
+	app.Flag("host", "Host name in the keys and instance labels. Default: the system's host name.").StringVar(&f.host)
+	app.Flag("advertise.host", "Host (IP or name) registered for workers that give only a port. Default: the local IP used to reach the first etcd endpoint.").StringVar(&f.advertiseHost)
+	app.Flag("ttl", "Lease TTL of each registration: how long registrations outlive a stopped agent.").Default(registrar.DefaultTTL.String()).DurationVar(&f.ttl)
+	app.Flag("listen.socket", "Unix socket of the API (mode 0660). Empty: none.").Default("/run/workersd/agent.sock").StringVar(&f.socket)
+	app.Flag("listen.address", "Optional loopback TCP address of the API, e.g. 127.0.0.1:9589.").StringVar(&f.address)
+	app.Flag("listen.allow-non-loopback", "Allow --listen.address on a non-loopback address. The API has no authentication: anyone who reaches it can register targets.").BoolVar(&f.allowNonLoop)
+	app.Flag("state.file", "File that keeps the registrations across restarts of the agent. Empty: none.").Default("/var/lib/workersd/agent.json").StringVar(&f.stateFile)
+	app.Flag("web.listen-address", "Address of the agent's own /metrics, /-/healthy. Empty: not served.").StringVar(&f.webAddress)
+	app.Flag("watch.disable-pidfd", "Poll processes every 100ms instead of watching pidfds.").BoolVar(&f.disablePidfd)
+	app.Flag("log.level", "Only log messages with the given severity or above. One of: [trace, debug, info, warn, error]").
+		Default("info").EnumVar(&f.logLevel, "trace", "debug", "info", "warn", "error")
+	app.Flag("log.format", "Output format of log messages. One of: [text, json]").Default("text").EnumVar(&f.logFormat, "text", "json")
+	if _, err := app.Parse(args); err != nil {
+		return nil, err
+	}
+
+	if err := registrar.ValidatePrefix(f.prefix); err != nil {
+		return nil, fmt.Errorf("--etcd.prefix: %w", err)
+	}
+	for e := range strings.SplitSeq(f.endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			f.etcdEndpoints = append(f.etcdEndpoints, e)
+		}
+	}
+	if len(f.etcdEndpoints) == 0 {
+		return nil, errors.New("--etcd.endpoints: at least one endpoint is required")
+	}
+	if f.ttl < registrar.MinTTL {
+		return nil, fmt.Errorf("--ttl: %s is below etcd's minimum lease TTL of %s", f.ttl, registrar.MinTTL)
+	}
+	if f.socket == "" && f.address == "" {
+		return nil, errors.New("--listen.socket and --listen.address are both empty: the API would be unreachable")
+	}
+	if f.address != "" && !f.allowNonLoop {
+		if err := checkLoopback(f.address); err != nil {
+			return nil, fmt.Errorf("--listen.address: %w", err)
+		}
+	}
+	if f.host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("--host: not set and os.Hostname failed: %w", err)
+		}
+		f.host = h
+	}
+	if err := registrar.ValidateName("host", f.host); err != nil {
+		return nil, fmt.Errorf("--host: %w", err)
+	}
+	if f.tls != (config.TLSConfig{}) {
+		tc, err := config.NewTLSConfig(&f.tls)
+		if err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		f.etcdClientConf.TLS = tc
+	}
+	if f.username != "" {
+		f.etcdClientConf.Username = f.username
+		if f.passwordFile != "" {
+			b, err := os.ReadFile(f.passwordFile)
+			if err != nil {
+				return nil, fmt.Errorf("--etcd.password-file: %w", err)
+			}
+			f.etcdClientConf.Password = strings.TrimRight(string(b), "\r\n")
+		}
+	} else if f.passwordFile != "" {
+		return nil, errors.New("--etcd.password-file needs --etcd.username")
+	}
+	return f, nil
+}
+
+// checkLoopback refuses addresses other hosts could reach: the API trusts
+// its callers.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address; the API has no authentication (--listen.allow-non-loopback to insist)", addr)
+	}
+	return nil
+}
+
+// run is the agent until ctx is done; it returns the exit code. ready, if
+// not nil, is called once the API listens (for tests).
+func run(ctx context.Context, args []string, stderr io.Writer, ready func()) int {
+	f, err := parseFlags(args, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", name, err)
+		return 2
+	}
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name:       name,
+		Level:      hclog.LevelFromString(f.logLevel),
+		JSONFormat: f.logFormat == "json",
+		Output:     stderr,
+	})
+	if err := serve(ctx, f, logger, ready); err != nil {
+		logger.Error("exiting", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) error {
+	logger.Info("starting", "version", version.Info(), "host", f.host, "etcd", f.etcdEndpoints)
+	client, err := etcdclient.New(f.etcdEndpoints, f.etcdClientConf)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		versioncollector.NewCollector("workersd_agent"),
+	)
+	if f.stateFile != "" {
+		if err := os.MkdirAll(filepath.Dir(f.stateFile), 0o755); err != nil {
+			return fmt.Errorf("--state.file: %w", err)
+		}
+	}
+	a, err := agent.New(agent.Config{
+		Client:        client,
+		Prefix:        f.prefix,
+		Host:          f.host,
+		TTL:           f.ttl,
+		AdvertiseHost: f.advertiseHost,
+		StateFile:     f.stateFile,
+		DisablePidfd:  f.disablePidfd,
+		Registerer:    reg,
+		Logger:        logger.Named("agent"),
+	})
+	if err != nil {
+		return err
+	}
+
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	if f.socket != "" {
+		l, err := listenSocket(f.socket)
+		if err != nil {
+			return err
+		}
+		listeners = append(listeners, l)
+	}
+	if f.address != "" {
+		l, err := net.Listen("tcp", f.address)
+		if err != nil {
+			return fmt.Errorf("--listen.address: %w", err)
+		}
+		listeners = append(listeners, l)
+	}
+	var web net.Listener
+	if f.webAddress != "" {
+		if web, err = net.Listen("tcp", f.webAddress); err != nil {
+			return fmt.Errorf("--web.listen-address: %w", err)
+		}
+		defer web.Close()
+	}
+
+	// Restore before serving: a worker asking again must find its
+	// registration, not race with its adoption.
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	// Graceful stop keeps the leases (see agent.Close): a restart within
+	// the TTL is invisible to Prometheus.
+	defer a.Close()
+
+	errc := make(chan error, len(listeners)+1)
+	api := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	for _, l := range listeners {
+		logger.Info("API listening", "address", l.Addr().String())
+		go func() { errc <- api.Serve(l) }()
+	}
+	var webSrv *http.Server
+	if web != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "workersd-agent is healthy.\n") })
+		webSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		logger.Info("metrics listening", "address", web.Addr().String())
+		go func() { errc <- webSrv.Serve(web) }()
+	}
+	if ready != nil {
+		ready()
+	}
+	select {
+	case err = <-errc:
+		err = fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down; registrations stay until their leases expire or a restarted agent adopts them")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	api.Shutdown(sctx)
+	if webSrv != nil {
+		webSrv.Shutdown(sctx)
+	}
+	if f.socket != "" {
+		os.Remove(f.socket)
+	}
+	return err
+}
+
+// listenSocket listens on a Unix socket with mode 0660, replacing a stale
+// socket file left by a crash but not a live agent's socket.
+func listenSocket(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("--listen.socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("--listen.socket: %s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("--listen.socket: another agent is listening on %s", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("--listen.socket: remove stale socket: %w", err)
+		}
+	}
+	// No window in which the socket is reachable with a wider mode.
+	old := syscall.Umask(0o777 &^ socketMode)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("--listen.socket: %w", err)
+	}
+	if err := os.Chmod(path, socketMode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("--listen.socket: %w", err)
+	}
+	return l, nil
+}
