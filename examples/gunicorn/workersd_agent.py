@@ -1,0 +1,72 @@
+"""Client of the workersd host agent's API, with the Python standard library
+alone: JSON over HTTP on a Unix socket (see docs/AGENT.md).
+"""
+
+import http.client
+import json
+import os
+import socket
+
+DEFAULT_SOCKET = "/run/workersd/agent.sock"
+
+
+class AgentError(Exception):
+    """The agent answered with an error (status and message) or not at all."""
+
+    def __init__(self, status, message):
+        super().__init__("workersd agent: %s %s" % (status, message))
+        self.status = status
+        self.message = message
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _socket_path(path):
+    return path or os.environ.get("WORKERSD_AGENT_SOCKET") or DEFAULT_SOCKET
+
+
+def call(method, url, body=None, socket_path=None, timeout=5.0):
+    """Calls the agent and returns the decoded JSON answer; raises AgentError."""
+    conn = _UnixHTTPConnection(_socket_path(socket_path), timeout)
+    try:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload else {}
+        conn.request(method, url, body=payload, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as e:
+        raise AgentError(None, str(e)) from e
+    finally:
+        conn.close()
+    answer = json.loads(data) if data else {}
+    if resp.status >= 400:
+        raise AgentError(resp.status, answer.get("error", data.decode(errors="replace")))
+    return answer
+
+
+def register(job, port, pid=None, labels=None, scheme=None, metrics_path=None, socket_path=None):
+    """Registers the process pid (default: this one) as a target of job that
+    serves metrics on port. Returns the agent's view: id, state, key, slot."""
+    body = {"job": job, "port": port, "pid": pid or os.getpid()}
+    if labels:
+        body["labels"] = labels
+    if scheme:
+        body["scheme"] = scheme
+    if metrics_path:
+        body["metrics_path"] = metrics_path
+    return call("POST", "/v1/workers", body, socket_path)
+
+
+def deregister(pid=None, socket_path=None):
+    """Removes the registration of pid (default: this process) at once."""
+    return call("DELETE", "/v1/workers/%d" % (pid or os.getpid()), socket_path=socket_path)
