@@ -20,7 +20,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
 
+	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
@@ -30,7 +32,7 @@ const prefix = registrar.DefaultPrefix
 
 // harness is an agent served on a real Unix socket, against real etcd.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	etcd   *etcdtest.Server
 	cli    *clientv3.Client
 	agent  *Agent
@@ -40,7 +42,7 @@ type harness struct {
 	cfg    Config
 }
 
-func newHarness(t *testing.T, etcd *etcdtest.Server, mod func(*Config)) *harness {
+func newHarness(t testing.TB, etcd *etcdtest.Server, mod func(*Config)) *harness {
 	t.Helper()
 	if etcd == nil {
 		etcd = etcdtest.Start(t)
@@ -94,7 +96,7 @@ func (h *harness) stop() {
 	h.agent.Close()
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -498,5 +500,38 @@ func TestMetrics(t *testing.T) {
 		if got[name] != want {
 			t.Errorf("%s = %v, want %v", name, got[name], want)
 		}
+	}
+}
+
+// Close stops every goroutine the agent started (watchers, registration
+// loops, the state syncer) without revoking.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	if _, err := cli.Get(context.Background(), "warm-up"); err != nil {
+		t.Fatal(err)
+	}
+	c := child(t)
+	ignore := goleak.IgnoreCurrent()
+	own, err := etcdclient.New([]string{etcd.Endpoint()}, clientv3.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{Client: own, Host: "web-1", TTL: 2 * time.Second, StateFile: filepath.Join(t.TempDir(), "s.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Register(context.Background(), Request{Job: "api", Port: 9000, PID: c.Process.Pid}); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	own.Close()
+	goleak.VerifyNone(t, ignore)
+	resp, err := cli.Get(context.Background(), prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 1 {
+		t.Fatalf("after Close: %v keys, %v; want the registration kept", resp.Count, err)
 	}
 }
