@@ -1,0 +1,52 @@
+package sdfile
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+)
+
+// benchGroups are n groups shaped like sdwriter's: one target, 10 labels.
+func benchGroups(n int) []*targetgroup.Group {
+	groups := make([]*targetgroup.Group, n)
+	for i := range groups {
+		key := fmt.Sprintf("/workersd/v1/job-%d/host-%d/%d", i%10, i/100, i%100)
+		port := fmt.Sprint(20000 + i%40000)
+		groups[i] = &targetgroup.Group{
+			Source:  key,
+			Targets: []model.LabelSet{{model.AddressLabel: model.LabelValue(fmt.Sprintf("10.%d.%d.%d:%s", i>>16&255, i>>8&255, i&255, port))}},
+			Labels: model.LabelSet{
+				"job": model.LabelValue(fmt.Sprintf("job-%d", i%10)), "instance": model.LabelValue(fmt.Sprintf("host-%d/%d", i/100, i%100)),
+				"host": model.LabelValue(fmt.Sprintf("host-%d", i/100)), "worker": model.LabelValue(fmt.Sprint(i % 100)),
+				"version": "1.4.2", "__meta_workersd_key": model.LabelValue(key), "__meta_workersd_port": model.LabelValue(port),
+				"__meta_workersd_pid": model.LabelValue(fmt.Sprint(1000 + i)), "__meta_workersd_started_at": "2026-11-21T10:00:00Z",
+			},
+		}
+	}
+	return groups
+}
+
+// Full render of 10,000 groups from scratch (what a first sync costs).
+func BenchmarkRender10k(b *testing.B) {
+	groups := benchGroups(10_000)
+	b.ReportAllocs()
+	for b.Loop() {
+		Render(groups)
+	}
+}
+
+// One changed group, then the whole output (what each watch event costs).
+func BenchmarkStoreUpdate10k(b *testing.B) {
+	groups := benchGroups(10_000)
+	s := NewStore()
+	s.Apply(groups)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		s.Apply(groups[i%len(groups) : i%len(groups)+1])
+		s.Bytes()
+		i++
+	}
+}
