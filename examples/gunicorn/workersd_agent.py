@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import socket
+import time
 
 DEFAULT_SOCKET = "/run/workersd/agent.sock"
 
@@ -54,9 +55,13 @@ def call(method, url, body=None, socket_path=None, timeout=5.0):
     return answer
 
 
-def register(job, port, pid=None, labels=None, scheme=None, metrics_path=None, socket_path=None):
+def register(job, port, pid=None, labels=None, scheme=None, metrics_path=None, socket_path=None, retry_for=3.0):
     """Registers the process pid (default: this one) as a target of job that
-    serves metrics on port. Returns the agent's view: id, state, key, slot."""
+    serves metrics on port. Returns the agent's view: id, state ("registered",
+    or "pending" while etcd is unreachable), key, slot.
+
+    A refused connection (the agent restarting) is retried for retry_for
+    seconds; an answer with an error status is not."""
     body = {"job": job, "port": port, "pid": pid or os.getpid()}
     if labels:
         body["labels"] = labels
@@ -64,7 +69,14 @@ def register(job, port, pid=None, labels=None, scheme=None, metrics_path=None, s
         body["scheme"] = scheme
     if metrics_path:
         body["metrics_path"] = metrics_path
-    return call("POST", "/v1/workers", body, socket_path)
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            return call("POST", "/v1/workers", body, socket_path)
+        except AgentError as e:
+            if e.status is not None or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def deregister(pid=None, socket_path=None):
