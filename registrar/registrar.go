@@ -213,6 +213,33 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	return nil
 }
 
+// Detach stops the loop without revoking: the key lives on until its lease
+// expires, unless another process adopts it first (Config.Resume). A host
+// agent detaches on restart so that its workers stay targets meanwhile.
+func (r *Registrar) Detach(ctx context.Context) error {
+	r.mu.Lock()
+	cancel, done := r.cancel, r.done
+	r.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("detach %s: %w", r.prefix, ctx.Err())
+	}
+}
+
+// Changed returns a channel closed at the next change of State: a caller
+// that records the lease (a state file) waits on it instead of polling.
+func (r *Registrar) Changed() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
 // State returns a copy of the current state.
 func (r *Registrar) State() State {
 	r.mu.Lock()

@@ -538,3 +538,29 @@ func TestResumeAdoptsARegistrationInsteadOfDuplicatingIt(t *testing.T) {
 		t.Fatalf("resume of another job's key: %v", err)
 	}
 }
+
+func TestDetachLeavesTheKeyAndChangedSignals(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	r := newRegistrar(t, cli, "detach", "h", 4500, nil)
+	changed := r.Changed()
+	r.Register(context.Background())
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Changed not closed after the registration")
+	}
+	if err := r.WaitRegistered(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := r.State()
+	if err := r.Detach(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if k := keys(t, cli, registrar.DefaultPrefix); k[st.Key] != int64(st.LeaseID) {
+		t.Fatalf("Detach removed the key: %v", k)
+	}
+	// Nobody keeps the lease alive any more: the key expires by itself.
+	poll.Until(t, testTTL+2*time.Second, func() bool { return len(keys(t, cli, registrar.DefaultPrefix)) == 0 },
+		"detached key did not expire")
+}
