@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -325,6 +326,16 @@ func (d *Discoverer) watch(ctx context.Context, st *state, sink Sink, rev int64,
 					emit(seen)
 					return *end
 				}
+				select {
+				case resp, ok = <-wch:
+					continue
+				default:
+				}
+				// The client hands its buffered responses over one by
+				// one from another goroutine: let it run once before
+				// concluding that nothing more is there. Not a timer: a
+				// lone event is delayed by a scheduler round at most.
+				runtime.Gosched()
 				select {
 				case resp, ok = <-wch:
 				default:

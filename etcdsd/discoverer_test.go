@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -214,6 +215,63 @@ func TestEmptyPrefixSyncs(t *testing.T) {
 	}
 }
 
+// blockingSink blocks its second Update until released, so that events
+// queue up behind it.
+type blockingSink struct {
+	*recorder
+	calls   int
+	blocked chan struct{}
+	release chan struct{}
+}
+
+func (s *blockingSink) Update(groups []*targetgroup.Group, seen time.Time) {
+	s.calls++
+	if s.calls == 2 {
+		close(s.blocked)
+		<-s.release
+	}
+	s.recorder.Update(groups, seen)
+}
+
+// Events that queue up while the sink is busy are handed over together, and
+// a lone event is handed over at once, not after a timer.
+func TestBurstIsCoalesced(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	d, err := New(etcd.Client(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &blockingSink{recorder: newRecorder(t), blocked: make(chan struct{}), release: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.RunSink(ctx, sink); close(done) }()
+	defer func() { cancel(); <-done }()
+	<-d.Synced()
+
+	start := time.Now()
+	put(t, cli, "job/host/0", "h:1") // a lone event
+	<-sink.blocked
+	if delay := time.Since(start); delay > time.Second {
+		t.Errorf("a lone event took %s to reach the sink", delay)
+	}
+	want := map[string]string{"job/host/0": "h:1"}
+	for i := 1; i <= 50; i++ {
+		key := fmt.Sprintf("job/host/%d", i)
+		put(t, cli, key, fmt.Sprintf("h:%d", i+1))
+		want[key] = fmt.Sprintf("h:%d", i+1)
+	}
+	close(sink.release)
+	sink.waitState(t, want)
+	// Sync, the lone event, then the 50 queued puts: in one update, or a
+	// few if some were still on their way from etcd when the sink returned.
+	_, updates, _ := sink.snapshot()
+	if updates-2 > 5 {
+		t.Errorf("50 queued events took %d updates", updates-2)
+	}
+	t.Logf("50 queued events in %d updates", updates-2)
+}
+
 // Events that arrive together are handed over together.
 func TestTransactionIsOneUpdate(t *testing.T) {
 	f := start(t, etcdtest.Start(t), Options{})
@@ -294,13 +352,7 @@ func TestEtcdStoppedAndRestarted(t *testing.T) {
 	f.rec.waitState(t, map[string]string{"job/host/0": "h:1"})
 
 	etcd.Stop()
-	deadline := time.Now().Add(20 * time.Second)
-	for f.d.Reachable() {
-		if time.Now().After(deadline) {
-			t.Fatal("etcd stopped, but still reachable")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, 20*time.Second, func() bool { return !f.d.Reachable() }, "etcd stopped, but still reachable")
 	_, updates, _ := f.rec.snapshot()
 	time.Sleep(2 * time.Second) // an outage that lasts: nothing may be emitted
 	if _, after, _ := f.rec.snapshot(); after != updates {

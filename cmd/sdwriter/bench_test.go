@@ -28,6 +28,7 @@ import (
 
 	"github.com/workersd/workersd/etcdsd"
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 )
@@ -213,7 +214,7 @@ func BenchmarkSdwriterRSS(b *testing.B) {
 					time.Sleep(5 * time.Millisecond)
 				}
 				ready := time.Since(start)
-				waitUntil(b, time.Minute, "file", func() bool { _, err := os.Stat(file); return err == nil })
+				poll.Until(b, time.Minute, func() bool { _, err := os.Stat(file); return err == nil }, "file")
 				hwm, rss := procStatus(b, cmd.Process.Pid)
 				cmd.Process.Kill()
 				cmd.Wait()

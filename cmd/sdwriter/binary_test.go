@@ -17,6 +17,7 @@ import (
 
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -104,10 +105,10 @@ func TestEmbeddedEtcdByDefault(t *testing.T) {
 		}
 		t.Logf("sdwriter log:\n%s", logs.String())
 	}()
-	waitUntil(t, 60*time.Second, "sdwriter ready", func() bool {
+	poll.Until(t, 60*time.Second, func() bool {
 		code, _, _ := httpGet("http://" + web + "/-/ready")
 		return code == 200
-	})
+	}, "sdwriter ready")
 	if !strings.Contains(logs.String(), "embedded single-member etcd") {
 		t.Error("the log does not say that an embedded etcd was started")
 	}

@@ -22,6 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -54,10 +55,10 @@ func startSdwriter(t *testing.T, file string, args ...string) *instance {
 			t.Error("sdwriter did not stop")
 		}
 	})
-	waitUntil(t, 30*time.Second, "sdwriter ready", func() bool {
+	poll.Until(t, 30*time.Second, func() bool {
 		code, _, _ := httpGet("http://" + in.web + "/-/ready")
 		return code == http.StatusOK
-	})
+	}, "sdwriter ready")
 	return in
 }
 
@@ -66,17 +67,6 @@ type testLog struct{ t *testing.T }
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
-}
-
-func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var client = &http.Client{Timeout: 5 * time.Second}
@@ -177,7 +167,7 @@ func addresses(t *testing.T, b []byte) []string {
 func waitFile(t *testing.T, path string, want ...string) []byte {
 	t.Helper()
 	var last []byte
-	waitUntil(t, 30*time.Second, fmt.Sprintf("%s holding %v", path, want), func() bool {
+	poll.Until(t, 30*time.Second, func() bool {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return false
@@ -194,7 +184,7 @@ func waitFile(t *testing.T, path string, want ...string) []byte {
 			}
 		}
 		return fmt.Sprint(got) == fmt.Sprint(want)
-	})
+	}, "%s holding %v", path, want)
 	return last
 }
 

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
 )
 
 // Acceptance 1: registrations appear in the file and at /sd with exactly the
@@ -153,7 +154,7 @@ func TestEtcdRestartedAndStopped(t *testing.T) {
 	waitFile(t, file, "h:2", "h:3")
 
 	etcd.Stop()
-	waitUntil(t, 30*time.Second, "etcd_reachable 0", func() bool { return in.metric(t, "workersd_sdwriter_etcd_reachable") == 0 })
+	poll.Until(t, 30*time.Second, func() bool { return in.metric(t, "workersd_sdwriter_etcd_reachable") == 0 }, "etcd_reachable 0")
 	before, _ := os.ReadFile(file)
 	time.Sleep(5 * time.Second) // stopped "for a minute", shortened
 	if after, _ := os.ReadFile(file); !bytes.Equal(before, after) {
@@ -171,7 +172,7 @@ func TestEtcdRestartedAndStopped(t *testing.T) {
 	putReg(t, cli, "api/d/0", "h:4")
 	waitFile(t, file, "h:2", "h:4")
 	watch.check(t)
-	waitUntil(t, 30*time.Second, "etcd_reachable 1", func() bool { return in.metric(t, "workersd_sdwriter_etcd_reachable") == 1 })
+	poll.Until(t, 30*time.Second, func() bool { return in.metric(t, "workersd_sdwriter_etcd_reachable") == 1 }, "etcd_reachable 1")
 }
 
 // Acceptance 3: sdwriters on the same etcd write identical bytes, whether
@@ -211,10 +212,10 @@ func TestTwoSdwritersWriteIdenticalFiles(t *testing.T) {
 			return bytes.Contains(b, []byte(`"last:1"`))
 		}
 	}
-	waitUntil(t, 30*time.Second, "a up to date", isLast(fileA))
-	waitUntil(t, 30*time.Second, "b up to date", isLast(fileB))
+	poll.Until(t, 30*time.Second, isLast(fileA), "a up to date")
+	poll.Until(t, 30*time.Second, isLast(fileB), "b up to date")
 	startSdwriter(t, fileC, "--etcd.endpoints="+etcd.Endpoint()) // sees it all in one listing
-	waitUntil(t, 30*time.Second, "c up to date", isLast(fileC))
+	poll.Until(t, 30*time.Second, isLast(fileC), "c up to date")
 
 	a, _ := os.ReadFile(fileA)
 	b, _ := os.ReadFile(fileB)
@@ -261,9 +262,9 @@ func TestGarbageIsSkipped(t *testing.T) {
 	}
 	putReg(t, cli, "api/good/1", "h:10")
 	waitFile(t, file, "h:1", "h:10")
-	waitUntil(t, 10*time.Second, "every garbage entry counted", func() bool {
+	poll.Until(t, 10*time.Second, func() bool {
 		return in.metric(t, "workersd_sdwriter_invalid_registrations_skipped_total") == float64(len(garbage))
-	})
+	}, "every garbage entry counted")
 	if n := in.metric(t, "workersd_sdwriter_invalid_registrations"); n != float64(len(garbage)) {
 		t.Errorf("invalid_registrations = %v, want %d", n, len(garbage))
 	}
@@ -290,9 +291,9 @@ func TestNoOutputFile(t *testing.T) {
 	t.Chdir(dir)
 	in := startSdwriter(t, "", "--etcd.endpoints="+etcd.Endpoint())
 	putReg(t, etcd.Client(t), "api/a/0", "h:1")
-	waitUntil(t, 10*time.Second, "/sd holding the target", func() bool {
+	poll.Until(t, 10*time.Second, func() bool {
 		return fmt.Sprint(addresses(t, in.sd(t))) == "[h:1]"
-	})
+	}, "/sd holding the target")
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("files written without --output.file: %v", ents)
 	}
