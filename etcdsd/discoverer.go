@@ -172,6 +172,10 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 				return
 			}
 			d.m.ListFailures.Inc()
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				// Compacted between two pages: start again at the newest revision.
+				continue
+			}
 			d.setReachable(false, err)
 			wait := bo.next()
 			d.log.Warn("cannot list etcd; the targets already emitted stay as they are", "prefix", d.opts.Prefix, "error", err, "retry_in", wait)
@@ -189,7 +193,6 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 		}
 		cluster = hdr.ClusterId
 		st.relist(kvs, fresh)
-		kvs = nil // let the listing go before the watch starts
 		groups := st.flush()
 		if first {
 			d.log.Info("listed registrations", "prefix", d.opts.Prefix, "revision", hdr.Revision,

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 )
@@ -316,4 +317,33 @@ func TestFlagErrors(t *testing.T) {
 			t.Errorf("%v: no clear error: %q", args, stderr.String())
 		}
 	}
+}
+
+// --etcd.username and --etcd.password-file against an etcd with
+// authentication enabled.
+func TestEtcdAuth(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	admin := etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, step := range []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "s3cret"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli, err := etcdclient.New([]string{etcd.Endpoint()}, clientv3.Config{Username: "root", Password: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	pw := filepath.Join(t.TempDir(), "password")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	file := filepath.Join(t.TempDir(), "workersd.json")
+	startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint(), "--etcd.username=root", "--etcd.password-file="+pw)
+	putReg(t, cli, "api/a/0", "h:1")
+	waitFile(t, file, "h:1")
 }
