@@ -423,7 +423,7 @@ type worker struct {
 }
 
 // startWorker starts a demoworker and waits for its address; it registers
-// in the background.
+// in the background. startWorkerErr is the same for other goroutines.
 func (e *env) startWorker(o workerOpts) *worker {
 	e.t.Helper()
 	w, err := e.startWorkerErr(o)
@@ -447,7 +447,7 @@ func (e *env) startWorkerErr(o workerOpts) (*worker, error) {
 	if o.idle {
 		jobs, rate = 1, 0.0001 // the first unit would come after hours
 	}
-	p := startProc(e.t, e.logs, "worker-"+o.job+"-"+o.host, filepath.Join(binDir, "demoworker"),
+	p, err := startProcErr(e.t, e.logs, "worker-"+o.job+"-"+o.host, filepath.Join(binDir, "demoworker"),
 		"--etcd.endpoints="+strings.Join(e.cluster.endpoints(), ","),
 		"--job="+o.job, "--host="+o.host, "--ttl="+o.ttl.String(),
 		"--listen-address=127.0.0.1:0",
@@ -456,6 +456,9 @@ func (e *env) startWorkerErr(o workerOpts) (*worker, error) {
 		"--final-scrape-timeout="+o.finalScrape.String(),
 		"--log.level=debug",
 	)
+	if err != nil {
+		return nil, err
+	}
 	addr, err := p.waitLine("listening on", 30*time.Second)
 	if err != nil {
 		return nil, err

@@ -111,10 +111,19 @@ type proc struct {
 // a log file in dir that is printed when the test fails.
 func startProc(t *testing.T, dir, name, bin string, args ...string) *proc {
 	t.Helper()
+	p, err := startProcErr(t, dir, name, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startProcErr is startProc for goroutines other than the test's.
+func startProcErr(t *testing.T, dir, name, bin string, args ...string) (*proc, error) {
 	logPath := filepath.Join(dir, fmt.Sprintf("%s-%d.log", name, time.Now().UnixNano()))
 	logf, err := os.Create(logPath)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = logf
@@ -124,11 +133,11 @@ func startProc(t *testing.T, dir, name, bin string, args ...string) *proc {
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		logf.Close()
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		t.Fatalf("start %s: %v", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{}), grew: make(chan struct{})}
 	copied := make(chan struct{})
@@ -163,7 +172,7 @@ func startProc(t *testing.T, dir, name, bin string, args ...string) *proc {
 			tail(t, p)
 		}
 	})
-	return p
+	return p, nil
 }
 
 func tail(t *testing.T, p *proc) {

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -400,5 +399,297 @@ func equalSorted(a, b []string) bool {
 	return strings.Join(sorted(a), ",") == strings.Join(sorted(b), ",")
 }
 
-var _ = context.Background
-var _ = syscall.SIGKILL
+// Scenario 5: the etcd leader is killed with SIGKILL. No target is ever
+// missing from the file, and every worker is still registered (same keys)
+// after the new leader is elected and three TTLs have passed.
+func TestEtcdLeaderKilled(t *testing.T) {
+	e := newEnv(t)
+	const ttl = 3 * time.Second
+	var ws []*worker
+	for range 4 {
+		ws = append(ws, e.startWorker(workerOpts{job: "leader", host: "h", ttl: ttl, rate: 5}))
+	}
+	want := addrs(ws...)
+	e.waitFileAddrs("leader", want, 15*time.Second)
+	e.waitActiveUp("leader", want, 30*time.Second)
+	ctx := context.Background()
+	cli := e.cluster.client()
+	before, err := registrations(ctx, cli, "leader")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	watch := e.watchFile(5*time.Millisecond, exactly("leader", want))
+	var leader int
+	eventually(t, 10*time.Second, "a leader all members agree on", func() (bool, string) {
+		l, err := e.cluster.leader(ctx, cli)
+		if err != nil {
+			return false, err.Error()
+		}
+		leader = l
+		return true, ""
+	})
+	old := e.cluster.members[leader]
+	e.cluster.members[leader].p.kill()
+	took := eventually(t, 30*time.Second, "a new leader", func() (bool, string) {
+		l, err := e.cluster.leader(ctx, cli)
+		if err != nil {
+			return false, err.Error()
+		}
+		return l != leader, "still " + e.cluster.members[l].name
+	})
+	t.Logf("kill -9 of the leader %s to a new leader agreed on: %s", old.name, took.Round(time.Millisecond))
+	// Three TTLs: a worker whose keep-alives failed would have lost its key.
+	time.Sleep(3 * ttl)
+	watch.Stop()
+	t.Logf("targets file read %d times from before the kill to 3 TTLs after", watch.reads)
+	if watch.failures > 0 {
+		t.Errorf("%d of %d reads of the targets file lacked a worker or failed; first: %v", watch.failures, watch.reads, watch.problems)
+	}
+	after, err := registrations(ctx, cli, "leader")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("registrations changed across the leader change:\nbefore %v\nafter  %v", before, after)
+	}
+	e.waitActiveUp("leader", want, 10*time.Second)
+
+	// The killed member rejoins on its data; later checks see 3 members.
+	e.cluster.start(leader)
+	eventually(t, 30*time.Second, "three members agreeing on a leader", func() (bool, string) {
+		_, err := e.cluster.leader(ctx, cli)
+		return err == nil, fmt.Sprint(err)
+	})
+	e.waitFileAddrs("leader", want, 5*time.Second)
+}
+
+// exactly is a fileWatch check: the file is valid and holds exactly want
+// for job.
+func exactly(job string, want []string) func([]target, []byte, error) error {
+	return func(ts []target, _ []byte, err error) error {
+		if err != nil {
+			return err
+		}
+		var have []string
+		for _, t := range ts {
+			if t.Labels["job"] == job {
+				have = append(have, t.Address)
+			}
+		}
+		if !equalSorted(have, want) {
+			return fmt.Errorf("job %s has %v, want %v", job, sorted(have), sorted(want))
+		}
+		return nil
+	}
+}
+
+// Scenario 6: the whole etcd cluster is down for 3 x TTL. The file does
+// not change during the outage (sdwriter keeps the last good state); once
+// etcd is back it holds exactly the live workers: the one killed during the
+// outage is gone, the survivors keep their instances, and a worker started
+// during the outage has registered.
+func TestEtcdClusterDown(t *testing.T) {
+	e := newEnv(t)
+	const ttl = 3 * time.Second
+	var ws []*worker
+	for range 4 {
+		ws = append(ws, e.startWorker(workerOpts{job: "outage", host: "h", ttl: ttl, rate: 5}))
+	}
+	e.waitFileAddrs("outage", addrs(ws...), 15*time.Second)
+	e.waitActiveUp("outage", addrs(ws...), 30*time.Second)
+	before, err := e.fileTargets("outage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, raw, err := readTargets(e.targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	watch := e.watchFile(5*time.Millisecond, func(_ []target, b []byte, err error) error {
+		if err != nil {
+			return err
+		}
+		if string(b) != string(raw) {
+			return fmt.Errorf("file changed during the outage: %s", b)
+		}
+		return nil
+	})
+	down := time.Now()
+	for _, m := range e.cluster.members {
+		m.p.kill()
+	}
+	t.Log("all 3 etcd members killed")
+	dead := ws[0]
+	dead.kill()
+	late := e.startWorker(workerOpts{job: "outage", host: "h", ttl: ttl, rate: 5})
+	time.Sleep(3 * ttl) // the outage
+	// ...and on until sdwriter reports it (it probes every 5s, with a 5s
+	// timeout), the input of the WorkersdEtcdUnreachable alert.
+	noticed := eventually(t, 15*time.Second, "workersd_sdwriter_etcd_reachable = 0 during the outage", func() (bool, string) {
+		mfs, err := e.sdwriterMetrics()
+		if err != nil {
+			return false, err.Error()
+		}
+		v, ok := metricSum(mfs, "workersd_sdwriter_etcd_reachable")
+		return ok && v == 0, fmt.Sprint(v)
+	})
+	watch.Stop()
+	if watch.failures > 0 {
+		t.Errorf("%d of %d reads during the outage: %v", watch.failures, watch.reads, watch.problems)
+	}
+	t.Logf("targets file unchanged over %d reads during the %s outage; etcd_reachable 0 after %s",
+		watch.reads, time.Since(down).Round(time.Millisecond), (3*ttl + noticed).Round(time.Millisecond))
+
+	restart := time.Now()
+	e.cluster.start(0, 1, 2)
+	t.Logf("etcd cluster serving again %s after the restart", time.Since(restart).Round(time.Millisecond))
+	live := []*worker{ws[1], ws[2], ws[3], late}
+	e.waitFileAddrs("outage", addrs(live...), ttl+20*time.Second)
+	t.Logf("etcd restarted to the file holding exactly the live workers: %s (TTL %s)", time.Since(restart).Round(time.Millisecond), ttl)
+	after, err := e.fileTargets("outage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range ws[1:] {
+		if b, a := before[w.addr].Labels["instance"], after[w.addr].Labels["instance"]; a != b {
+			t.Errorf("worker %s was %s before the outage, %s after", w.addr, b, a)
+		}
+	}
+	e.waitActiveUp("outage", addrs(live...), 30*time.Second)
+	if mfs, err := e.sdwriterMetrics(); err != nil {
+		t.Error(err)
+	} else if v, _ := metricSum(mfs, "workersd_sdwriter_etcd_reachable"); v != 1 {
+		t.Errorf("workersd_sdwriter_etcd_reachable = %v after etcd is back, want 1", v)
+	}
+}
+
+// Scenario 7: sdwriter killed with SIGKILL and restarted, three times,
+// while workers come and go. The file is valid at every read, and within
+// 1 s of each restart it holds exactly the registered workers.
+func TestSdwriterKilled(t *testing.T) {
+	e := newEnv(t)
+	var live []*worker
+	for range 4 {
+		live = append(live, e.startWorker(workerOpts{job: "sdkill", host: "h", rate: 5}))
+	}
+	e.waitFileAddrs("sdkill", addrs(live...), 15*time.Second)
+	e.waitActiveUp("sdkill", addrs(live...), 30*time.Second)
+	ctx := context.Background()
+	cli := e.cluster.client()
+
+	watch := e.watchFile(time.Millisecond, func(_ []target, _ []byte, err error) error { return err })
+	var converged []time.Duration
+	for cycle := range 3 {
+		e.sdw.kill()
+		// While sdwriter is down: one worker stops (its final scrape
+		// still happens: Prometheus keeps the file it has), one starts.
+		if err := live[0].terminate(45 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		live = append(live[1:], e.startWorker(workerOpts{job: "sdkill", host: "h", rate: 5}))
+		eventually(t, 15*time.Second, "etcd holding exactly the live workers", func() (bool, string) {
+			regs, err := registrations(ctx, cli, "sdkill")
+			if err != nil {
+				return false, err.Error()
+			}
+			return equalSorted(sortedKeys(regs), addrs(live...)), fmt.Sprint(sortedKeys(regs))
+		})
+		start := time.Now()
+		e.startSdwriter()
+		e.waitFileAddrs("sdkill", addrs(live...), 10*time.Second)
+		d := time.Since(start)
+		converged = append(converged, d)
+		if d > time.Second {
+			t.Errorf("cycle %d: the file held the registered workers %s after sdwriter was started again, want within 1s", cycle, d.Round(time.Millisecond))
+		}
+	}
+	watch.Stop()
+	t.Logf("sdwriter restart to the file converged: %v", roundAll(converged))
+	t.Logf("targets file read %d times across 3 kills, every read valid: %v", watch.reads, watch.failures == 0)
+	if watch.failures > 0 {
+		t.Errorf("%d of %d reads of the targets file failed; first: %v", watch.failures, watch.reads, watch.problems)
+	}
+	e.waitSdwriterReady(10 * time.Second)
+	e.waitActiveUp("sdkill", addrs(live...), 30*time.Second)
+}
+
+// Scenario 8: garbage written under the prefix with the etcd client.
+// Prometheus keeps scraping every valid worker (and one that starts after
+// the garbage), no garbage becomes a target, and sdwriter's invalid
+// registration metrics count the entries.
+func TestGarbageRegistrations(t *testing.T) {
+	e := newEnv(t)
+	var ws []*worker
+	for range 3 {
+		ws = append(ws, e.startWorker(workerOpts{job: "garbage", host: "h", rate: 5}))
+	}
+	e.waitFileAddrs("garbage", addrs(ws...), 15*time.Second)
+	e.waitActiveUp("garbage", addrs(ws...), 30*time.Second)
+	ctx := context.Background()
+	cli := e.cluster.client()
+
+	const bogus = "127.0.0.1:9"
+	garbage := map[string]string{
+		prefix + "garbage/h/7":        "not json",
+		prefix + "garbage/h/8":        `{"address":"127.0.0.1"}`,
+		prefix + "garbage/h/9":        `{"address":"` + bogus + `","labels":{"instance":"stolen"}}`,
+		prefix + "garbage/h/11":       `{"address":"` + bogus + `","unknown":1}`,
+		prefix + "garbage/h/010":      `{"address":"` + bogus + `"}`,
+		prefix + "garbage/other-host": `{"address":"` + bogus + `"}`,
+		prefix + "bad job/h/0":        `{"address":"` + bogus + `"}`,
+	}
+	mfs, err := e.sdwriterMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	skipped0, _ := metricSum(mfs, "workersd_sdwriter_invalid_registrations_skipped_total")
+	for k, v := range garbage {
+		if _, err := cli.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := float64(len(garbage))
+	eventually(t, 10*time.Second, "sdwriter counting the garbage", func() (bool, string) {
+		mfs, err := e.sdwriterMetrics()
+		if err != nil {
+			return false, err.Error()
+		}
+		now, _ := metricSum(mfs, "workersd_sdwriter_invalid_registrations")
+		skipped, _ := metricSum(mfs, "workersd_sdwriter_invalid_registrations_skipped_total")
+		return now == n && skipped-skipped0 == n, fmt.Sprintf("invalid_registrations %v, skipped_total +%v, want %v", now, skipped-skipped0, n)
+	})
+
+	late := e.startWorker(workerOpts{job: "garbage", host: "h", rate: 5})
+	all := append(addrs(ws...), late.addr)
+	e.waitFileAddrs("garbage", all, 15*time.Second)
+	ts, _, err := readTargets(e.targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tg := range ts {
+		if tg.Address == bogus || tg.Labels["instance"] == "stolen" || tg.Labels["job"] != "garbage" {
+			t.Errorf("garbage became a target: %+v", tg)
+		}
+	}
+	e.waitActiveUp("garbage", all, 30*time.Second)
+	e.waitScalar(`count(up{job="garbage"} == 1)`, 4, 20*time.Second)
+	// As the WorkersdInvalidRegistrations alert sees it.
+	e.waitScalar(`sum(workersd_sdwriter_invalid_registrations)`, n, 20*time.Second)
+
+	for k := range garbage {
+		if _, err := cli.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "the invalid gauge back at 0", func() (bool, string) {
+		mfs, err := e.sdwriterMetrics()
+		if err != nil {
+			return false, err.Error()
+		}
+		v, _ := metricSum(mfs, "workersd_sdwriter_invalid_registrations")
+		return v == 0, fmt.Sprint(v)
+	})
+	e.waitFileAddrs("garbage", all, time.Second)
+}
