@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/netaddr"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -512,7 +513,7 @@ func (a *Agent) advertiseHost() (string, error) {
 	if len(eps) == 0 {
 		return a.cfg.Host, nil
 	}
-	ip, err := outboundIP(eps[0])
+	ip, err := netaddr.OutboundIP(eps[0])
 	if err != nil {
 		a.log.Warn("cannot tell which local address reaches etcd; advertising the host name", "endpoint", eps[0], "error", err)
 		return a.cfg.Host, nil

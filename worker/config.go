@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.yaml.in/yaml/v2"
+
+	"github.com/workersd/workersd/internal/netaddr"
 )
 
 // Defaults for the zero values of Config.
@@ -139,30 +141,10 @@ func advertiseAddress(c *Config, ln net.Listener, log hclog.Logger) (string, err
 	if !tcp.IP.IsUnspecified() {
 		return net.JoinHostPort(tcp.IP.String(), port), nil
 	}
-	ip, err := outboundIP(c.EtcdEndpoints[0])
+	ip, err := netaddr.OutboundIP(c.EtcdEndpoints[0])
 	if err == nil {
 		return net.JoinHostPort(ip.String(), port), nil
 	}
 	log.Warn("cannot tell which local address reaches etcd; advertising the host name", "endpoint", c.EtcdEndpoints[0], "error", err)
 	return net.JoinHostPort(c.Host, port), nil
-}
-
-// outboundIP is the local IP the kernel would use to reach endpoint. A UDP
-// "connection" only selects a route; no packet is sent.
-func outboundIP(endpoint string) (net.IP, error) {
-	hostport := endpoint
-	if _, rest, ok := strings.Cut(endpoint, "://"); ok {
-		hostport = rest
-	}
-	hostport, _, _ = strings.Cut(hostport, "/")
-	conn, err := net.Dial("udp", hostport)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	ua, ok := conn.LocalAddr().(*net.UDPAddr)
-	if !ok || ua.IP.IsUnspecified() {
-		return nil, fmt.Errorf("no local address for %s", hostport)
-	}
-	return ua.IP, nil
 }

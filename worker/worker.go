@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/internal/hclogslog"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -160,7 +161,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			WebListenAddresses: &[]string{},
 			WebSystemdSocket:   new(false),
 			WebConfigFile:      &file,
-		}, newSlogLogger(log.Named("web")))
+		}, hclogslog.New(log.Named("web")))
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server failed", "error", err)
 			w.serveErr = err

@@ -33,6 +33,7 @@ import (
 
 	"github.com/workersd/workersd/etcdsd"
 	"github.com/workersd/workersd/internal/embedetcd"
+	"github.com/workersd/workersd/internal/hclogslog"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 )
@@ -202,7 +203,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 
 	server := &http.Server{Handler: handler(reg, syncer), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- web.ListenAndServe(server, f.web, slogLogger(logger.Named("web"))) }()
+	go func() { serveErr <- web.ListenAndServe(server, f.web, hclogslog.New(logger.Named("web"))) }()
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("web server: %w", err)

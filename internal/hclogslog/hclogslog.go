@@ -1,4 +1,7 @@
-package worker
+// Package hclogslog gives Prometheus libraries that want a *slog.Logger
+// (exporter-toolkit, discovery) one that writes through a hashicorp/go-hclog
+// logger, so a process has one log stream in one format.
+package hclogslog
 
 import (
 	"context"
@@ -7,15 +10,15 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// slogHandler writes slog records (exporter-toolkit wants a *slog.Logger)
-// through the application's hclog logger, so there is one log stream.
+// New returns a *slog.Logger that writes through l.
+func New(l hclog.Logger) *slog.Logger { return slog.New(&slogHandler{l: l}) }
+
+// slogHandler writes slog records through an hclog logger.
 type slogHandler struct {
 	l      hclog.Logger
 	attrs  []any
 	prefix string // group prefix for keys, "" or "group."
 }
-
-func newSlogLogger(l hclog.Logger) *slog.Logger { return slog.New(&slogHandler{l: l}) }
 
 func hclogLevel(lv slog.Level) hclog.Level {
 	switch {

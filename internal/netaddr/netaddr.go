@@ -1,4 +1,7 @@
-package agent
+// Package netaddr finds the address a worker advertises. Package worker and
+// the host agent must agree on it, so that a Go worker and a gunicorn worker
+// on the same host are registered alike.
+package netaddr
 
 import (
 	"fmt"
@@ -6,13 +9,10 @@ import (
 	"strings"
 )
 
-// outboundIP is the local IP the kernel would use to reach endpoint: the
-// address a worker advertises when it only says which port it listens on.
+// OutboundIP is the local IP the kernel would use to reach endpoint (host:port
+// or a URL): the address Prometheus on another host can reach this one at.
 // A UDP "connection" only selects a route; no packet is sent.
-//
-// Copied from package worker (worker/config.go), whose default advertise
-// address this must match; the two belong in one internal package.
-func outboundIP(endpoint string) (net.IP, error) {
+func OutboundIP(endpoint string) (net.IP, error) {
 	hostport := endpoint
 	if _, rest, ok := strings.Cut(endpoint, "://"); ok {
 		hostport = rest
@@ -20,7 +20,7 @@ func outboundIP(endpoint string) (net.IP, error) {
 	hostport, _, _ = strings.Cut(hostport, "/")
 	conn, err := net.Dial("udp", hostport)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("route to %s: %w", hostport, err)
 	}
 	defer conn.Close()
 	ua, ok := conn.LocalAddr().(*net.UDPAddr)
