@@ -28,9 +28,6 @@ const (
 	// MaxBodySize bounds one API request: a registration is a few hundred
 	// bytes.
 	MaxBodySize = 64 << 10
-	// syncInterval is how often the registrations' keys and leases are
-	// compared with the state file (a re-registration gets a new lease).
-	syncInterval = 200 * time.Millisecond
 )
 
 // Config configures an Agent. Client and Host are required.
@@ -236,8 +233,6 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 		a.persist()
 	}
-	a.wg.Add(1)
-	go a.syncState()
 	return nil
 }
 
@@ -326,8 +321,24 @@ func (a *Agent) add(e *entry) {
 	a.byPID[e.pid] = e
 	a.m.workers.Set(float64(len(a.byID)))
 	e.reg.Register(ctx)
-	a.wg.Add(1)
+	a.wg.Add(2)
 	go a.watch(ctx, e)
+	go a.followLease(ctx, e)
+}
+
+// followLease persists e's key and lease whenever its registrar claims anew
+// (after etcd lost the lease, say), so a restarted agent adopts the live one.
+func (a *Agent) followLease(ctx context.Context, e *entry) {
+	defer a.wg.Done()
+	for {
+		changed := e.reg.Changed() // before reading, so no change is missed
+		a.recordLease(e)
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // watch revokes e's registration as soon as its process exits.
@@ -622,28 +633,6 @@ func (a *Agent) recordLease(e *entry) {
 	}
 }
 
-// syncState persists the new lease of every registration that was claimed
-// again (after etcd lost it, say). The registrar has no change notification,
-// so it is polled; a write happens only on change.
-func (a *Agent) syncState() {
-	defer a.wg.Done()
-	t := time.NewTicker(syncInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-		case <-a.ctx.Done():
-			return
-		}
-		a.mu.Lock()
-		es := slices.Collect(maps.Values(a.byID))
-		a.mu.Unlock()
-		for _, e := range es {
-			a.recordLease(e)
-		}
-	}
-}
-
 // persist writes the state file from the current registrations.
 func (a *Agent) persist() {
 	if a.cfg.StateFile == "" {
@@ -688,5 +677,8 @@ func (a *Agent) Close() {
 		a.recordLease(e)
 	}
 	a.cancel()
+	for _, e := range es {
+		_ = e.reg.Detach(context.Background()) // waits for its loop; never revokes
+	}
 	a.wg.Wait()
 }
