@@ -185,21 +185,12 @@ func (r *Registrar) Register(ctx context.Context) {
 // once. The revoke is bounded by ctx and by the TTL; if it fails the key
 // expires with its lease. Deregister before Register does nothing.
 func (r *Registrar) Deregister(ctx context.Context) error {
-	r.mu.Lock()
-	cancel, done := r.cancel, r.done
-	r.mu.Unlock()
-	if done == nil {
-		return nil
-	}
-	cancel()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return fmt.Errorf("deregister %s: %w", r.prefix, ctx.Err())
+	if err := r.Detach(ctx); err != nil {
+		return fmt.Errorf("deregister: %w", err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.lease == 0 {
+	if r.done == nil || r.lease == 0 {
 		return nil
 	}
 	lease := r.lease
