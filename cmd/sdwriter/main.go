@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/workersd/workersd/etcdsd"
+	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/hclogslog"
 	"github.com/workersd/workersd/registrar"
@@ -62,8 +63,7 @@ type flags struct {
 	sd          etcdsd.SDConfig
 	outputFile  string
 	web         *web.FlagConfig
-	logLevel    string
-	logFormat   string
+	log         *cliflags.Log
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -82,17 +82,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("etcd.embed.data-dir", "Data directory of the embedded etcd (only without --etcd.endpoints).").
 		Default("sdwriter.etcd").StringVar(&f.embedDir)
 	app.Flag("etcd.prefix", "Key prefix of the registrations.").Default(registrar.DefaultPrefix).StringVar(&f.sd.Prefix)
-	app.Flag("etcd.cacert", "CA certificate file to verify etcd's TLS certificate.").StringVar(&f.sd.TLSConfig.CAFile)
-	app.Flag("etcd.cert", "Client certificate file for etcd TLS.").StringVar(&f.sd.TLSConfig.CertFile)
-	app.Flag("etcd.key", "Client key file for etcd TLS.").StringVar(&f.sd.TLSConfig.KeyFile)
-	app.Flag("etcd.username", "etcd user name.").StringVar(&f.sd.Username)
-	app.Flag("etcd.password-file", "File holding the etcd user's password.").StringVar(&f.sd.PasswordFile)
+	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &f.sd.TLSConfig, Username: &f.sd.Username, PasswordFile: &f.sd.PasswordFile})
 	app.Flag("output.file", "file_sd JSON file to keep up to date. Empty: write no file (http_sd on /sd only).").
 		Default("workersd.json").StringVar(&f.outputFile)
 	f.web = kingpinflag.AddFlags(app, defaultWebAddress)
-	app.Flag("log.level", "Only log messages with the given severity or above. One of: [trace, debug, info, warn, error]").
-		Default("info").EnumVar(&f.logLevel, "trace", "debug", "info", "warn", "error")
-	app.Flag("log.format", "Output format of log messages. One of: [text, json]").Default("text").EnumVar(&f.logFormat, "text", "json")
+	f.log = cliflags.AddLog(app)
 
 	if _, err := app.Parse(args); err != nil {
 		return nil, err
@@ -124,12 +118,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", name, err)
 		return 2
 	}
-	logger := hclog.New(&hclog.LoggerOptions{
-		Name:       name,
-		Level:      hclog.LevelFromString(f.logLevel),
-		JSONFormat: f.logFormat == "json",
-		Output:     stderr,
-	})
+	logger := f.log.Logger(name, stderr)
 	if err := serve(ctx, f, logger); err != nil {
 		logger.Error("exiting", "error", err)
 		return 1

@@ -30,6 +30,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/agent"
+	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/registrar"
 )
@@ -62,8 +63,7 @@ type flags struct {
 	stateFile      string
 	webAddress     string
 	disablePidfd   bool
-	logLevel       string
-	logFormat      string
+	log            *cliflags.Log
 	etcdEndpoints  []string
 	etcdClientConf clientv3.Config
 }
@@ -77,11 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.ErrorWriter(stderr)
 	app.Flag("etcd.endpoints", "Comma-separated etcd client endpoints.").Default("127.0.0.1:2379").StringVar(&f.endpoints)
 	app.Flag("etcd.prefix", "Key prefix of the registrations.").Default(registrar.DefaultPrefix).StringVar(&f.prefix)
-	app.Flag("etcd.cacert", "CA certificate file to verify etcd's TLS certificate.").StringVar(&f.tls.CAFile)
-	app.Flag("etcd.cert", "Client certificate file for etcd TLS.").StringVar(&f.tls.CertFile)
-	app.Flag("etcd.key", "Client key file for etcd TLS.").StringVar(&f.tls.KeyFile)
-	app.Flag("etcd.username", "etcd user name.").StringVar(&f.username)
-	app.Flag("etcd.password-file", "File holding the etcd user's password.").StringVar(&f.passwordFile)
+	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &f.tls, Username: &f.username, PasswordFile: &f.passwordFile})
 	app.Flag("host", "Host name in the keys and instance labels. Default: the system's host name.").StringVar(&f.host)
 	app.Flag("advertise.host", "Host (IP or name) registered for workers that give only a port. Default: the local IP used to reach the first etcd endpoint.").StringVar(&f.advertiseHost)
 	app.Flag("ttl", "Lease TTL of each registration: how long registrations outlive a stopped agent.").Default(registrar.DefaultTTL.String()).DurationVar(&f.ttl)
@@ -91,9 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("state.file", "File that keeps the registrations across restarts of the agent. Empty: none.").Default("/var/lib/workersd/agent.json").StringVar(&f.stateFile)
 	app.Flag("web.listen-address", "Address of the agent's own /metrics, /-/healthy. Empty: not served.").StringVar(&f.webAddress)
 	app.Flag("watch.disable-pidfd", "Poll processes every 100ms instead of watching pidfds.").BoolVar(&f.disablePidfd)
-	app.Flag("log.level", "Only log messages with the given severity or above. One of: [trace, debug, info, warn, error]").
-		Default("info").EnumVar(&f.logLevel, "trace", "debug", "info", "warn", "error")
-	app.Flag("log.format", "Output format of log messages. One of: [text, json]").Default("text").EnumVar(&f.logFormat, "text", "json")
+	f.log = cliflags.AddLog(app)
 	if _, err := app.Parse(args); err != nil {
 		return nil, err
 	}
@@ -177,12 +171,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func()) int
 		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", name, err)
 		return 2
 	}
-	logger := hclog.New(&hclog.LoggerOptions{
-		Name:       name,
-		Level:      hclog.LevelFromString(f.logLevel),
-		JSONFormat: f.logFormat == "json",
-		Output:     stderr,
-	})
+	logger := f.log.Logger(name, stderr)
 	if err := serve(ctx, f, logger, ready); err != nil {
 		logger.Error("exiting", "error", err)
 		return 1
