@@ -120,6 +120,9 @@ func runKill(ctx context.Context, etcd *etcdMember, tmp string, n int, log func(
 			return nil, nil, fmt.Errorf("child worker printed no address")
 		}
 		children = append(children, child{cmd, addr})
+		// Start them at different moments so that their keep-alives (every
+		// TTL/3) are out of phase when they are killed.
+		time.Sleep(time.Duration(1300/n) * time.Millisecond * 2)
 	}
 	if _, err := fw.wait(time.Minute, func(b []byte) bool {
 		for _, c := range children {
