@@ -130,8 +130,8 @@ func plotCDF(r *AdapterResult, file string) error {
 	}
 	// Between the sdwriter curves (left) and the adapter's (right).
 	p.Legend.Top, p.Legend.Left = true, true
-	p.Legend.XOffs = 1.2 * vg.Inch
-	p.Legend.YOffs = -vg.Points(12)
+	p.Legend.XOffs = 1.8 * vg.Inch
+	p.Legend.YOffs = -1.5 * vg.Inch
 	p.Add(plotter.NewGrid())
 	return p.Save(9*vg.Inch, 5.5*vg.Inch, file)
 }
