@@ -93,10 +93,11 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		}
 	}()
 
-	w.reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+	proc, perr := newProcessCollector()
+	if perr != nil { // no /proc: client_golang's collector knows other systems
+		proc = collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})
+	}
+	w.reg.MustRegister(collectors.NewGoCollector(), proc)
 	w.tracer, err = NewTracer(TracerOptions{Now: cfg.Now, MaxAge: cfg.TracerMaxAge, Registerer: w.reg})
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
@@ -143,11 +144,12 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	}
 
 	mux := http.NewServeMux()
-	metrics := promhttp.InstrumentMetricHandler(w.reg, promhttp.HandlerFor(w.gatherer, promhttp.HandlerOpts{
-		EnableOpenMetrics: true,
-		ErrorLog:          log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Error}),
-		Registry:          w.reg,
-	}))
+	metrics := promhttp.InstrumentMetricHandler(w.reg, gzipFast(promhttp.HandlerFor(w.gatherer, promhttp.HandlerOpts{
+		EnableOpenMetrics:  true,
+		DisableCompression: true, // gzipFast compresses, at a cheaper level
+		ErrorLog:           log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Error}),
+		Registry:           w.reg,
+	})))
 	mux.Handle(MetricsPath, w.finalScrapeAware(metrics))
 	w.srv = &http.Server{
 		Handler:           mux,

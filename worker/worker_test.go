@@ -426,3 +426,48 @@ func TestAdvertiseAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestAcceptsGzip(t *testing.T) {
+	for header, want := range map[string]bool{
+		"":                         false,
+		"gzip":                     true,
+		"identity":                 false,
+		"deflate, gzip;q=0.5":      true,
+		"gzip;q=0":                 false,
+		"GZIP":                     true,
+		"br;q=1.0, gzip ; q=0.001": true,
+		"x-gzip":                   false,
+		"identity, gzip;q=invalid": false,
+	} {
+		if got := acceptsGzip(header); got != want {
+			t.Errorf("acceptsGzip(%q) = %v, want %v", header, got, want)
+		}
+	}
+}
+
+// A scrape is gzipped when asked for, decodes, and carries the process
+// metrics but not the namespace-wide network counters.
+func TestMetricsGzipAndProcessMetrics(t *testing.T) {
+	w := startWorker(t, Config{EtcdEndpoints: []string{etcdtest.FreeAddr(t)}})
+	resp, err := http.Get("http://" + w.Addr() + MetricsPath) // asks for gzip, decodes it
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !resp.Uncompressed {
+		t.Fatalf("response not gzipped: headers %v", resp.Header)
+	}
+	got := scrape(t, w.Addr())
+	for _, name := range []string{"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+		"process_max_fds", "process_start_time_seconds", "process_virtual_memory_bytes", "go_goroutines"} {
+		if _, ok := got[name]; !ok {
+			t.Errorf("%s missing from /metrics", name)
+		}
+	}
+	if _, ok := got["process_network_receive_bytes_total"]; ok {
+		t.Errorf("process_network_receive_bytes_total is exported; it describes the namespace, not the worker")
+	}
+	if got["process_resident_memory_bytes"] <= 0 || got["process_start_time_seconds"] <= 0 {
+		t.Errorf("implausible process metrics: rss %v start %v", got["process_resident_memory_bytes"], got["process_start_time_seconds"])
+	}
+}
