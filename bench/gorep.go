@@ -140,12 +140,14 @@ var goRows = []goRow{
 	{"worker", "RSS the package adds (same binary, with and without a registered worker)", "workerrss", "≤ 5 MB",
 		func(_ string, b map[string]map[string][]float64) (string, *bool) {
 			a, found := bval(b, "BenchmarkRSS", "MB-added")
+			anon, _ := bval(b, "BenchmarkRSS", "MB-anon-added")
 			w, _ := bval(b, "BenchmarkRSS", "MB-rss-with")
 			wo, _ := bval(b, "BenchmarkRSS", "MB-rss-without")
 			if !found {
 				return "", nil
 			}
-			return fmt.Sprintf("%s MB added (%s MB with, %s MB without)", f1(a), f1(w), f1(wo)), ok(a <= 5)
+			return fmt.Sprintf("%s MB added (%s MB with, %s MB without), of which %s MB anonymous (heap, stacks: private to each worker); the rest is code pages, shared by every process of the same executable",
+				f1(a), f1(w), f1(wo), f1(anon)), ok(a <= 5)
 		}},
 	{"host agent", "worker SIGKILL to key deleted, pidfd / polling", "agentexit", "≤ 200 ms",
 		func(_ string, b map[string]map[string][]float64) (string, *bool) {

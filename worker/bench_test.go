@@ -119,32 +119,67 @@ func BenchmarkMetricsLatency(b *testing.B) {
 // link-time size. Goal: <= 5 MB.
 func BenchmarkRSS(b *testing.B) {
 	etcd := etcdtest.Start(b)
-	var without, with int
+	var without, with rssKB
 	for b.Loop() {
 		without = childRSS(b, "without", etcd.Endpoint())
 		with = childRSS(b, "with", etcd.Endpoint())
 	}
-	b.ReportMetric(float64(without)/1024, "MB-rss-without")
-	b.ReportMetric(float64(with)/1024, "MB-rss-with")
-	b.ReportMetric(float64(with-without)/1024, "MB-added")
+	b.ReportMetric(float64(without.total)/1024, "MB-rss-without")
+	b.ReportMetric(float64(with.total)/1024, "MB-rss-with")
+	b.ReportMetric(float64(with.total-without.total)/1024, "MB-added")
+	b.ReportMetric(float64(with.anon-without.anon)/1024, "MB-anon-added")
 }
 
-func childRSS(b *testing.B, mode, endpoint string) int {
+func childRSS(b *testing.B, mode, endpoint string) rssKB {
 	b.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), rssChildEnv+"="+mode, "WORKERSD_RSS_ETCD="+endpoint)
-	out, err := cmd.Output()
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
 		b.Fatalf("rss child %s: %v", mode, err)
 	}
-	kb, err := strconv.Atoi(strings.TrimSpace(string(out)))
-	if err != nil {
-		b.Fatalf("rss child %s printed %q", mode, out)
+	defer cmd.Wait()
+	out := bufio.NewScanner(stdout)
+	if mode == "with" {
+		// Scraped from here, as Prometheus would: the child's RSS must not
+		// count an HTTP client it would not have.
+		if !out.Scan() {
+			b.Fatalf("rss child %s: no address", mode)
+		}
+		for range 5 {
+			resp, err := http.Get("http://" + out.Text() + MetricsPath)
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
 	}
-	return kb
+	fmt.Fprintln(stdin) // measure now
+	if !out.Scan() {
+		b.Fatalf("rss child %s printed nothing", mode)
+	}
+	var rss, anon int
+	if _, err := fmt.Sscan(out.Text(), &rss, &anon); err != nil {
+		b.Fatalf("rss child %s printed %q", mode, out.Text())
+	}
+	return rssKB{rss, anon}
 }
 
-// rssChild prints its VmRSS in kB after (mode "with") running a worker.
+// rssKB is a process's resident memory: all of it, and the anonymous
+// (private: heap, stacks) part; the rest is file-backed code pages, shared by
+// every process running the same executable.
+type rssKB struct{ total, anon int }
+
+// rssChild prints its VmRSS in kB when told to on stdin; in mode "with"
+// it first runs a registered worker and prints its address to be scraped.
 func rssChild(mode, endpoint string) {
 	if mode == "with" {
 		w, err := Start(context.Background(), Config{
@@ -166,22 +201,16 @@ func rssChild(mode, endpoint string) {
 		for i := range 200 {
 			vec.WithLabelValues(strconv.Itoa(i)).Inc()
 		}
-		for range 5 {
-			resp, err := http.Get("http://" + w.Addr() + MetricsPath)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
+		fmt.Println(w.Addr()) // the parent scrapes it
 		defer w.Stop(context.Background())
 	}
+	bufio.NewReader(os.Stdin).ReadString('\n')
 	runtime.GC()
-	fmt.Println(vmRSS())
+	fmt.Println(procStatusKB("VmRSS"), procStatusKB("RssAnon"))
 }
 
-func vmRSS() int {
+// procStatusKB reads one kB field of /proc/self/status.
+func procStatusKB(field string) int {
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
 		return -1
@@ -189,7 +218,7 @@ func vmRSS() int {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 			return n
 		}
