@@ -223,11 +223,11 @@ func goRunsSection(m *md, r *Results) []goal {
 			goals = append(goals, goal{"registration to file p99 ≤ 20 ms at idle", res, met(*verdict)})
 		}
 		if row.section == "worker" && verdict != nil && !*verdict {
-			goals = append(goals, goal{"worker: " + row.what + ", " + row.goal, res, met(false) + " (a goal of the worker package, not of issue 6; see section 5)"})
+			goals = append(goals, goal{"worker: " + row.what + ", " + row.goal, res, met(false) + " (a goal of the worker package, not of issue 6; see section 5 and [the profiles](PROFILING.md))"})
 		}
 	}
 	flush()
-	m.p("How to read this: each benchmark's own doc comment (in the package's `bench_test.go`) says exactly what it times. Latencies taken while the machine is loaded are upper bounds; the load average at the start and end of the run is in the header.")
+	m.p("How to read this: each benchmark's own doc comment (in the package's `bench_test.go`) says exactly what it times. Latencies taken while the machine is loaded are upper bounds; the load average at the start and end of the run is in the header. Where a goal was missed, [PROFILING.md](PROFILING.md) has the profile, the fix and the figures before and after.")
 	m.p("")
 	return goals
 }
