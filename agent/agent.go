@@ -358,7 +358,7 @@ func (a *Agent) watch(ctx context.Context, e *entry) {
 		}
 	}
 	seen := time.Now()
-	if a.remove(context.WithoutCancel(ctx), e, "exited") {
+	if a.remove(ctx, e, "exited") {
 		a.m.exitToRevoke.Observe(time.Since(seen).Seconds())
 		a.log.Info("worker exited; registration revoked", "pid", e.pid, "job", e.job, "after", time.Since(seen))
 	}
@@ -367,18 +367,34 @@ func (a *Agent) watch(ctx context.Context, e *entry) {
 // remove revokes e's registration. It reports false if e was removed
 // already (the API and the watcher may race).
 func (a *Agent) remove(ctx context.Context, e *entry, reason string) bool {
+	if !a.take(e, reason) {
+		return false
+	}
+	a.revoke(ctx, e)
+	return true
+}
+
+// take forgets e, so nothing else revokes or persists it; false if it was
+// taken already. Cheap: callers holding opMu take, then revoke without it.
+func (a *Agent) take(e *entry, reason string) bool {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.byID[e.id] != e {
-		a.mu.Unlock()
 		return false
 	}
 	delete(a.byID, e.id)
 	delete(a.byPID, e.pid)
 	a.m.workers.Set(float64(len(a.byID)))
-	a.mu.Unlock()
 	a.m.deregistrations.WithLabelValues(reason).Inc()
+	return true
+}
 
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.TTL)
+// revoke deregisters a taken entry; it may wait for etcd up to the TTL.
+// The caller's cancellation must not cut it short (a worker that sends
+// DELETE and exits at once still wants its target gone), so ctx is only
+// used for its values.
+func (a *Agent) revoke(ctx context.Context, e *entry) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.TTL)
 	defer cancel()
 	if err := e.reg.Deregister(ctx); err != nil {
 		a.log.Warn("revoke failed; the registration expires with its lease", "pid", e.pid, "error", err)
@@ -388,7 +404,6 @@ func (a *Agent) remove(ctx context.Context, e *entry, reason string) bool {
 	// write; a crash in between only leaves an entry whose process is
 	// dead, which the next start drops.
 	a.persist()
-	return true
 }
 
 // Register registers a worker process. It reports whether a registration
@@ -449,7 +464,14 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 				"pid %d is already registered (job %q, address %s); DELETE /v1/workers/%d first", req.PID, old.job, old.value.Address, req.PID)
 		}
 		// The pid was reused before the watcher noticed the old exit.
-		a.remove(ctx, old, "exited")
+		// Revoke in the background: opMu must not wait for etcd.
+		if a.take(old, "exited") {
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				a.revoke(ctx, old)
+			}()
+		}
 	}
 
 	proc, err := openProc(req.PID, ticks, a.cfg.PollInterval, !a.cfg.DisablePidfd)
@@ -541,13 +563,16 @@ func sameValue(x, y registrar.Value) bool {
 // Errors are *Error.
 func (a *Agent) Deregister(ctx context.Context, idOrPID string) (Worker, error) {
 	a.opMu.Lock()
-	defer a.opMu.Unlock()
 	e := a.lookup(idOrPID)
-	if e == nil {
+	if e == nil || !a.take(e, "api") {
+		a.opMu.Unlock()
 		return Worker{}, apiErr(http.StatusNotFound, "pid", "no worker %q is registered", idOrPID)
 	}
 	w := a.view(e)
-	a.remove(ctx, e, "api")
+	a.opMu.Unlock()
+	// Outside opMu: with etcd down the revoke may take a TTL, and other
+	// registrations must not wait for it.
+	a.revoke(ctx, e)
 	a.log.Info("worker deregistered", "pid", e.pid, "job", e.job)
 	w.State = "deregistered"
 	return w, nil
@@ -669,16 +694,17 @@ func (a *Agent) Close() {
 	}
 	a.closed = true
 	a.mu.Unlock()
-	// Record the last known leases before the loops stop.
+	a.cancel()
 	a.mu.Lock()
 	es := slices.Collect(maps.Values(a.byID))
 	a.mu.Unlock()
 	for _, e := range es {
-		a.recordLease(e)
-	}
-	a.cancel()
-	for _, e := range es {
 		_ = e.reg.Detach(context.Background()) // waits for its loop; never revokes
 	}
 	a.wg.Wait()
+	// Record the last leases once no loop can claim again, so the next
+	// agent adopts exactly these.
+	for _, e := range es {
+		a.recordLease(e)
+	}
 }

@@ -535,3 +535,40 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 		t.Fatalf("after Close: %v keys, %v; want the registration kept", resp.Count, err)
 	}
 }
+
+// A DELETE that waits for an unreachable etcd must not hold up other
+// workers' registrations.
+func TestDeregisterWithEtcdDownDoesNotBlockRegister(t *testing.T) {
+	h := newHarness(t, nil, func(c *Config) { c.TTL = 2 * time.Second })
+	first := child(t)
+	if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000, "pid": first.Process.Pid}); code != 201 {
+		t.Fatalf("register: %d %v", code, w)
+	}
+	poll.Until(t, 10*time.Second, func() bool { return len(h.keys()) == 1 }, "first worker not registered")
+	h.etcd.Stop()
+
+	deleted := make(chan int, 1)
+	go func() {
+		code, _ := h.do("DELETE", fmt.Sprintf("/v1/workers/%d", first.Process.Pid), nil)
+		deleted <- code
+	}()
+	// The DELETE is now waiting for etcd (up to the TTL); give it the time
+	// to take the entry, then register another worker.
+	poll.Until(t, 5*time.Second, func() bool {
+		_, w := h.do("GET", "/v1/workers", nil)
+		ws, _ := w["workers"].([]any)
+		return len(ws) == 0
+	}, "the DELETE did not take the entry")
+	second := child(t)
+	start := time.Now()
+	code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9001, "pid": second.Process.Pid})
+	if code != 201 || w["state"] != "pending" {
+		t.Fatalf("register during a pending DELETE: %d %v", code, w)
+	}
+	if d := time.Since(start); d > 2*DefaultRegisterWait {
+		t.Fatalf("register waited %s behind a DELETE stuck on etcd", d)
+	}
+	if code := <-deleted; code != 200 {
+		t.Fatalf("DELETE answered %d", code)
+	}
+}

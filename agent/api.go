@@ -16,7 +16,7 @@ import (
 //	DELETE /v1/workers/{id}   revoke at once, by pid or ID
 //	GET    /-/healthy
 //
-// Errors are {"error": "...", "field": "..."} with a 4xx status, and change
+// Errors are {"error": "...", "field": "..."} with a 4xx status (500 when /proc cannot be read, 503 when the agent is not running), and change
 // nothing.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()

@@ -40,14 +40,16 @@ func readState(path string) (stateFile, error) {
 	if errors.Is(err, os.ErrNotExist) {
 		return stateFile{Version: stateVersion}, nil
 	}
+	// On any error no entry is returned: half a file, or one of another
+	// version, is not trusted.
 	if err != nil {
-		return s, fmt.Errorf("read state file: %w", err)
+		return stateFile{}, fmt.Errorf("read state file: %w", err)
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("state file %s: %w", path, err)
+		return stateFile{}, fmt.Errorf("state file %s: %w", path, err)
 	}
 	if s.Version != stateVersion {
-		return s, fmt.Errorf("state file %s: version %d, want %d", path, s.Version, stateVersion)
+		return stateFile{}, fmt.Errorf("state file %s: version %d, want %d", path, s.Version, stateVersion)
 	}
 	return s, nil
 }

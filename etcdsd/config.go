@@ -1,10 +1,8 @@
 package etcdsd
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 
@@ -98,23 +96,9 @@ func (c *SDConfig) NewClient() (*clientv3.Client, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	var cfg clientv3.Config
-	if c.TLSConfig != (config.TLSConfig{}) {
-		t, err := config.NewTLSConfig(&c.TLSConfig)
-		if err != nil {
-			return nil, fmt.Errorf("workersd SD: etcd TLS: %w", err)
-		}
-		t.MinVersion = max(t.MinVersion, tls.VersionTLS12)
-		cfg.TLS = t
-	}
-	cfg.Username = c.Username
-	cfg.Password = string(c.Password)
-	if c.PasswordFile != "" {
-		b, err := os.ReadFile(c.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("workersd SD: etcd password: %w", err)
-		}
-		cfg.Password = strings.TrimRight(string(b), "\r\n")
+	cfg, err := etcdclient.Auth(c.TLSConfig, c.Username, string(c.Password), c.PasswordFile)
+	if err != nil {
+		return nil, fmt.Errorf("workersd SD: %w", err)
 	}
 	return etcdclient.New(c.Endpoints, cfg)
 }

@@ -71,7 +71,8 @@ type State struct {
 	// LastError is why the last attempt or registration failed; nil when
 	// registered without incident.
 	LastError error
-	// Registrations counts successful claims, the first included.
+	// Registrations counts the keys claimed, the first included; a key
+	// kept (or adopted with Resume) across a loss does not count.
 	Registrations int
 }
 
@@ -286,18 +287,20 @@ func (r *Registrar) run(ctx context.Context) {
 	failures := 0
 	for {
 		start := time.Now()
-		err := r.claim(ctx)
+		kept, err := r.claim(ctx)
 		if err == nil {
 			r.m.latency.Observe(time.Since(start).Seconds())
 			r.mu.Lock()
-			n := r.state.Registrations
+			again := r.state.Registrations > 0 && !kept
 			r.mu.Unlock()
-			if n > 0 {
+			if again {
 				r.m.reregistrations.Inc()
 			}
 			r.setState(func(s *State) {
 				s.Registered, s.Key, s.Slot, s.LeaseID, s.LastError = true, r.key, r.slot, r.lease, nil
-				s.Registrations++
+				if !kept {
+					s.Registrations++
+				}
 			})
 			r.log.Info("registered", "key", r.key, "lease", fmt.Sprintf("%x", int64(r.lease)))
 			held := time.Now()
@@ -324,48 +327,45 @@ func (r *Registrar) run(ctx context.Context) {
 // claim makes sure the worker's key is in etcd on a live lease: it keeps a
 // registration that survived (etcd restarted with its data), otherwise it
 // revokes the old lease, grants a new one and claims the previous slot or
-// the lowest free one.
-func (r *Registrar) claim(ctx context.Context) error {
+// the lowest free one. kept says the existing key was kept.
+func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.opTO)
 	defer cancel()
 	cli := r.cfg.Client
 
 	if r.lease != 0 {
 		held, err := r.stillHeld(ctx)
-		if err != nil {
-			return err
-		}
-		if held {
-			return nil
+		if err != nil || held {
+			return held, err
 		}
 		// Best effort: a lease that survived on the server must not keep a
 		// second key alive next to the new claim.
 		if _, err := cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			return fmt.Errorf("revoke previous lease %x: %w", int64(r.lease), err)
+			return false, fmt.Errorf("revoke previous lease %x: %w", int64(r.lease), err)
 		}
 		r.lease = 0
 	}
 
 	grant, err := cli.Grant(ctx, r.ttlSec)
 	if err != nil {
-		return fmt.Errorf("grant lease: %w", err)
+		return false, fmt.Errorf("grant lease: %w", err)
 	}
 	r.lease = grant.ID
 
 	if r.slot >= 0 {
 		ok, err := r.tryClaim(ctx, r.slot)
 		if err != nil || ok {
-			return err
+			return false, err
 		}
 	}
 	for {
 		n, err := r.lowestFree(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
 		ok, err := r.tryClaim(ctx, n)
 		if err != nil || ok {
-			return err
+			return false, err
 		}
 	}
 }

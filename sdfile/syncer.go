@@ -168,7 +168,7 @@ func (s *Syncer) Run(ctx context.Context) {
 			if err != nil {
 				s.m.WriteErrors.Inc()
 				if !failing || time.Since(lastWarn) >= time.Minute {
-					s.log.Error("cannot write the targets file; the previous one stays, retrying", "file", s.writer.Path(), "error", err, "retry_every", s.opts.RetryInterval)
+					s.log.Error("cannot write the targets file; retrying", "file", s.writer.Path(), "error", err, "retry_every", s.opts.RetryInterval)
 					lastWarn = time.Now()
 				}
 				failing = true

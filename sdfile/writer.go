@@ -2,6 +2,7 @@ package sdfile
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -56,8 +57,17 @@ func WriteFile(path string, data []byte) (err error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	if err := syncDir(dir); err != nil {
+		return &renamedError{err}
+	}
+	return nil
 }
+
+// renamedError is a failure after the new file took the old one's place:
+// the content is current, only its durability is in doubt.
+type renamedError struct{ error }
+
+func (e *renamedError) Unwrap() error { return e.error }
 
 // syncDir makes a rename in dir durable.
 func syncDir(dir string) error {
@@ -100,6 +110,11 @@ func (w *FileWriter) Write(data []byte) (written bool, err error) {
 		return false, nil
 	}
 	if err := WriteFile(w.path, data); err != nil {
+		var renamed *renamedError
+		if errors.As(err, &renamed) {
+			w.last, w.known = data, true
+			return true, err
+		}
 		return false, err
 	}
 	w.last, w.known = data, true

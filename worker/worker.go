@@ -247,7 +247,9 @@ func (w *Worker) Stop(ctx context.Context) error {
 }
 
 func (w *Worker) stop(ctx context.Context) error {
-	if d := *w.cfg.FinalScrapeTimeout; d > 0 && ctx.Err() == nil {
+	// A worker that was never registered is no target: no scrape will come.
+	never := w.registrar.State().Registrations == 0
+	if d := *w.cfg.FinalScrapeTimeout; d > 0 && ctx.Err() == nil && !never {
 		t := time.NewTimer(d)
 		select {
 		case <-w.finalScrape:
@@ -264,6 +266,9 @@ func (w *Worker) stop(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	w.cancel()
+	// The loop ends at once now; wait for it, so it never outlives the
+	// client it uses (Deregister returns early when ctx is done).
+	_ = w.registrar.Detach(context.Background())
 	if ctx.Err() != nil {
 		w.srv.Close()
 	} else if err := w.srv.Shutdown(ctx); err != nil {

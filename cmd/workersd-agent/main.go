@@ -124,24 +124,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	if err := registrar.ValidateName("host", f.host); err != nil {
 		return nil, fmt.Errorf("--host: %w", err)
 	}
-	if f.tls != (config.TLSConfig{}) {
-		tc, err := config.NewTLSConfig(&f.tls)
-		if err != nil {
-			return nil, fmt.Errorf("etcd TLS: %w", err)
-		}
-		f.etcdClientConf.TLS = tc
-	}
-	if f.username != "" {
-		f.etcdClientConf.Username = f.username
-		if f.passwordFile != "" {
-			b, err := os.ReadFile(f.passwordFile)
-			if err != nil {
-				return nil, fmt.Errorf("--etcd.password-file: %w", err)
-			}
-			f.etcdClientConf.Password = strings.TrimRight(string(b), "\r\n")
-		}
-	} else if f.passwordFile != "" {
-		return nil, errors.New("--etcd.password-file needs --etcd.username")
+	var err error
+	if f.etcdClientConf, err = etcdclient.Auth(f.tls, f.username, "", f.passwordFile); err != nil {
+		return nil, fmt.Errorf("--etcd.*: %w", err)
 	}
 	return f, nil
 }

@@ -6,8 +6,13 @@
 package etcdclient
 
 import (
+	"crypto/tls"
 	"fmt"
+	"os"
+	"strings"
 	"time"
+
+	"github.com/prometheus/common/config"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -51,4 +56,31 @@ func New(endpoints []string, cfg clientv3.Config) (*clientv3.Client, error) {
 		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
 	}
 	return c, nil
+}
+
+// Auth builds the TLS and authentication part of a client configuration, as
+// sdwriter's flags and YAML and the agent's flags give it. A password file
+// overrides password; its trailing newline is not part of the password.
+func Auth(tlsCfg config.TLSConfig, username, password, passwordFile string) (clientv3.Config, error) {
+	var cfg clientv3.Config
+	if tlsCfg != (config.TLSConfig{}) {
+		t, err := config.NewTLSConfig(&tlsCfg)
+		if err != nil {
+			return cfg, fmt.Errorf("etcd TLS: %w", err)
+		}
+		t.MinVersion = max(t.MinVersion, tls.VersionTLS12)
+		cfg.TLS = t
+	}
+	if passwordFile != "" {
+		if username == "" {
+			return cfg, fmt.Errorf("an etcd password file needs a user name")
+		}
+		b, err := os.ReadFile(passwordFile)
+		if err != nil {
+			return cfg, fmt.Errorf("etcd password file: %w", err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	cfg.Username, cfg.Password = username, password
+	return cfg, nil
 }
