@@ -579,7 +579,23 @@ func TestSdwriterKilled(t *testing.T) {
 	ctx := context.Background()
 	cli := e.cluster.client()
 
-	watch := e.watchFile(time.Millisecond, func(_ []target, _ []byte, err error) error { return err })
+	// Valid at every read, and never fewer than the 4 workers that are
+	// always live: a restarted sdwriter must not write a partial list.
+	watch := e.watchFile(time.Millisecond, func(ts []target, _ []byte, err error) error {
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, tg := range ts {
+			if tg.Labels["job"] == "sdkill" {
+				n++
+			}
+		}
+		if n < 4 {
+			return fmt.Errorf("%d sdkill targets in the file, want at least 4", n)
+		}
+		return nil
+	})
 	var converged []time.Duration
 	for cycle := range 3 {
 		e.sdw.kill()
