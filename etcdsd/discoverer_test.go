@@ -9,12 +9,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/metrictest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 )
@@ -155,17 +154,6 @@ func del(t *testing.T, cli *clientv3.Client, key string) {
 	}
 }
 
-func metricValue(c prometheus.Collector) float64 {
-	ch := make(chan prometheus.Metric, 1)
-	c.Collect(ch)
-	var m dto.Metric
-	(<-ch).Write(&m)
-	if m.Counter != nil {
-		return m.Counter.GetValue()
-	}
-	return m.Gauge.GetValue()
-}
-
 func TestListPagesAndWatch(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
@@ -188,7 +176,7 @@ func TestListPagesAndWatch(t *testing.T) {
 	if updates != 1 || fmt.Sprint(state) != fmt.Sprint(want) {
 		t.Fatalf("first update (%d updates): %v, want %v", updates, state, want)
 	}
-	if !f.d.Reachable() || metricValue(f.m.Reachable) != 1 {
+	if !f.d.Reachable() || metrictest.Value(f.m.Reachable) != 1 {
 		t.Error("not reachable after a listing")
 	}
 
@@ -197,7 +185,7 @@ func TestListPagesAndWatch(t *testing.T) {
 	del(t, f.cli, "job/host/0")
 	delete(want, "job/host/0")
 	f.rec.waitState(t, want)
-	if got := metricValue(f.m.Registrations); got != 10 {
+	if got := metrictest.Value(f.m.Registrations); got != 10 {
 		t.Errorf("registrations gauge = %v, want 10", got)
 	}
 }
@@ -315,13 +303,13 @@ func TestGarbageIsSkippedAndCounted(t *testing.T) {
 	f.rec.waitState(t, map[string]string{"job/host/0": "h:1"})
 	total := 0.0
 	for _, r := range invalidReasons {
-		total += metricValue(f.m.InvalidSkipped.WithLabelValues(r))
+		total += metrictest.Value(f.m.InvalidSkipped.WithLabelValues(r))
 	}
 	if total != float64(len(garbage)) {
 		t.Errorf("invalid registrations counted: %v, want %d", total, len(garbage))
 	}
 	for _, r := range []string{"value", "labels", "key", "slot"} {
-		if metricValue(f.m.Invalid.WithLabelValues(r)) == 0 {
+		if metrictest.Value(f.m.Invalid.WithLabelValues(r)) == 0 {
 			t.Errorf("no invalid registration with reason %q", r)
 		}
 	}
@@ -334,7 +322,7 @@ func TestDuplicateAddressNewestWins(t *testing.T) {
 	f.rec.waitState(t, map[string]string{"job/host/0": "h:1"})
 	put(t, f.cli, "job/host/1", "h:1")
 	f.rec.waitState(t, map[string]string{"job/host/1": "h:1"})
-	if got := metricValue(f.m.Duplicates); got != 1 {
+	if got := metrictest.Value(f.m.Duplicates); got != 1 {
 		t.Errorf("duplicates gauge = %v, want 1", got)
 	}
 	del(t, f.cli, "job/host/1")
@@ -381,7 +369,7 @@ func TestEtcdWiped(t *testing.T) {
 	etcd.Wipe()
 	put(t, f.cli, "job/host/2", "h:200")
 	f.rec.waitState(t, map[string]string{"job/host/2": "h:200"})
-	if metricValue(f.m.Relists) < 1 {
+	if metrictest.Value(f.m.Relists) < 1 {
 		t.Error("no re-list counted")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
+	"github.com/workersd/workersd/internal/metrictest"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -91,7 +92,7 @@ func TestStateDuplicates(t *testing.T) {
 	// A successor with the same address, created later, replaces it.
 	st.put(kv("j/h/1", same, 7, 7))
 	checkFlush(t, st, "-j/h/0", "+j/h/1")
-	if got := metricValue(st.m.Duplicates); got != 1 {
+	if got := metrictest.Value(st.m.Duplicates); got != 1 {
 		t.Errorf("duplicates gauge = %v, want 1", got)
 	}
 	// The older one changing does not bring it back.

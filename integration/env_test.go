@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 	"go.yaml.in/yaml/v2"
 
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 )
 
@@ -48,7 +47,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	endToEnd(t)
 	dir := t.TempDir()
-	e := &env{t: t, dir: dir, logs: filepath.Join(dir, "logs"), targets: filepath.Join(dir, "targets", "workersd.json"), sdwAddr: freeAddr(t)}
+	e := &env{t: t, dir: dir, logs: filepath.Join(dir, "logs"), targets: filepath.Join(dir, "targets", "workersd.json"), sdwAddr: etcdtest.FreeAddr(t)}
 	for _, d := range []string{e.logs, filepath.Dir(e.targets)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -62,16 +61,6 @@ func newEnv(t *testing.T) *env {
 	e.startPrometheus()
 	t.Logf("environment up in %s (3-member etcd cluster %s, binaries built in %s)", time.Since(start).Round(time.Millisecond), clusterUp.Round(time.Millisecond), build.took.Round(time.Millisecond))
 	return e
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
@@ -97,7 +86,7 @@ func startCluster(e *env, n int) *cluster {
 	c := &cluster{e: e, token: fmt.Sprintf("workersd-it-%d", time.Now().UnixNano())}
 	var parts []string
 	for i := range n {
-		m := &member{name: fmt.Sprintf("m%d", i), client: freeAddr(e.t), peer: freeAddr(e.t)}
+		m := &member{name: fmt.Sprintf("m%d", i), client: etcdtest.FreeAddr(e.t), peer: etcdtest.FreeAddr(e.t)}
 		m.dir = filepath.Join(e.dir, "etcd", m.name)
 		c.members = append(c.members, m)
 		parts = append(parts, m.name+"=http://"+m.peer)
@@ -505,7 +494,7 @@ func (e *env) startPrometheus() {
 	if err := os.WriteFile(cfg, e.prometheusConfig(), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
-	addr := freeAddr(e.t)
+	addr := etcdtest.FreeAddr(e.t)
 	e.promURL = "http://" + addr
 	startProc(e.t, e.logs, "prometheus", bin,
 		"--config.file="+cfg,
@@ -803,18 +792,4 @@ func addrs(ws ...*worker) []string {
 		out = append(out, w.addr)
 	}
 	return out
-}
-
-// stopAll stops workers gracefully in parallel.
-func stopAll(t *testing.T, timeout time.Duration, ws ...*worker) {
-	t.Helper()
-	var wg sync.WaitGroup
-	errs := make([]error, len(ws))
-	for i, w := range ws {
-		wg.Go(func() { errs[i] = w.terminate(timeout) })
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
 }

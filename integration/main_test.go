@@ -7,12 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/workersd/workersd/internal/buildtest"
 )
 
 // binDir holds the binaries built once for the whole run.
@@ -42,31 +43,13 @@ func binaries(t *testing.T) string {
 	t.Helper()
 	build.once.Do(func() {
 		start := time.Now()
-		root, err := filepath.Abs("..")
-		if err != nil {
-			build.err = err
-			return
-		}
-		cmd := exec.Command(goBinary(), "build", "-o", binDir+string(filepath.Separator),
-			"./cmd/sdwriter", "./examples/demoworker", "./integration/cmd/etcdmember")
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			build.err = fmt.Errorf("go build: %w\n%s", err, out)
-		}
+		build.err = buildtest.Build(binDir, "./cmd/sdwriter", "./examples/demoworker", "./integration/cmd/etcdmember")
 		build.took = time.Since(start)
 	})
 	if build.err != nil {
 		t.Fatal(build.err)
 	}
 	return binDir
-}
-
-func goBinary() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }
 
 // requireTool finds an external program. Missing, it skips the test, but

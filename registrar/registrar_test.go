@@ -20,6 +20,7 @@ import (
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/metrictest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 )
@@ -94,7 +95,7 @@ func TestRegisterThenDeregisterRemovesKeyAtOnce(t *testing.T) {
 	if clientv3.LeaseID(resp.Kvs[0].Lease) != st.LeaseID {
 		t.Fatalf("key on lease %x, state says %x", resp.Kvs[0].Lease, st.LeaseID)
 	}
-	if v := metricValue(t, reg, "workersd_registrar_registrations", "state", "registered"); v != 1 {
+	if v := metrictest.Gathered(t, reg, "workersd_registrar_registrations", "state", "registered"); v != 1 {
 		t.Fatalf("registered gauge = %v, want 1", v)
 	}
 
@@ -113,37 +114,6 @@ func TestRegisterThenDeregisterRemovesKeyAtOnce(t *testing.T) {
 	if st := r.State(); st.Registered {
 		t.Fatalf("state after Deregister: %+v", st)
 	}
-}
-
-// metricValue reads one sample from reg: name, and optionally one label
-// name and value that the sample must carry.
-func metricValue(t testing.TB, reg *prometheus.Registry, name string, label ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := len(label) == 0
-			for _, l := range m.GetLabel() {
-				if len(label) == 2 && l.GetName() == label[0] && l.GetValue() == label[1] {
-					match = true
-				}
-			}
-			if match {
-				if c := m.GetCounter(); c != nil {
-					return c.GetValue()
-				}
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, label)
-	return 0
 }
 
 func TestConcurrentRegistrarsGetDistinctLowestSlots(t *testing.T) {
@@ -381,7 +351,7 @@ func TestBackAfterExternalRevokeOrDelete(t *testing.T) {
 	if len(k) != 2 || k[before.Key] != 0 {
 		t.Fatalf("after overwrite: keys %v, want the foreign key untouched plus ours", k)
 	}
-	if v := metricValue(t, reg, "workersd_registrar_reregistrations_total"); v != 3 {
+	if v := metrictest.Gathered(t, reg, "workersd_registrar_reregistrations_total"); v != 3 {
 		t.Fatalf("reregistrations_total = %v, want 3", v)
 	}
 }

@@ -12,10 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
+
+	"github.com/workersd/workersd/internal/metrictest"
 )
 
 // waitOutput waits until the Syncer's output satisfies ok.
@@ -87,17 +88,17 @@ func TestSyncer(t *testing.T) {
 	if _, _, body := get(t, s); body != string(out) {
 		t.Errorf("/sd serves %q, the file holds %q", body, out)
 	}
-	if got := value(m.Targets.WithLabelValues("api")); got != 1 {
+	if got := metrictest.Value(m.Targets.WithLabelValues("api")); got != 1 {
 		t.Errorf("targets{job=api} = %v", got)
 	}
 
 	s.Update([]*targetgroup.Group{{Source: "/k/a"}}, time.Now())
 	waitOutput(t, s, func(b []byte) bool { return string(b) == "[]\n" })
 	checkFile(t, path, "[]\n")
-	if n := count(m.Targets); n != 0 {
+	if n := metrictest.Series(m.Targets); n != 0 {
 		t.Errorf("targets has %d series after the last target went", n)
 	}
-	if got := value(m.Writes); got != 3 {
+	if got := metrictest.Value(m.Writes); got != 3 {
 		t.Errorf("writes = %v, want 3", got)
 	}
 	var lat dto.Metric
@@ -118,7 +119,7 @@ func TestSyncerCoalesces(t *testing.T) {
 	defer cancel()
 	go s.Run(ctx)
 	waitOutput(t, s, func(b []byte) bool { return bytes.Contains(b, []byte(`"h:1000"`)) })
-	if got := value(m.Writes); got != 1 {
+	if got := metrictest.Value(m.Writes); got != 1 {
 		t.Errorf("1000 queued updates took %v writes, want 1", got)
 	}
 }
@@ -140,9 +141,9 @@ func TestSyncerRetriesFailedWrites(t *testing.T) {
 		limitFileSize(t, 1024)
 		s.Update(groups, time.Now())
 		deadline := time.Now().Add(10 * time.Second)
-		for value(m.WriteErrors) < 3 {
+		for metrictest.Value(m.WriteErrors) < 3 {
 			if time.Now().After(deadline) {
-				t.Fatalf("write errors = %v, want retries", value(m.WriteErrors))
+				t.Fatalf("write errors = %v, want retries", metrictest.Value(m.WriteErrors))
 			}
 			_, next := s.Output()
 			select {
@@ -185,28 +186,4 @@ func TestSyncerWithoutFile(t *testing.T) {
 	if code, _, _ := get(t, s); code != 200 {
 		t.Fatalf("/sd: %d", code)
 	}
-}
-
-// value reads the one counter or gauge in c (testutil would need another
-// module).
-func value(c prometheus.Collector) float64 {
-	ch := make(chan prometheus.Metric, 1)
-	c.Collect(ch)
-	var m dto.Metric
-	(<-ch).Write(&m)
-	if m.Counter != nil {
-		return m.Counter.GetValue()
-	}
-	return m.Gauge.GetValue()
-}
-
-// count is how many series c has.
-func count(c prometheus.Collector) int {
-	ch := make(chan prometheus.Metric)
-	go func() { c.Collect(ch); close(ch) }()
-	n := 0
-	for range ch {
-		n++
-	}
-	return n
 }

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
+	"github.com/workersd/workersd/internal/metrictest"
 	"github.com/workersd/workersd/internal/poll"
 )
 
@@ -45,30 +45,6 @@ func newTestTracer(t *testing.T, clock *fakeClock, maxAge time.Duration) (*Trace
 	return tr, reg
 }
 
-// gatheredValue gathers through g (so the tracer runs first) and returns the
-// value of the counter named name with the given label.
-func gatheredValue(t *testing.T, g prometheus.Gatherer, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("%s{%s=%q} not gathered", name, label, value)
-	return 0
-}
-
 // A 60 s unit scraped every 15 s adds 15 s per scrape, not 0, 0, 0, 60; after
 // End the total is the true elapsed time.
 func TestTracerLongUnitAddsAtEveryScrape(t *testing.T) {
@@ -90,7 +66,7 @@ func TestTracerLongUnitAddsAtEveryScrape(t *testing.T) {
 
 	prev := 0.0
 	for i := 1; i <= 3; i++ {
-		got := gatheredValue(t, g, "job_seconds_total", "class", "export")
+		got := metrictest.Gathered(t, g, "job_seconds_total", "class", "export")
 		if added := got - prev; added < 14.999 || added > 15.001 {
 			t.Fatalf("scrape %d added %.3f s, want about 15", i, added)
 		}
@@ -101,16 +77,16 @@ func TestTracerLongUnitAddsAtEveryScrape(t *testing.T) {
 	if d := u.End(); d != 60*time.Second {
 		t.Fatalf("End = %s, want 60s", d)
 	}
-	if got := gatheredValue(t, g, "job_seconds_total", "class", "export"); got != 60 {
+	if got := metrictest.Gathered(t, g, "job_seconds_total", "class", "export"); got != 60 {
 		t.Fatalf("total after End = %v, want 60", got)
 	}
-	if got := gatheredValue(t, g, "job_seconds_total", "class", "short"); got != 3 {
+	if got := metrictest.Gathered(t, g, "job_seconds_total", "class", "short"); got != 3 {
 		t.Fatalf("short total = %v, want 3", got)
 	}
 	// Ended units add nothing more.
 	clock.Advance(time.Minute)
 	u.End()
-	if got := gatheredValue(t, g, "job_seconds_total", "class", "export"); got != 60 {
+	if got := metrictest.Gathered(t, g, "job_seconds_total", "class", "export"); got != 60 {
 		t.Fatalf("total a minute after End = %v, want 60", got)
 	}
 	if tr.InFlight() != 0 {
@@ -130,7 +106,7 @@ func TestTracerContextEndsUnit(t *testing.T) {
 	poll.Until(t, 5*time.Second, func() bool { return tr.InFlight() == 0 }, "unit still in flight after its context was cancelled")
 	clock.Advance(time.Hour)
 	tr.Collect()
-	if got := counterValue(t, c); got != 10 {
+	if got := metrictest.Value(c); got != 10 {
 		t.Fatalf("counter = %v, want 10 (accounted up to the cancellation)", got)
 	}
 	if d := u.End(); d != 10*time.Second {
@@ -155,10 +131,10 @@ func TestTracerUnreachableUnitIsAbandoned(t *testing.T) {
 	}, "a unit nobody can end is still in flight")
 	clock.Advance(time.Hour)
 	tr.Collect()
-	if got := counterValue(t, c); got != 5 {
+	if got := metrictest.Value(c); got != 5 {
 		t.Fatalf("counter = %v, want 5 (nothing after abandonment)", got)
 	}
-	if got := counterValue(t, tr.abandoned.WithLabelValues("unreachable")); got != 1 {
+	if got := metrictest.Value(tr.abandoned.WithLabelValues("unreachable")); got != 1 {
 		t.Fatalf("abandoned{unreachable} = %v, want 1", got)
 	}
 }
@@ -178,10 +154,10 @@ func TestTracerMaxAge(t *testing.T) {
 	}
 	clock.Advance(time.Minute)
 	u.End()
-	if got := counterValue(t, c); got != 30 {
+	if got := metrictest.Value(c); got != 30 {
 		t.Fatalf("counter = %v, want 30", got)
 	}
-	if got := counterValue(t, tr.abandoned.WithLabelValues("max_age")); got != 1 {
+	if got := metrictest.Value(tr.abandoned.WithLabelValues("max_age")); got != 1 {
 		t.Fatalf("abandoned{max_age} = %v, want 1", got)
 	}
 }
@@ -210,18 +186,7 @@ func TestTracerConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	<-done
-	if got := counterValue(t, c); got != 200 {
+	if got := metrictest.Value(c); got != 200 {
 		t.Fatalf("counter = %v, want 200", got)
 	}
-}
-
-// counterValue reads a counter directly (client_golang's testutil would pull
-// in a module this repository does not otherwise need).
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
 }

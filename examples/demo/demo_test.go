@@ -8,26 +8,21 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 )
 
 // The quick start runs, shows four targets, replaces a killed worker in the
 // same slot, and leaves no process behind.
 func TestDemo(t *testing.T) {
-	if _, err := os.Stat(filepath.Join("..", "..", "cmd", "sdwriter")); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("cmd/sdwriter is missing: %v", err)
-		}
-		t.Skipf("cmd/sdwriter is missing: %v", err)
-	}
 	if testing.Short() {
 		t.Skip("builds sdwriter and runs processes")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "demo")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build demo: %v\n%s", err, out)
+	if err := buildtest.Build(dir, "./examples/demo"); err != nil {
+		t.Fatal(err)
 	}
+	bin := filepath.Join(dir, "demo")
 	work := filepath.Join(dir, "work")
 	cmd := exec.Command(bin,
 		"--duration=20s", "--interval=1s", "--kill-after=5s", "--ttl=2s", "--no-prometheus",

@@ -14,6 +14,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 )
@@ -23,10 +24,11 @@ import (
 func TestDemoworkerGracefulStop(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	bin := filepath.Join(t.TempDir(), "demoworker")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	dir := t.TempDir()
+	if err := buildtest.Build(dir, "./examples/demoworker"); err != nil {
+		t.Fatal(err)
 	}
+	bin := filepath.Join(dir, "demoworker")
 	cmd := exec.Command(bin, "--etcd.endpoints="+etcd.Endpoint(), "--job=dw", "--host=h",
 		"--listen-address=127.0.0.1:0", "--jobs=1000", "--rate=0", "--job-duration=0s",
 		"--final-scrape-timeout=1m", "--log.level=warn")

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 )
@@ -135,20 +136,10 @@ func TestGunicornEndToEnd(t *testing.T) {
 		}
 		t.Skipf("python3-prometheus-client is missing: %s", out)
 	}
-	root, _ := filepath.Abs(filepath.Join("..", ".."))
-	if _, err := os.Stat(filepath.Join(root, "cmd", "sdwriter")); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("cmd/sdwriter is missing: %v", err)
-		}
-		t.Skipf("cmd/sdwriter is missing: %v", err)
-	}
-
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
-	build := exec.Command("go", "build", "-o", bin+string(filepath.Separator), "./cmd/workersd-agent", "./cmd/sdwriter")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	if err := buildtest.Build(bin, "./cmd/workersd-agent", "./cmd/sdwriter"); err != nil {
+		t.Fatal(err)
 	}
 
 	etcd := etcdtest.Start(t)
