@@ -79,14 +79,7 @@ func runKill(ctx context.Context, etcd *etcdMember, tmp string, n int, log func(
 	}
 	defer cli.Close()
 	prefix := "/workersd/kill/"
-	file := filepath.Join(tmp, "kill", "workersd.json")
-	os.MkdirAll(filepath.Dir(file), 0o755)
-	fw, err := watchFile(file)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer fw.Close()
-	stop, err := sdwriterPipeline(cli, prefix, file)
+	fw, stop, err := watchedPipeline(cli, prefix, filepath.Join(tmp, "kill", "workersd.json"))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -204,14 +197,7 @@ func runGraceful(ctx context.Context, etcd *etcdMember, tmp string, n int) (keyM
 	}
 	defer cli.Close()
 	prefix := "/workersd/graceful/"
-	file := filepath.Join(tmp, "graceful", "workersd.json")
-	os.MkdirAll(filepath.Dir(file), 0o755)
-	fw, err := watchFile(file)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer fw.Close()
-	stop, err := sdwriterPipeline(cli, prefix, file)
+	fw, stop, err := watchedPipeline(cli, prefix, filepath.Join(tmp, "graceful", "workersd.json"))
 	if err != nil {
 		return nil, nil, err
 	}

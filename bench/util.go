@@ -277,3 +277,20 @@ func until(timeout, interval time.Duration, cond func() bool) bool {
 		time.Sleep(interval)
 	}
 }
+
+// watchedPipeline runs sdwriter's pipeline for prefix into file and watches
+// the file; stop ends both.
+func watchedPipeline(cli *clientv3.Client, prefix, file string) (fw *fileWatch, stop func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return nil, nil, err
+	}
+	if fw, err = watchFile(file); err != nil {
+		return nil, nil, err
+	}
+	stopPipeline, err := sdwriterPipeline(cli, prefix, file)
+	if err != nil {
+		fw.Close()
+		return nil, nil, err
+	}
+	return fw, func() { stopPipeline(); fw.Close() }, nil
+}
