@@ -37,7 +37,6 @@ import (
 
 const (
 	name            = "workersd-agent"
-	socketMode      = 0o660
 	shutdownTimeout = 5 * time.Second
 )
 
@@ -205,7 +204,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		}
 	}()
 	if f.socket != "" {
-		l, err := listenSocket(f.socket)
+		l, err := listenSocketFlag(f.socket)
 		if err != nil {
 			return err
 		}
@@ -271,33 +270,9 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	return err
 }
 
-// listenSocket listens on a Unix socket with mode 0660, replacing a stale
-// socket file left by a crash but not a live agent's socket.
-func listenSocket(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("--listen.socket: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != os.ModeSocket {
-			return nil, fmt.Errorf("--listen.socket: %s exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("--listen.socket: another agent is listening on %s", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("--listen.socket: remove stale socket: %w", err)
-		}
-	}
-	// No window in which the socket is reachable with a wider mode.
-	old := syscall.Umask(0o777 &^ socketMode)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+func listenSocketFlag(path string) (net.Listener, error) {
+	l, err := agent.ListenSocket(path)
 	if err != nil {
-		return nil, fmt.Errorf("--listen.socket: %w", err)
-	}
-	if err := os.Chmod(path, socketMode); err != nil {
-		l.Close()
 		return nil, fmt.Errorf("--listen.socket: %w", err)
 	}
 	return l, nil
