@@ -156,6 +156,14 @@ func openProc(pid int, startTicks uint64, poll time.Duration, usePidfd bool) (*p
 	return h, nil
 }
 
+// pollProc watches pid by polling /proc, for when its pidfd failed.
+func pollProc(pid int, startTicks uint64, poll time.Duration) *procHandle {
+	return &procHandle{pid: pid, startTicks: startTicks, poll: poll}
+}
+
+// platformSupported: the agent needs /proc, which Linux has.
+func platformSupported() error { return nil }
+
 // usesPidfd says how the process is watched, for logs and tests.
 func (h *procHandle) usesPidfd() bool { return h.pidfd != nil }
 

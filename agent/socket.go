@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 )
 
@@ -31,10 +30,7 @@ func ListenSocket(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
-	// No window in which the socket is reachable with a wider mode.
-	old := syscall.Umask(0o777 &^ SocketMode)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	l, err := listenUnixWithMode(path, SocketMode)
 	if err != nil {
 		return nil, err
 	}

@@ -3,9 +3,9 @@
 //
 // Rendering is deterministic (Render, Store): the same groups give the same
 // bytes whatever the order they came in, so two sdwriters beside two
-// Prometheus servers write identical files. WriteFile replaces a file
-// atomically with a temporary file that no *.json glob matches, fsync,
-// mode 0644 and rename; FileWriter writes only when the content changes.
+// Prometheus servers write identical files. FileWriter replaces its
+// file atomically (internal/atomicfile: a temporary file that no *.json glob
+// matches, fsync, mode 0644, rename), and only when the content changes.
 // Syncer ties them together for a discoverer: it takes updates, coalesces
 // bursts, writes, retries failed writes and serves the same bytes as http_sd.
 //

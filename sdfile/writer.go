@@ -3,89 +3,17 @@ package sdfile
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
-	"path/filepath"
+
+	"github.com/workersd/workersd/internal/atomicfile"
 )
 
 // FileMode is the mode of written files: Prometheus usually runs as another
 // user than sdwriter and must be able to read them.
 const FileMode = 0o644
 
-// WriteFile replaces the file at path by data atomically: readers see the
-// old content or the new, never a mix or an empty file. It writes a
-// temporary file in the same directory, named ".<name>.tmp-<random>" so that
-// a file_sd glob such as *.json never matches it, fsyncs it, sets FileMode,
-// renames it over path and fsyncs the directory. The directory is created
-// when missing. On error the previous file is left as it was and the
-// temporary file is removed.
-func WriteFile(path string, data []byte) (err error) {
-	dir, name := filepath.Split(path)
-	if name == "" {
-		return fmt.Errorf("write %q: not a file name", path)
-	}
-	if dir == "" {
-		dir = "."
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	// CreateTemp uses 0600; fchmod is not subject to the umask.
-	if err := f.Chmod(FileMode); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if err := syncDir(dir); err != nil {
-		return &renamedError{err}
-	}
-	return nil
-}
-
-// renamedError is a failure after the new file took the old one's place:
-// the content is current, only its durability is in doubt.
-type renamedError struct{ error }
-
-func (e *renamedError) Unwrap() error { return e.error }
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
-
-// FileWriter writes one file with WriteFile, only when the content changes.
+// FileWriter writes one file with atomicfile.Write (mode FileMode), only
+// when the content changes.
 // It is not safe for concurrent use.
 type FileWriter struct {
 	path  string
@@ -109,8 +37,8 @@ func (w *FileWriter) Write(data []byte) (written bool, err error) {
 	if w.known && bytes.Equal(w.last, data) {
 		return false, nil
 	}
-	if err := WriteFile(w.path, data); err != nil {
-		var renamed *renamedError
+	if err := atomicfile.Write(w.path, data, FileMode); err != nil {
+		var renamed *atomicfile.NotDurableError
 		if errors.As(err, &renamed) {
 			w.last, w.known = data, true
 			return true, err

@@ -497,9 +497,8 @@ func (g *group) start(name, dir, bin string, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = logf
 	// Own process group: Ctrl-C in the terminal reaches the demo only, which
-	// stops the children in order. Pdeathsig: the child dies if the demo is
-	// killed without cleaning up.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// stops the children in order (see sysproc_*.go).
+	cmd.SysProcAttr = childAttr()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		logf.Close()
@@ -548,22 +547,22 @@ func (p *proc) listenAddr() string {
 	}
 }
 
-func (p *proc) signal(sig syscall.Signal) {
+func (p *proc) kill() {
 	select {
 	case <-p.done:
 	default:
-		syscall.Kill(-p.cmd.Process.Pid, sig) // the whole process group
+		killGroup(p.cmd.Process)
 	}
-}
-
-func (p *proc) kill() {
-	p.signal(syscall.SIGKILL)
 	<-p.done
 }
 
 // stop asks politely, then kills the group.
 func (p *proc) stop(grace time.Duration) {
-	p.signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	default:
+		termGroup(p.cmd.Process)
+	}
 	select {
 	case <-p.done:
 	case <-time.After(grace):
