@@ -41,6 +41,10 @@ type Config struct {
 	Host string
 	// TTL of each registration's lease; registrar.DefaultTTL when zero.
 	TTL time.Duration
+	// SlotHold keeps a worker's slot from being reused for that long after
+	// it exits. Optional, defaults to registrar.DefaultSlotHold; see
+	// registrar.Config.SlotHold.
+	SlotHold time.Duration
 	// AdvertiseHost is the host part of the address registered for a
 	// request that gives only a port. Default: the local IP this host uses
 	// to reach the client's first endpoint, as package worker does.
@@ -160,13 +164,17 @@ type entry struct {
 	proc       *procHandle
 	cancel     context.CancelFunc // ends the watcher and the registration loop
 
-	// key and lease as last persisted; guarded by Agent.mu.
-	key   string
-	lease clientv3.LeaseID
+	// key and leases as last persisted; guarded by Agent.mu.
+	key       string
+	lease     clientv3.LeaseID
+	holdLease clientv3.LeaseID
 }
 
 // New validates cfg. The agent does nothing until Start.
 func New(cfg Config) (*Agent, error) {
+	if err := platformSupported(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	if cfg.Client == nil {
 		return nil, errors.New("agent: an etcd client is required")
 	}
@@ -255,14 +263,14 @@ func (a *Agent) restore(se stateEntry) {
 		a.revokeLater(se.Lease)
 		return
 	}
-	resume := registrar.Resume{Key: se.Key, Lease: se.Lease}
+	resume := registrar.Resume{Key: se.Key, Lease: se.Lease, HoldLease: se.HoldLease}
 	reg, err := a.newRegistrar(se.Job, se.Value, resume)
 	if err != nil && se.Key != "" {
 		// Another host name or prefix than before: the old key cannot be
 		// adopted, so it must not outlive its lease next to a new one.
 		log.Warn("cannot adopt the previous registration; registering anew", "error", err)
 		a.revokeLater(se.Lease)
-		se.Key, se.Lease = "", 0
+		se.Key, se.Lease, se.HoldLease = "", 0, 0
 		reg, err = a.newRegistrar(se.Job, se.Value, registrar.Resume{})
 	}
 	if err != nil {
@@ -273,7 +281,7 @@ func (a *Agent) restore(se stateEntry) {
 	}
 	e := &entry{
 		id: se.ID, pid: se.PID, startTicks: se.StartTicks, job: se.Job, value: se.Value,
-		reg: reg, proc: proc, key: se.Key, lease: se.Lease,
+		reg: reg, proc: proc, key: se.Key, lease: se.Lease, holdLease: se.HoldLease,
 	}
 	a.mu.Lock()
 	a.add(e)
@@ -307,6 +315,7 @@ func (a *Agent) newRegistrar(job string, v registrar.Value, resume registrar.Res
 		Host:       a.cfg.Host,
 		Value:      v,
 		TTL:        a.cfg.TTL,
+		SlotHold:   a.cfg.SlotHold,
 		Registerer: a.cfg.Registerer,
 		Logger:     a.log.Named("registrar").With("pid", v.PID),
 		Resume:     resume,
@@ -352,8 +361,7 @@ func (a *Agent) watch(ctx context.Context, e *entry) {
 	if err != nil {
 		// Not knowing is not dying: keep the registration, poll instead.
 		a.log.Warn("pidfd wait failed; polling instead", "pid", e.pid, "error", err)
-		poll := &procHandle{pid: e.pid, startTicks: e.startTicks, poll: a.cfg.PollInterval}
-		if poll.wait(ctx) != nil {
+		if pollProc(e.pid, e.startTicks, a.cfg.PollInterval).wait(ctx) != nil {
 			return
 		}
 	}
@@ -641,36 +649,47 @@ func (a *Agent) view(e *entry) Worker {
 }
 
 // recordLease notes e's current key and lease and persists them if they
-// changed: a restarted agent adopts what the state file says.
+// changed: a restarted agent adopts what the state file says. When it
+// returns, the state file holds e's current key and lease (or a write
+// failed and was counted): the note and its write happen under saveMu, so a
+// caller that finds nothing changed waits for the write of whoever changed
+// it. The API answers only after that.
 func (a *Agent) recordLease(e *entry) {
 	st := e.reg.State()
 	if st.Key == "" || st.LeaseID == 0 {
 		return
 	}
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
 	a.mu.Lock()
-	changed := a.byID[e.id] == e && (e.key != st.Key || e.lease != st.LeaseID)
+	changed := a.byID[e.id] == e && (e.key != st.Key || e.lease != st.LeaseID || e.holdLease != st.HoldLeaseID)
 	if changed {
-		e.key, e.lease = st.Key, st.LeaseID
+		e.key, e.lease, e.holdLease = st.Key, st.LeaseID, st.HoldLeaseID
 	}
 	a.mu.Unlock()
 	if changed {
-		a.persist()
+		a.persistLocked()
 	}
 }
 
 // persist writes the state file from the current registrations.
 func (a *Agent) persist() {
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
+	a.persistLocked()
+}
+
+// persistLocked is persist with saveMu held.
+func (a *Agent) persistLocked() {
 	if a.cfg.StateFile == "" {
 		return
 	}
-	a.saveMu.Lock()
-	defer a.saveMu.Unlock()
 	a.mu.Lock()
 	s := stateFile{Version: stateVersion, Workers: make([]stateEntry, 0, len(a.byID))}
 	for _, e := range a.byID {
 		s.Workers = append(s.Workers, stateEntry{
 			ID: e.id, PID: e.pid, StartTicks: e.startTicks, Job: e.job, Value: e.value,
-			Key: e.key, Lease: e.lease,
+			Key: e.key, Lease: e.lease, HoldLease: e.holdLease,
 		})
 	}
 	a.mu.Unlock()

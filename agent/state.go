@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/atomicfile"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -32,6 +32,9 @@ type stateEntry struct {
 	Value      registrar.Value  `json:"value"`
 	Key        string           `json:"key,omitempty"`
 	Lease      clientv3.LeaseID `json:"lease,omitempty"`
+	// HoldLease keeps the slot held after the registration (registrar's
+	// SlotHold); adopted with the key.
+	HoldLease clientv3.LeaseID `json:"hold_lease,omitempty"`
 }
 
 func readState(path string) (stateFile, error) {
@@ -55,43 +58,12 @@ func readState(path string) (stateFile, error) {
 }
 
 // writeState replaces the file atomically: a crash leaves the old or the new
-// state, never a torn one, which the next start could not parse.
-func writeState(path string, s stateFile) (err error) {
+// state, never a torn one, which the next start could not parse. Mode 0600:
+// it names every worker of the host.
+func writeState(path string, s stateFile) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	b = append(b, '\n')
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write state file: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return fmt.Errorf("write state file: %w", err)
-	}
-	if _, err := f.Write(b); err != nil {
-		return fmt.Errorf("write state file: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write state file: sync: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write state file: %w", err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write state file: %w", err)
-	}
-	// The rename is durable only once the directory is.
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,6 +25,10 @@ const (
 	// MinTTL is etcd's own floor (1.5 x election timeout, rounded up); a
 	// shorter lease is silently extended by the server, so it is refused.
 	MinTTL = 2 * time.Second
+	// DefaultSlotHold keeps a freed slot from being reused for 30 s: enough
+	// for Prometheus to drop the old target and write its staleness markers
+	// with a scrape interval up to 15 s (see Config.SlotHold).
+	DefaultSlotHold = 30 * time.Second
 )
 
 // Config is the identity of one registration and where it goes.
@@ -40,6 +45,27 @@ type Config struct {
 	Value Value
 	// TTL of the lease; DefaultTTL when zero, at least MinTTL.
 	TTL time.Duration
+	// SlotHold is how long a slot stays taken after its registration ends,
+	// gracefully or by lease expiry, so that the next worker takes another
+	// slot meanwhile. Optional, defaults to DefaultSlotHold; negative turns
+	// holds off (a freed slot is reused at once).
+	//
+	// Why: a reused slot means the next lifetime writes the same series.
+	// Prometheus (3.x, created-timestamp-zero-ingestion) sees the restart
+	// through the new counters' zero sample at their created timestamp,
+	// but drops it when the old target's last samples or staleness
+	// markers are newer, which they are while Prometheus still scrapes
+	// the old address: until the discovery change reaches its scrape
+	// manager (up to about 10 s) plus one scrape interval. Set it to at
+	// least the scrape interval plus 15 s.
+	//
+	// The hold is a key (Key.HoldKey) on a lease of its own, kept alive
+	// with the registration's and left to expire after it; its TTL is 1.5
+	// times TTL+SlotHold, so the slot stays held for at least SlotHold
+	// after the registration's key is gone, however it went. Slots used
+	// per (job, host) are bounded by the peak number of concurrent workers
+	// plus the registrations that ended within any 1.5 x (TTL+SlotHold).
+	SlotHold time.Duration
 	// Registerer receives the registrar's metrics; nil means none. Several
 	// registrars may share one Registerer: they then share the collectors.
 	Registerer prometheus.Registerer
@@ -53,10 +79,12 @@ type Config struct {
 	Resume Resume
 }
 
-// Resume names a registration to adopt; see Config.Resume.
+// Resume names a registration to adopt; see Config.Resume. HoldLease, when
+// known, is the lease of the slot's hold, adopted with it.
 type Resume struct {
-	Key   string
-	Lease clientv3.LeaseID
+	Key       string
+	Lease     clientv3.LeaseID
+	HoldLease clientv3.LeaseID
 }
 
 // State is what the caller can read about a registration.
@@ -68,6 +96,9 @@ type State struct {
 	Key     string
 	Slot    int
 	LeaseID clientv3.LeaseID
+	// HoldLeaseID is the lease of the slot's hold (Config.SlotHold); 0
+	// when holds are off or none is granted yet.
+	HoldLeaseID clientv3.LeaseID
 	// LastError is why the last attempt or registration failed; nil when
 	// registered without incident.
 	LastError error
@@ -78,14 +109,16 @@ type State struct {
 
 // Registrar keeps one registration alive until Deregister.
 type Registrar struct {
-	cfg      Config
-	prefix   string
-	value    []byte
-	ttlSec   int64
-	opTO     time.Duration
-	backoffs backoffPolicy
-	log      hclog.Logger
-	m        *metrics
+	cfg        Config
+	prefix     string
+	holdPrefix string
+	value      []byte
+	ttlSec     int64
+	holdTTLSec int64 // 0: no holds
+	opTO       time.Duration
+	backoffs   backoffPolicy
+	log        hclog.Logger
+	m          *metrics
 
 	mu      sync.Mutex
 	state   State
@@ -94,10 +127,11 @@ type Registrar struct {
 	done    chan struct{}
 
 	// Owned by the run goroutine; read by Deregister only after it ended.
-	lease clientv3.LeaseID
-	key   string
-	slot  int
-	rev   int64 // revision at which the key was last known to be ours
+	lease     clientv3.LeaseID
+	holdLease clientv3.LeaseID
+	key       string
+	slot      int
+	rev       int64 // revision at which the key was last known to be ours
 }
 
 // New validates cfg and returns a registrar that has not registered yet. Every
@@ -124,6 +158,9 @@ func New(cfg Config) (*Registrar, error) {
 	if cfg.TTL < MinTTL {
 		return nil, fieldErr("ttl", "%s is below etcd's minimum lease TTL of %s", cfg.TTL, MinTTL)
 	}
+	if cfg.SlotHold == 0 {
+		cfg.SlotHold = DefaultSlotHold
+	}
 	if cfg.Value.StartedAt.IsZero() {
 		cfg.Value.StartedAt = time.Now().UTC().Truncate(time.Second)
 	}
@@ -138,11 +175,13 @@ func New(cfg Config) (*Registrar, error) {
 	if err != nil {
 		return nil, err
 	}
+	slots := Key{Prefix: cfg.Prefix, Job: cfg.Job, Host: cfg.Host}
 	r := &Registrar{
-		cfg:    cfg,
-		prefix: Key{Prefix: cfg.Prefix, Job: cfg.Job, Host: cfg.Host}.SlotPrefix(),
-		value:  value,
-		ttlSec: int64((cfg.TTL + time.Second - 1) / time.Second),
+		cfg:        cfg,
+		prefix:     slots.SlotPrefix(),
+		holdPrefix: HoldPrefix(cfg.Prefix) + cfg.Job + "/" + cfg.Host + "/",
+		value:      value,
+		ttlSec:     seconds(cfg.TTL),
 		// An etcd call may wait for a connection; bound it so a dead
 		// endpoint turns into a retry rather than a hang.
 		opTO:     min(max(cfg.TTL, 2*time.Second), 5*time.Second),
@@ -153,6 +192,9 @@ func New(cfg Config) (*Registrar, error) {
 		slot:     -1,
 	}
 	r.state.Slot = -1
+	if cfg.SlotHold > 0 {
+		r.holdTTLSec = seconds(3 * (cfg.TTL + cfg.SlotHold) / 2)
+	}
 	if cfg.Resume.Key != "" {
 		k, err := ParseKey(cfg.Prefix, cfg.Resume.Key)
 		if err != nil {
@@ -162,9 +204,15 @@ func New(cfg Config) (*Registrar, error) {
 			return nil, fieldErr("resume.key", "%q is not a key of job %q on host %q", cfg.Resume.Key, cfg.Job, cfg.Host)
 		}
 		r.key, r.slot, r.lease = cfg.Resume.Key, k.Slot, cfg.Resume.Lease
+		if r.holdTTLSec > 0 {
+			r.holdLease = cfg.Resume.HoldLease
+		}
 	}
 	return r, nil
 }
+
+// seconds rounds d up to whole seconds, etcd's unit of lease TTLs.
+func seconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
 
 // Register starts keeping the registration alive in the background and
 // returns at once: an application must start even when etcd is down. The
@@ -184,7 +232,8 @@ func (r *Registrar) Register(ctx context.Context) {
 
 // Deregister stops the loop and revokes the lease, so the key disappears at
 // once. The revoke is bounded by ctx and by the TTL; if it fails the key
-// expires with its lease. Deregister before Register does nothing.
+// expires with its lease. The slot's hold is left to expire (see
+// Config.SlotHold). Deregister before Register does nothing.
 func (r *Registrar) Deregister(ctx context.Context) error {
 	if err := r.Detach(ctx); err != nil {
 		return fmt.Errorf("deregister: %w", err)
@@ -298,6 +347,7 @@ func (r *Registrar) run(ctx context.Context) {
 			}
 			r.setState(func(s *State) {
 				s.Registered, s.Key, s.Slot, s.LeaseID, s.LastError = true, r.key, r.slot, r.lease, nil
+				s.HoldLeaseID = r.holdLease
 				if !kept {
 					s.Registrations++
 				}
@@ -327,7 +377,8 @@ func (r *Registrar) run(ctx context.Context) {
 // claim makes sure the worker's key is in etcd on a live lease: it keeps a
 // registration that survived (etcd restarted with its data), otherwise it
 // revokes the old lease, grants a new one and claims the previous slot or
-// the lowest free one. kept says the existing key was kept.
+// the lowest free one, with the slot's hold. kept says the existing key was
+// kept.
 func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.opTO)
 	defer cancel()
@@ -335,8 +386,11 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 
 	if r.lease != 0 {
 		held, err := r.stillHeld(ctx)
-		if err != nil || held {
-			return held, err
+		if err != nil {
+			return false, err
+		}
+		if held {
+			return true, r.ensureHold(ctx)
 		}
 		// Best effort: a lease that survived on the server must not keep a
 		// second key alive next to the new claim.
@@ -351,6 +405,13 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 		return false, fmt.Errorf("grant lease: %w", err)
 	}
 	r.lease = grant.ID
+	if r.holdTTLSec > 0 && r.holdLease == 0 {
+		hold, err := cli.Grant(ctx, r.holdTTLSec)
+		if err != nil {
+			return false, fmt.Errorf("grant hold lease: %w", err)
+		}
+		r.holdLease = hold.ID
+	}
 
 	if r.slot >= 0 {
 		ok, err := r.tryClaim(ctx, r.slot)
@@ -391,25 +452,68 @@ func (r *Registrar) ours(kv *mvccpb.KeyValue) bool {
 	return clientv3.LeaseID(kv.Lease) == r.lease && bytes.Equal(kv.Value, r.value)
 }
 
-// tryClaim creates the key for slot n if, and only if, nobody holds it.
+// tryClaim creates the key for slot n if, and only if, nobody holds it:
+// no registration, and no hold but this registrar's own. The hold is put
+// with the key.
 func (r *Registrar) tryClaim(ctx context.Context, n int) (bool, error) {
-	key := r.prefix + fmt.Sprint(n)
-	resp, err := r.cfg.Client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(r.value), clientv3.WithLease(r.lease))).
-		Commit()
+	key := r.prefix + strconv.Itoa(n)
+	put := clientv3.OpPut(key, string(r.value), clientv3.WithLease(r.lease))
+	free := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+	txn := r.cfg.Client.Txn(ctx)
+	if r.holdLease == 0 {
+		txn = txn.If(free).Then(put)
+	} else {
+		// "No hold or ours": a missing key's lease compares as 0.
+		hk := r.holdPrefix + strconv.Itoa(n)
+		hput := clientv3.OpPut(hk, "", clientv3.WithLease(r.holdLease))
+		txn = txn.If(free, clientv3.Compare(clientv3.LeaseValue(hk), "=", r.holdLease)).Then(put, hput).
+			Else(clientv3.OpTxn([]clientv3.Cmp{free, clientv3.Compare(clientv3.LeaseValue(hk), "=", 0)}, []clientv3.Op{put, hput}, nil))
+	}
+	resp, err := txn.Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) && r.holdLease != 0 {
+		// etcd lost the hold lease (a wiped cluster): grant one anew on
+		// the next attempt.
+		r.holdLease = 0
+	}
 	if err != nil {
 		return false, fmt.Errorf("claim slot %d: %w", n, err)
 	}
-	if !resp.Succeeded {
+	if !resp.Succeeded && (r.holdLease == 0 || !resp.Responses[0].GetResponseTxn().Succeeded) {
 		return false, nil
 	}
 	r.key, r.slot, r.rev = key, n, resp.Header.Revision
 	return true, nil
 }
 
-// lowestFree lists the taken slots of (job, host) and returns the lowest
-// free one. Keys that are not canonical slots do not block a slot.
+// ensureHold puts the hold of a kept registration's slot back when its
+// lease was lost, so the slot is held after the registration ends.
+func (r *Registrar) ensureHold(ctx context.Context) error {
+	if r.holdTTLSec == 0 {
+		return nil
+	}
+	cli := r.cfg.Client
+	if r.holdLease == 0 {
+		grant, err := cli.Grant(ctx, r.holdTTLSec)
+		if err != nil {
+			return fmt.Errorf("grant hold lease: %w", err)
+		}
+		r.holdLease = grant.ID
+	}
+	// Only where no hold is: an existing one is this lease's or, for an
+	// adopted slot, a predecessor's, which holds it as well.
+	hk := r.holdPrefix + strconv.Itoa(r.slot)
+	if _, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(hk), "=", 0)).
+		Then(clientv3.OpPut(hk, "", clientv3.WithLease(r.holdLease))).
+		Commit(); err != nil {
+		return fmt.Errorf("hold slot %d: %w", r.slot, err)
+	}
+	return nil
+}
+
+// lowestFree lists the taken slots of (job, host), registered or held by
+// another registrar, and returns the lowest free one. Keys that are not
+// canonical slots do not block a slot.
 func (r *Registrar) lowestFree(ctx context.Context) (int, error) {
 	resp, err := r.cfg.Client.Get(ctx, r.prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
@@ -419,6 +523,18 @@ func (r *Registrar) lowestFree(ctx context.Context) (int, error) {
 	for _, kv := range resp.Kvs {
 		if n, err := parseSlot(string(kv.Key[len(r.prefix):])); err == nil {
 			taken = append(taken, n)
+		}
+	}
+	if r.holdTTLSec > 0 {
+		holds, err := r.cfg.Client.Get(ctx, r.holdPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return 0, fmt.Errorf("list slot holds under %s: %w", r.holdPrefix, err)
+		}
+		for _, kv := range holds.Kvs {
+			n, err := parseSlot(string(kv.Key[len(r.holdPrefix):]))
+			if err == nil && clientv3.LeaseID(kv.Lease) != r.holdLease {
+				taken = append(taken, n)
+			}
 		}
 	}
 	sort.Ints(taken)
@@ -452,6 +568,14 @@ func (r *Registrar) hold(ctx context.Context) error {
 		r.m.keepaliveFailures.Inc()
 		return r.lost("keepalive_failed", err.Error())
 	}
+	// The hold's keep-alive: nil (never ready) when holds are off.
+	var kh <-chan *clientv3.LeaseKeepAliveResponse
+	if r.holdLease != 0 {
+		if kh, err = cli.KeepAlive(ctx, r.holdLease); err != nil {
+			r.m.keepaliveFailures.Inc()
+			return r.lost("keepalive_failed", err.Error())
+		}
+	}
 	watch := func() clientv3.WatchChan {
 		return cli.Watch(clientv3.WithRequireLeader(ctx), r.key, clientv3.WithRev(r.rev+1))
 	}
@@ -468,6 +592,17 @@ func (r *Registrar) hold(ctx context.Context) error {
 			if resp.TTL <= 0 {
 				r.m.keepaliveFailures.Inc()
 				return r.lost("lease_expired", fmt.Sprintf("lease %x not found", int64(r.lease)))
+			}
+		case resp, ok := <-kh:
+			if !ok || resp == nil || resp.TTL <= 0 {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				// The registration may live on; claim keeps it and puts
+				// the hold back on a new lease.
+				r.m.keepaliveFailures.Inc()
+				r.holdLease = 0
+				return r.lost("hold_lost", "the slot hold's lease expired or etcd was unreachable")
 			}
 		case wr, ok := <-wch:
 			if ctx.Err() != nil {

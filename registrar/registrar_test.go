@@ -29,11 +29,18 @@ const testTTL = 2 * time.Second
 
 func newRegistrar(t testing.TB, cli *clientv3.Client, job, host string, port int, reg prometheus.Registerer) *registrar.Registrar {
 	t.Helper()
+	return newRegistrarHold(t, cli, job, host, port, reg, 0)
+}
+
+// newRegistrarHold is newRegistrar with a SlotHold (0: the default).
+func newRegistrarHold(t testing.TB, cli *clientv3.Client, job, host string, port int, reg prometheus.Registerer, hold time.Duration) *registrar.Registrar {
+	t.Helper()
 	r, err := registrar.New(registrar.Config{
 		Client:     cli,
 		Job:        job,
 		Host:       host,
 		TTL:        testTTL,
+		SlotHold:   hold,
 		Value:      registrar.Value{Address: fmt.Sprintf("127.0.0.1:%d", port), PID: os.Getpid()},
 		Registerer: reg,
 	})
@@ -116,6 +123,8 @@ func TestRegisterThenDeregisterRemovesKeyAtOnce(t *testing.T) {
 	}
 }
 
+// With holds off (the rule before slot holds), freed slots are reused at
+// once; concurrent claims still give distinct lowest slots.
 func TestConcurrentRegistrarsGetDistinctLowestSlots(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
@@ -124,7 +133,7 @@ func TestConcurrentRegistrarsGetDistinctLowestSlots(t *testing.T) {
 		rs := make([]*registrar.Registrar, n)
 		var wg sync.WaitGroup
 		for i := range rs {
-			rs[i] = newRegistrar(t, cli, "pool", "h", 5000+i, nil)
+			rs[i] = newRegistrarHold(t, cli, "pool", "h", 5000+i, nil, -1)
 		}
 		for _, r := range rs {
 			wg.Add(1)
@@ -161,7 +170,7 @@ func TestConcurrentRegistrarsGetDistinctLowestSlots(t *testing.T) {
 					}
 				}
 			}
-			late := newRegistrar(t, cli, "pool", "h", 6000, nil)
+			late := newRegistrarHold(t, cli, "pool", "h", 6000, nil, -1)
 			register(t, late)
 			if s := late.State().Slot; s != 3 {
 				t.Fatalf("late registrar got slot %d, want the freed slot 3", s)
@@ -176,6 +185,77 @@ func TestConcurrentRegistrarsGetDistinctLowestSlots(t *testing.T) {
 		if k := keys(t, cli, registrar.DefaultPrefix); len(k) != 0 {
 			t.Fatalf("round %d: keys left after Deregister: %v", round, k)
 		}
+	}
+}
+
+// A freed slot stays held for SlotHold after its key is gone, whether the
+// registration was revoked or its lease expired, so the next worker takes
+// another slot; after the hold, the lowest slot is reused.
+func TestFreedSlotIsHeldThenReused(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	const hold = 2 * time.Second
+	holdPrefix := registrar.HoldPrefix(registrar.DefaultPrefix)
+
+	a := newRegistrarHold(t, cli, "held", "h", 7000, nil, hold)
+	register(t, a)
+	b := newRegistrarHold(t, cli, "held", "h", 7001, nil, hold)
+	register(t, b)
+	if a.State().Slot != 0 || b.State().Slot != 1 {
+		t.Fatalf("slots %d and %d, want 0 and 1", a.State().Slot, b.State().Slot)
+	}
+	if k := keys(t, cli, holdPrefix); len(k) != 2 || k[holdPrefix+"held/h/0"] != int64(a.State().HoldLeaseID) {
+		t.Fatalf("holds %v, want slots 0 and 1, slot 0 on a's hold lease %x", k, a.State().HoldLeaseID)
+	}
+
+	// Graceful stop: the key goes at once, the hold stays.
+	if err := a.Deregister(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	gone := time.Now()
+	c := newRegistrarHold(t, cli, "held", "h", 7002, nil, hold)
+	register(t, c)
+	if s := c.State().Slot; s != 2 {
+		t.Fatalf("a worker started during the hold got slot %d, want 2 (0 is held, 1 is live)", s)
+	}
+	// The hold outlives the key by at least SlotHold, then expires.
+	poll.Until(t, 3*(testTTL+hold), func() bool {
+		_, held := keys(t, cli, holdPrefix)[holdPrefix+"held/h/0"]
+		return !held
+	}, "the hold of slot 0 did not expire")
+	if held := time.Since(gone); held < hold {
+		t.Fatalf("slot 0 was held %s after its key went, want at least %s", held, hold)
+	}
+	d := newRegistrarHold(t, cli, "held", "h", 7003, nil, hold)
+	register(t, d)
+	if s := d.State().Slot; s != 0 {
+		t.Fatalf("a worker started after the hold got slot %d, want the freed slot 0", s)
+	}
+
+	// Lease expiry (a killed worker): the key expires after the TTL, the
+	// hold at least SlotHold after that.
+	st := b.State()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Detach(ctx); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 2*testTTL, func() bool {
+		_, ok := keys(t, cli, registrar.DefaultPrefix)[st.Key]
+		return !ok
+	}, "the detached key did not expire")
+	gone = time.Now()
+	e := newRegistrarHold(t, cli, "held", "h", 7004, nil, hold)
+	register(t, e)
+	if s := e.State().Slot; s == 1 {
+		t.Fatal("a worker took slot 1 while it was held after its lease expired")
+	}
+	poll.Until(t, 3*(testTTL+hold), func() bool {
+		_, held := keys(t, cli, holdPrefix)[holdPrefix+"held/h/1"]
+		return !held
+	}, "the hold of slot 1 did not expire")
+	if held := time.Since(gone); held < hold {
+		t.Fatalf("slot 1 was held %s after its key expired, want at least %s", held, hold)
 	}
 }
 
@@ -483,7 +563,7 @@ func TestResumeAdoptsARegistrationInsteadOfDuplicatingIt(t *testing.T) {
 	old := first.State()
 	cancel()
 
-	cfg.Resume = registrar.Resume{Key: old.Key, Lease: old.LeaseID}
+	cfg.Resume = registrar.Resume{Key: old.Key, Lease: old.LeaseID, HoldLease: old.HoldLeaseID}
 	second, err := registrar.New(cfg)
 	if err != nil {
 		t.Fatal(err)

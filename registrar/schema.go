@@ -73,6 +73,17 @@ func (k Key) SlotPrefix() string {
 	return k.Prefix + k.Job + "/" + k.Host + "/"
 }
 
+// HoldKey is the key that keeps the slot taken for a while after the
+// registration ends (see Config.SlotHold): <prefix without its last '/'>.hold/
+// <job>/<host>/<slot>. It lives beside the prefix, not under it, so readers
+// of registrations never see it.
+func (k Key) HoldKey() string {
+	return HoldPrefix(k.Prefix) + k.Job + "/" + k.Host + "/" + strconv.Itoa(k.Slot)
+}
+
+// HoldPrefix is where the slot holds of registrations under prefix live.
+func HoldPrefix(prefix string) string { return strings.TrimSuffix(prefix, "/") + ".hold/" }
+
 // Instance is the value of the instance label: stable across restarts.
 func (k Key) Instance() string { return k.Host + "/" + strconv.Itoa(k.Slot) }
 

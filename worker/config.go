@@ -44,6 +44,11 @@ type Config struct {
 	Prefix string
 	// TTL of the registration lease; registrar.DefaultTTL when zero.
 	TTL time.Duration
+	// SlotHold keeps the worker's slot from being reused for that long
+	// after it stops, so job-wide totals stay exact across restarts.
+	// Optional, defaults to registrar.DefaultSlotHold; see
+	// registrar.Config.SlotHold.
+	SlotHold time.Duration
 	// Labels are attached to every series of this worker by the reader.
 	Labels map[string]string
 

@@ -136,6 +136,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			Labels:  cfg.Labels,
 		},
 		TTL:        cfg.TTL,
+		SlotHold:   cfg.SlotHold,
 		Registerer: w.reg,
 		Logger:     log.Named("registrar"),
 	})

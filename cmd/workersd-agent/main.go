@@ -56,6 +56,7 @@ type flags struct {
 	host           string
 	advertiseHost  string
 	ttl            time.Duration
+	slotHold       time.Duration
 	socket         string
 	address        string
 	allowNonLoop   bool
@@ -80,6 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("host", "Host name in the keys and instance labels. Default: the system's host name.").StringVar(&f.host)
 	app.Flag("advertise.host", "Host (IP or name) registered for workers that give only a port. Default: the local IP used to reach the first etcd endpoint.").StringVar(&f.advertiseHost)
 	app.Flag("ttl", "Lease TTL of each registration: how long registrations outlive a stopped agent.").Default(registrar.DefaultTTL.String()).DurationVar(&f.ttl)
+	app.Flag("slot-hold", "How long a worker's slot stays taken after it exits, so its replacement writes new series until Prometheus has dropped the old target: at least the scrape interval plus 15s. 0s: reuse at once (totals may miss restarts).").Default(registrar.DefaultSlotHold.String()).DurationVar(&f.slotHold)
 	app.Flag("listen.socket", "Unix socket of the API (mode 0660). Empty: none.").Default("/run/workersd/agent.sock").StringVar(&f.socket)
 	app.Flag("listen.address", "Optional loopback TCP address of the API, e.g. 127.0.0.1:9589.").StringVar(&f.address)
 	app.Flag("listen.allow-non-loopback", "Allow --listen.address on a non-loopback address. The API has no authentication: anyone who reaches it can register targets.").BoolVar(&f.allowNonLoop)
@@ -104,6 +106,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	if f.ttl < registrar.MinTTL {
 		return nil, fmt.Errorf("--ttl: %s is below etcd's minimum lease TTL of %s", f.ttl, registrar.MinTTL)
+	}
+	if f.slotHold < 0 {
+		return nil, fmt.Errorf("--slot-hold: %s is negative", f.slotHold)
 	}
 	if f.socket == "" && f.address == "" {
 		return nil, errors.New("--listen.socket and --listen.address are both empty: the API would be unreachable")
@@ -187,6 +192,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		Prefix:        f.prefix,
 		Host:          f.host,
 		TTL:           f.ttl,
+		SlotHold:      holdOrOff(f.slotHold),
 		AdvertiseHost: f.advertiseHost,
 		StateFile:     f.stateFile,
 		DisablePidfd:  f.disablePidfd,
@@ -276,4 +282,12 @@ func listenSocketFlag(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("--listen.socket: %w", err)
 	}
 	return l, nil
+}
+
+// holdOrOff maps the flag's 0 ("off") to the registrar's negative.
+func holdOrOff(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
