@@ -469,7 +469,31 @@ func TestMetrics(t *testing.T) {
 	h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000, "pid": c.Process.Pid})
 	h.do("POST", "/v1/workers", map[string]any{"job": "a/b", "port": 9000, "pid": c.Process.Pid})
 	c.Process.Kill()
-	poll.Until(t, 2*time.Second, func() bool { return len(h.agent.List()) == 0 }, "not removed")
+	// The worker leaves List when its entry is taken, before the revoke
+	// and its observation: wait for the observation itself.
+	var got map[string]float64
+	poll.Until(t, 5*time.Second, func() bool {
+		got = gatherValues(t, reg)
+		return len(h.agent.List()) == 0 && got["workersd_agent_exit_to_revoke_seconds"] == 1
+	}, "the exit was not observed in the metrics")
+	for name, want := range map[string]float64{
+		"workersd_agent_registrations_total":                     1,
+		"workersd_agent_deregistrations_total,reason=exited":     1,
+		"workersd_agent_workers":                                 0,
+		"workersd_agent_exit_to_revoke_seconds":                  1,
+		"workersd_agent_api_requests_total,code=201,method=POST": 1,
+		"workersd_agent_api_requests_total,code=400,method=POST": 1,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
+}
+
+// gatherValues flattens reg's metrics to "name,label=value" -> value (a
+// histogram's sample count).
+func gatherValues(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -491,18 +515,7 @@ func TestMetrics(t *testing.T) {
 			}
 		}
 	}
-	for name, want := range map[string]float64{
-		"workersd_agent_registrations_total":                     1,
-		"workersd_agent_deregistrations_total,reason=exited":     1,
-		"workersd_agent_workers":                                 0,
-		"workersd_agent_exit_to_revoke_seconds":                  1,
-		"workersd_agent_api_requests_total,code=201,method=POST": 1,
-		"workersd_agent_api_requests_total,code=400,method=POST": 1,
-	} {
-		if got[name] != want {
-			t.Errorf("%s = %v, want %v", name, got[name], want)
-		}
-	}
+	return got
 }
 
 // Close stops every goroutine the agent started (watchers, registration
