@@ -25,6 +25,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.yaml.in/yaml/v2"
 
+	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
@@ -36,6 +37,7 @@ const prefix = "/workersd/v1/"
 // the targets file, Prometheus reading it with the example configuration.
 type env struct {
 	t       *testing.T
+	prom    promSetup
 	dir     string
 	logs    string
 	cluster *cluster
@@ -45,11 +47,41 @@ type env struct {
 	promURL string
 }
 
-func newEnv(t *testing.T) *env {
+// promSetup is a Prometheus server and how it runs.
+type promSetup struct {
+	name     string
+	bin      func(testing.TB) string
+	flags    []string
+	interval time.Duration // scrape and evaluation interval; default 1s
+}
+
+// prom3 is the setup README recommends: Prometheus 3.x with created
+// timestamps ingested as zero samples, which is how a counter's restart on
+// a reused slot is seen.
+func prom3() promSetup {
+	return promSetup{name: "3.15 created-timestamp-zero-ingestion", bin: buildtest.RequirePrometheus3,
+		flags: []string{"--enable-feature=created-timestamp-zero-ingestion"}}
+}
+
+// prom3Plain is Prometheus 3.x without feature flags.
+func prom3Plain() promSetup { return promSetup{name: "3.15", bin: buildtest.RequirePrometheus3} }
+
+// promDebian is Debian's Prometheus 2.42, the compatibility check.
+func promDebian() promSetup {
+	return promSetup{name: "2.42 (Debian)", bin: func(t testing.TB) string { return buildtest.RequireTool(t, "prometheus", "apt-get install prometheus") }}
+}
+
+// newEnv starts an environment with the recommended Prometheus setup.
+func newEnv(t *testing.T) *env { return newEnvWith(t, prom3()) }
+
+func newEnvWith(t *testing.T, prom promSetup) *env {
 	t.Helper()
 	endToEnd(t)
+	if prom.interval == 0 {
+		prom.interval = time.Second
+	}
 	dir := t.TempDir()
-	e := &env{t: t, dir: dir, logs: filepath.Join(dir, "logs"), targets: filepath.Join(dir, "targets", "workersd.json"), sdwAddr: etcdtest.FreeAddr(t)}
+	e := &env{t: t, prom: prom, dir: dir, logs: filepath.Join(dir, "logs"), targets: filepath.Join(dir, "targets", "workersd.json"), sdwAddr: etcdtest.FreeAddr(t)}
 	for _, d := range []string{e.logs, filepath.Dir(e.targets)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -61,7 +93,7 @@ func newEnv(t *testing.T) *env {
 	e.startSdwriter()
 	e.waitSdwriterReady(30 * time.Second)
 	e.startPrometheus()
-	t.Logf("environment up in %s (3-member etcd cluster %s, binaries built in %s)", time.Since(start).Round(time.Millisecond), clusterUp.Round(time.Millisecond), build.took.Round(time.Millisecond))
+	t.Logf("environment up in %s (3-member etcd cluster %s, binaries built in %s, Prometheus %s)", time.Since(start).Round(time.Millisecond), clusterUp.Round(time.Millisecond), build.took.Round(time.Millisecond), prom.name)
 	return e
 }
 
@@ -400,6 +432,7 @@ func (w *fileWatch) Stop() {
 type workerOpts struct {
 	job, host   string
 	ttl         time.Duration // default 2s
+	slotHold    time.Duration // default: the registrar's (30s)
 	jobs        int           // units to process, then idle; 0 without limit
 	idle        bool          // process nothing at all
 	rate        float64       // units enqueued per second; 0 as fast as processed
@@ -445,6 +478,7 @@ func (e *env) startWorkerErr(o workerOpts) (*worker, error) {
 		"--jobs="+strconv.Itoa(jobs), "--rate="+strconv.FormatFloat(rate, 'f', -1, 64),
 		"--job-duration="+o.jobDuration.String(),
 		"--final-scrape-timeout="+o.finalScrape.String(),
+		"--slot-hold="+o.slotHold.String(),
 		"--log.level=debug",
 	)
 	if err != nil {
@@ -487,23 +521,24 @@ func (w *worker) waitProcessed(n int, timeout time.Duration) error {
 
 // ---- Prometheus ----
 
-// startPrometheus runs Debian's prometheus with examples/prometheus.yml,
-// its discovery pointed at this environment and its intervals at 1s.
+// startPrometheus runs the environment's Prometheus with
+// examples/prometheus.yml, its discovery pointed at this environment and its
+// intervals shortened.
 func (e *env) startPrometheus() {
 	e.t.Helper()
-	bin := requireTool(e.t, "prometheus")
+	bin := e.prom.bin(e.t)
 	cfg := filepath.Join(e.dir, "prometheus.yml")
 	if err := os.WriteFile(cfg, e.prometheusConfig(), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
 	addr := etcdtest.FreeAddr(e.t)
 	e.promURL = "http://" + addr
-	startProc(e.t, e.logs, "prometheus", bin,
-		"--config.file="+cfg,
-		"--storage.tsdb.path="+filepath.Join(e.dir, "prometheus-data"),
-		"--web.listen-address="+addr,
+	startProc(e.t, e.logs, "prometheus", bin, append([]string{
+		"--config.file=" + cfg,
+		"--storage.tsdb.path=" + filepath.Join(e.dir, "prometheus-data"),
+		"--web.listen-address=" + addr,
 		"--web.enable-lifecycle",
-	)
+	}, e.prom.flags...)...)
 	poll.Until(e.t, 60*time.Second, func() bool {
 		resp, err := httpClient.Get(e.promURL + "/-/ready")
 		if err != nil {
@@ -517,7 +552,7 @@ func (e *env) startPrometheus() {
 // prometheusConfig is examples/prometheus.yml with file_sd reading this
 // environment's file (refreshed every second), http_sd asking this
 // sdwriter, the sdwriter job scraping it, rule files resolved against
-// examples/ and every interval 1s.
+// examples/ and every interval the setup's (1s by default).
 func (e *env) prometheusConfig() []byte {
 	e.t.Helper()
 	example, err := filepath.Abs(filepath.Join("..", "examples", "prometheus.yml"))
@@ -536,7 +571,8 @@ func (e *env) prometheusConfig() []byte {
 	if global == nil {
 		global = map[any]any{}
 	}
-	global["scrape_interval"], global["evaluation_interval"] = "1s", "1s"
+	iv := model.Duration(e.prom.interval).String()
+	global["scrape_interval"], global["evaluation_interval"] = iv, iv
 	delete(global, "scrape_timeout")
 	cfg["global"] = global
 	if rules, ok := cfg["rule_files"].([]any); ok {

@@ -54,27 +54,12 @@ func binaries(t *testing.T) string {
 	return binDir
 }
 
-// requireTool finds an external program. Missing, it skips the test, but
-// fails it in CI (CI=true), where scripts/test must have installed it.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not on PATH; scripts/test installs it (apt-get install prometheus)", name)
-		}
-		t.Skipf("%s is not on PATH (apt-get install prometheus); skipping", name)
-	}
-	return p
-}
-
 // endToEnd is the common start of every scenario.
 func endToEnd(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end scenario; skipped with -short")
 	}
-	requireTool(t, "prometheus")
 	binaries(t)
 }
 

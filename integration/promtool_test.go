@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/workersd/workersd/internal/buildtest"
 )
 
 // promtool runs promtool in examples/, where the relative paths of the
@@ -14,7 +16,7 @@ import (
 // to a real prometheus.yml.
 func promtool(t *testing.T, args ...string) string {
 	t.Helper()
-	bin := requireTool(t, "promtool")
+	bin := buildtest.RequireTool(t, "promtool", "apt-get install prometheus")
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = filepath.Join("..", "examples")
 	out, err := cmd.CombinedOutput()

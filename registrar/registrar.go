@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -193,7 +194,7 @@ func New(cfg Config) (*Registrar, error) {
 	}
 	r.state.Slot = -1
 	if cfg.SlotHold > 0 {
-		r.holdTTLSec = seconds(3 * (cfg.TTL + cfg.SlotHold) / 2)
+		r.holdTTLSec = seconds(HoldWindow(cfg.TTL, cfg.SlotHold))
 	}
 	if cfg.Resume.Key != "" {
 		k, err := ParseKey(cfg.Prefix, cfg.Resume.Key)
@@ -209,6 +210,28 @@ func New(cfg Config) (*Registrar, error) {
 		}
 	}
 	return r, nil
+}
+
+// HoldWindow is how long after a registration ends its slot may stay held
+// at most: the TTL of the hold's lease, 1.5 x (ttl + hold).
+func HoldWindow(ttl, hold time.Duration) time.Duration { return 3 * (ttl + hold) / 2 }
+
+// MaxSlots is the bound on the slots (instance values) one (job, host)
+// uses: peak, the most registrations alive at once, plus the most
+// registrations that ended within any HoldWindow, given their end times.
+// Without holds, it is peak.
+func MaxSlots(peak int, ends []time.Time, ttl, hold time.Duration) int {
+	if hold <= 0 {
+		return peak
+	}
+	window := HoldWindow(ttl, hold)
+	ends = slices.SortedFunc(slices.Values(ends), time.Time.Compare)
+	most := 0
+	for i := range ends {
+		n := sort.Search(len(ends), func(j int) bool { return ends[j].After(ends[i].Add(window)) }) - i
+		most = max(most, n)
+	}
+	return peak + most
 }
 
 // seconds rounds d up to whole seconds, etcd's unit of lease TTLs.

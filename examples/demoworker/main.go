@@ -33,6 +33,7 @@ func main() {
 		job         = app.Flag("job", "Job name.").Default("demo").String()
 		host        = app.Flag("host", "Host name in the registration (default: the machine's host name).").String()
 		ttl         = app.Flag("ttl", "Registration lease TTL.").Default("10s").Duration()
+		slotHold    = app.Flag("slot-hold", "How long the slot stays taken after this worker stops (0: the registrar's default, negative: off).").Default("0s").Duration()
 		listen      = app.Flag("listen-address", "Address of the metrics listener.").Default(worker.DefaultListenAddress).String()
 		advertise   = app.Flag("advertise-address", "Address Prometheus should scrape (host or host:port); default: the local address that reaches etcd.").String()
 		webConfig   = app.Flag("web.config.file", "exporter-toolkit web configuration (TLS, basic auth).").String()
@@ -53,6 +54,7 @@ func main() {
 			EtcdEndpoints:      splitList(*endpoints),
 			Prefix:             *prefix,
 			TTL:                *ttl,
+			SlotHold:           *slotHold,
 			Labels:             *labels,
 			ListenAddress:      *listen,
 			AdvertiseAddress:   *advertise,
@@ -109,7 +111,19 @@ func run(log hclog.Logger, cfg config) error {
 		Name: "demo_queue_length",
 		Help: "Units of work waiting in the in-memory queue.",
 	})
-	w.Registry().MustRegister(processed, seconds, queued)
+	// A low-rate counter, one increment per lifetime: the kind of series
+	// (errors, restarts) people alert on, and the first to lose a restart.
+	starts := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "demo_worker_starts_total",
+		Help: "Worker processes started: 1 per lifetime.",
+	})
+	durations := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "demo_job_duration_seconds",
+		Help:    "How long units of work took.",
+		Buckets: []float64{.001, .01, .1, 1},
+	})
+	w.Registry().MustRegister(processed, seconds, queued, starts, durations)
+	starts.Inc()
 
 	// The work loop stops taking units as soon as Stop is requested, so the
 	// final scrape reads a total that no longer moves.
@@ -141,7 +155,7 @@ func run(log hclog.Logger, cfg config) error {
 					return // interrupted: not processed
 				}
 			}
-			u.End()
+			durations.Observe(u.End().Seconds())
 			processed.Inc()
 		}
 	}()

@@ -12,6 +12,7 @@ example and in its test:
   GUNICORN_BIND                  127.0.0.1:8000
   GUNICORN_WORKERS               4
   GUNICORN_MAX_REQUESTS          0 (never recycle)
+  GUNICORN_PRELOAD               0 (1: preload_app, the app imported in the master)
   WORKERSD_JOB                   gunicorn-demo
   WORKERSD_LABELS                extra target labels, "k=v,k2=v2"
   WORKERSD_METRICS_HOST          address the metrics endpoint binds, 0.0.0.0
@@ -38,6 +39,7 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = max_requests // 5
+preload_app = os.environ.get("GUNICORN_PRELOAD", "0") == "1"
 
 JOB = os.environ.get("WORKERSD_JOB", "gunicorn-demo")
 METRICS_HOST = os.environ.get("WORKERSD_METRICS_HOST", "0.0.0.0")
@@ -108,6 +110,9 @@ _registered = False
 
 def post_fork(server, worker):
     global _endpoint, _registered
+    # Before anything counts: metrics inherited from the master (preload_app)
+    # start anew, with this worker's created timestamp.
+    workersd_agent.reset_inherited_metrics()
     _endpoint = MetricsEndpoint(METRICS_HOST)
     try:
         reg = workersd_agent.register(JOB, _endpoint.port, labels=LABELS)

@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,29 +21,18 @@ import (
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/registrar"
 )
 
 const (
 	job        = "gunicorn"
 	numWorkers = 4
-	requests   = 600
-	// maxRequests makes every worker recycle a few times during the test.
-	maxRequests = 50
+	requests   = 720
+	// maxRequests (with gunicorn's jitter of a fifth) makes each of the 4
+	// workers recycle 5 or 6 times during the test.
+	maxRequests = 30
 )
-
-// requireTool finds an external program: missing, it skips the test, but
-// fails it in CI, where scripts/test installs it.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not on PATH; scripts/test installs it (apt-get install gunicorn python3-prometheus-client prometheus)", name)
-		}
-		t.Skipf("%s is not on PATH; skipping", name)
-	}
-	return p
-}
 
 // proc is a child process in its own process group, logged to a file that
 // is printed if the test fails.
@@ -100,90 +89,93 @@ func readTargets(t *testing.T, path string) []target {
 	return ts
 }
 
-func promScalar(t *testing.T, promURL, q string) (float64, bool) {
-	t.Helper()
-	resp, err := http.Get(promURL + "/api/v1/query?query=" + url.QueryEscape(q))
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Status string `json:"status"`
-		Data   struct {
-			Result []struct {
-				Value []any `json:"value"`
-			} `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Status != "success" || len(r.Data.Result) != 1 {
-		return 0, false
-	}
-	v, err := strconv.ParseFloat(r.Data.Result[0].Value[1].(string), 64)
-	return v, err == nil
-}
-
-// Real gunicorn, 4 workers recycling every ~50 requests, registered through
-// the agent, discovered by sdwriter, scraped by Prometheus: the request
-// count in Prometheus is exact, the instances stay bounded by the worker
-// count, and a worker killed with SIGKILL leaves the targets file within 1s.
-func TestGunicornEndToEnd(t *testing.T) {
+// Real gunicorn, 4 workers recycling through max_requests, registered
+// through the agent, discovered by sdwriter, scraped by Prometheus 3 with
+// created-timestamp-zero-ingestion (the recommended setup), with and
+// without preload_app: the request counter and the per-status counter are
+// exact in Prometheus' raw samples and within 2 % in sum(increase) over the
+// run, through at least 20 worker lifetimes; the instances stay within the
+// bound the slot hold states; a worker killed with SIGKILL leaves the
+// targets file within 1s and its replacement takes a slot of its own.
+func TestGunicornExactTotals(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end; skipped with -short")
 	}
-	gunicorn := requireTool(t, "gunicorn")
-	prometheus := requireTool(t, "prometheus")
+	gunicorn := buildtest.RequireTool(t, "gunicorn", "apt-get install gunicorn")
+	prometheus := buildtest.RequirePrometheus3(t)
 	if out, err := exec.Command(interpreter(t, gunicorn), "-c", "import prometheus_client").CombinedOutput(); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("python3-prometheus-client is missing: %v %s", err, out)
 		}
 		t.Skipf("python3-prometheus-client is missing: %s", out)
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
+	bin := filepath.Join(t.TempDir(), "bin")
 	if err := buildtest.Build(bin, "./cmd/workersd-agent", "./cmd/sdwriter"); err != nil {
 		t.Fatal(err)
 	}
+	for _, preload := range []bool{false, true} {
+		name := "fork"
+		if preload {
+			name = "preload_app"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			runGunicorn(t, bin, gunicorn, prometheus, preload)
+		})
+	}
+}
 
+func runGunicorn(t *testing.T, bin, gunicorn, prometheus string, preload bool) {
+	const (
+		agentTTL = 5 * time.Second
+		slotHold = 15 * time.Second // Prometheus' ~10s discovery delay, a 200ms scrape interval, a margin
+		// Each worker gets ~2 requests/s: a lifetime (~30 requests) lasts
+		// ~15s, most of it scraped every 200ms, so increase's end
+		// extrapolation (half a sample interval per series that ends
+		// before the window does) stays near 1 %.
+		requestEvery = 125 * time.Millisecond
+	)
+	dir := t.TempDir()
 	etcd := etcdtest.Start(t)
 	sock := filepath.Join(dir, "agent.sock")
 	start(t, dir, "agent", nil, filepath.Join(bin, "workersd-agent"),
-		"--etcd.endpoints="+etcd.Endpoint(), "--host=test-host", "--ttl=5s",
+		"--etcd.endpoints="+etcd.Endpoint(), "--host=test-host", "--ttl="+agentTTL.String(),
+		"--slot-hold="+slotHold.String(),
 		"--listen.socket="+sock, "--state.file="+filepath.Join(dir, "agent.json"), "--log.level=debug")
 	targets := filepath.Join(dir, "targets.json")
 	start(t, dir, "sdwriter", nil, filepath.Join(bin, "sdwriter"),
 		"--etcd.endpoints="+etcd.Endpoint(), "--output.file="+targets,
 		"--web.listen-address="+etcdtest.FreeAddr(t))
 
-	// Each worker lifetime is its own series (the pid label, copied from a
-	// meta label for this test only): the sum of every series' last value
-	// is then exact, where increase() over counter resets would
-	// extrapolate.
 	promAddr := etcdtest.FreeAddr(t)
 	promCfg := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(promCfg, []byte(`global:
-  scrape_interval: 1s
+  scrape_interval: 200ms
   evaluation_interval: 1s
 scrape_configs:
   - job_name: workersd
-    scrape_interval: 1s
     file_sd_configs:
       - files: ["`+targets+`"]
         refresh_interval: 1s
-    relabel_configs:
-      - source_labels: [__meta_workersd_pid]
-        target_label: pid
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	start(t, dir, "prometheus", nil, prometheus, "--config.file="+promCfg,
+		"--enable-feature=created-timestamp-zero-ingestion",
 		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"), "--web.listen-address="+promAddr)
 	promURL := "http://" + promAddr
 
+	preloadEnv := "0"
+	if preload {
+		preloadEnv = "1"
+	}
 	bind := etcdtest.FreeAddr(t)
+	began := time.Now()
 	start(t, dir, "gunicorn", []string{
 		"GUNICORN_BIND=" + bind,
 		"GUNICORN_WORKERS=" + strconv.Itoa(numWorkers),
 		"GUNICORN_MAX_REQUESTS=" + strconv.Itoa(maxRequests),
+		"GUNICORN_PRELOAD=" + preloadEnv,
 		"WORKERSD_JOB=" + job,
 		"WORKERSD_METRICS_HOST=127.0.0.1",
 		"WORKERSD_AGENT_SOCKET=" + sock,
@@ -192,15 +184,15 @@ scrape_configs:
 	poll.Until(t, 30*time.Second, func() bool { return len(readTargets(t, targets)) == numWorkers },
 		"%d workers not in the targets file", numWorkers)
 
-	// Watch the file during the whole run: never more targets or instances
-	// than workers.
+	// Watch the file during the whole run: never more targets than
+	// workers, and when each worker's registration ended (for the bound).
 	stopWatch := make(chan struct{})
 	var watchWG sync.WaitGroup
 	var watchErr error
 	instances := map[string]bool{}
-	watchWG.Add(1)
-	go func() {
-		defer watchWG.Done()
+	var ends []time.Time
+	watchWG.Go(func() {
+		live := map[string]bool{}
 		for {
 			select {
 			case <-stopWatch:
@@ -215,71 +207,79 @@ scrape_configs:
 			if len(ts) > numWorkers && watchErr == nil {
 				watchErr = fmt.Errorf("%d targets in the file: %s", len(ts), b)
 			}
+			now := map[string]bool{}
 			for _, tg := range ts {
 				instances[tg.Labels["instance"]] = true
+				now[tg.Labels["__meta_workersd_pid"]] = true
 			}
+			for pid := range live {
+				if !now[pid] {
+					ends = append(ends, time.Now())
+				}
+			}
+			live = now
 		}
-	}()
+	})
 
-	// Drive the requests, four at a time, each on a new connection.
+	// Drive the requests at a steady pace, each on a new connection; one
+	// in five asks for a missing page (a 404, the per-status counter's
+	// low-rate series).
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
 	var wg sync.WaitGroup
-	errs := make(chan error, requests)
-	next := make(chan int, requests)
+	var mu sync.Mutex
+	var ok, notFound int
+	var reqErr error
+	tick := time.NewTicker(requestEvery)
 	for i := range requests {
-		next <- i
-	}
-	close(next)
-	began := time.Now()
-	for range numWorkers {
+		<-tick.C
+		path := "/"
+		if i%5 == 4 {
+			path = "/missing"
+		}
 		wg.Go(func() {
-			for range next {
-				resp, err := client.Get("http://" + bind + "/")
-				if err != nil {
-					errs <- err
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					errs <- fmt.Errorf("status %d", resp.StatusCode)
-				}
+			resp, err := client.Get("http://" + bind + path)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				reqErr = err
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			switch resp.StatusCode {
+			case 200:
+				ok++
+			case 404:
+				notFound++
+			default:
+				reqErr = fmt.Errorf("GET %s: status %d", path, resp.StatusCode)
 			}
 		})
 	}
+	tick.Stop()
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("request failed: %v", err)
+	if reqErr != nil {
+		t.Fatalf("request failed: %v", reqErr)
 	}
-	t.Logf("%d requests in %s", requests, time.Since(began))
+	t.Logf("%d requests (%d 200, %d 404) in %s", requests, ok, notFound, time.Since(began).Round(time.Second))
 
-	sumQ := fmt.Sprintf(`sum(max_over_time(app_requests_total{job=%q}[10m]))`, job)
-	var last float64
-	took := poll.Until(t, 40*time.Second, func() bool {
-		v, ok := promScalar(t, promURL, sumQ)
-		if ok && v > requests {
-			t.Fatalf("%s = %v, more than the %d requests served: double-counted", sumQ, v, requests)
+	// Every count of the live workers reaches Prometheus at its next scrape.
+	sel := fmt.Sprintf(`app_requests_total{job=%q}`, job)
+	var raw float64
+	poll.Until(t, 30*time.Second, func() bool {
+		var err error
+		raw, _, err = promtest.Totals(promURL, sel, began.Add(-5*time.Second), time.Now())
+		if err == nil && raw > requests {
+			t.Fatalf("%s: %v counted, more than the %d requests served: double-counted", sel, raw, requests)
 		}
-		last = v
-		return ok && v == requests
-	}, "%s = %v, want %d", sumQ, deref{&last}, requests)
-	t.Logf("%s = %d, %s after the last request", sumQ, requests, took)
+		return err == nil && raw == requests
+	}, "%s: the raw samples never counted the %d requests", sel, requests)
 
-	lifetimes, _ := promScalar(t, promURL, fmt.Sprintf(`count(max_over_time(app_requests_total{job=%q}[10m]))`, job))
-	seenInstances, _ := promScalar(t, promURL, fmt.Sprintf(`count(count by (instance) (max_over_time(app_requests_total{job=%q}[10m])))`, job))
-	t.Logf("%v worker lifetimes on %v instances", lifetimes, seenInstances)
-	if lifetimes <= numWorkers {
-		t.Errorf("%v worker lifetimes: the workers did not recycle, the test proves nothing", lifetimes)
-	}
-	if seenInstances < 1 || seenInstances > numWorkers {
-		t.Errorf("%v instance values in Prometheus, want at most %d", seenInstances, numWorkers)
-	}
-
-	// kill -9 one worker: no worker_exit hook runs; the agent sees the
-	// process end and revokes, sdwriter rewrites the file.
-	ts := readTargets(t, targets)
-	victim := ts[0]
+	// kill -9 one worker (now that every count is scraped, its truth is
+	// known): no worker_exit hook runs; the agent sees the process end and
+	// revokes, sdwriter rewrites the file, gunicorn starts a replacement,
+	// which takes a slot of its own while the victim's is held.
+	victim := readTargets(t, targets)[0]
 	pid, err := strconv.Atoi(victim.Labels["__meta_workersd_pid"])
 	if err != nil {
 		t.Fatalf("no pid in %+v", victim)
@@ -297,28 +297,115 @@ scrape_configs:
 		return true
 	}, "worker %d still in the targets file 1s after kill -9", pid)
 	t.Logf("kill -9 of worker %d: gone from the targets file after %s (polled every %s)", pid, time.Since(killed), poll.Interval)
-	// gunicorn replaces it, in the freed slot.
-	poll.Until(t, 20*time.Second, func() bool {
-		ts := readTargets(t, targets)
-		for _, tg := range ts {
-			if tg.Labels["instance"] == victim.Labels["instance"] && tg.Labels["__meta_workersd_pid"] != victim.Labels["__meta_workersd_pid"] {
-				return len(ts) == numWorkers
+	poll.Until(t, 20*time.Second, func() bool { return len(readTargets(t, targets)) == numWorkers },
+		"no replacement for the killed worker")
+	for _, tg := range readTargets(t, targets) {
+		if tg.Labels["instance"] == victim.Labels["instance"] {
+			t.Errorf("the replacement took the killed worker's instance %s while it was held", victim.Labels["instance"])
+		}
+	}
+	// Every counter of a live worker started with the worker, not before
+	// (preload_app creates them in the master): otherwise Prometheus drops
+	// the zero sample of its created timestamp on a reused slot.
+	checked := 0
+	for _, tg := range readTargets(t, targets) {
+		started, err := time.Parse(time.RFC3339, tg.Labels["__meta_workersd_started_at"])
+		if err != nil {
+			t.Fatalf("started_at of %+v: %v", tg, err)
+		}
+		if started.Before(began.Add(2 * time.Second)) {
+			continue // forked in the same second as the master imported the app
+		}
+		for name, created := range createdTimestamps(t, tg.Targets[0]) {
+			checked++
+			if created < float64(started.Unix()) {
+				t.Errorf("worker %s (started %s): %s = %s, before the worker started",
+					tg.Labels["__meta_workersd_pid"], started, name, time.Unix(int64(created), 0).UTC())
 			}
 		}
-		return false
-	}, "the replacement worker did not take instance %s", victim.Labels["instance"])
+	}
+	if checked == 0 {
+		t.Error("no created timestamp of a recycled worker was checked")
+	}
 
 	close(stopWatch)
 	watchWG.Wait()
+	end := time.Now()
 	if watchErr != nil {
 		t.Error(watchErr)
 	}
-	if len(instances) > numWorkers {
-		t.Errorf("instances in the targets file: %v, want at most %d", instances, numWorkers)
+
+	lifetimes := strings.Count(readLog(t, filepath.Join(dir, "gunicorn.log")), "workersd: registered pid")
+	if lifetimes < 20 {
+		t.Errorf("%d worker lifetimes: want at least 20 through max_requests", lifetimes)
+	}
+	if bound := registrar.MaxSlots(numWorkers, ends, agentTTL, slotHold); len(instances) > bound {
+		t.Errorf("%d instances in the targets file, above the stated bound %d", len(instances), bound)
+	}
+	t.Logf("%d worker lifetimes on %d instances", lifetimes, len(instances))
+
+	for _, c := range []struct {
+		sel   string
+		truth int
+	}{
+		{fmt.Sprintf(`app_requests_total{job=%q}`, job), requests},
+		{fmt.Sprintf(`app_responses_total{job=%q}`, job), requests},
+		{fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, job), notFound},
+	} {
+		raw, inc, err := promtest.Totals(promURL, c.sel, began.Add(-5*time.Second), end)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%-52s truth %4d  raw samples %6.0f  sum(increase) %8.2f (%+.2f %%)", c.sel, c.truth, raw, inc, 100*(inc-float64(c.truth))/float64(c.truth))
+		if raw != float64(c.truth) {
+			t.Errorf("%s: reset-aware total of the raw samples %v, want exactly %d", c.sel, raw, c.truth)
+		}
+		if math.Abs(inc-float64(c.truth)) > 0.02*float64(c.truth) {
+			t.Errorf("%s: sum(increase) over the run %v, want %d within 2 %%", c.sel, inc, c.truth)
+		}
 	}
 	if strings.Contains(readLog(t, filepath.Join(dir, "gunicorn.log")), "registration failed") {
 		t.Error("a worker failed to register; see the gunicorn log")
 	}
+}
+
+// createdTimestamps reads the app's counters' created timestamps from a
+// worker's OpenMetrics exposition, by series.
+func createdTimestamps(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	req, err := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if !strings.HasPrefix(line, "app_") {
+			continue
+		}
+		name, value, ok := strings.Cut(line, " ")
+		if !ok || !strings.Contains(name, "_created") {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			t.Fatalf("%s: %q: %v", addr, line, err)
+		}
+		out[name] = v
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s: no created timestamps in:\n%s", addr, b)
+	}
+	return out
 }
 
 func readLog(t *testing.T, path string) string {

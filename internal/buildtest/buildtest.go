@@ -1,6 +1,8 @@
 // Package buildtest builds the project's commands for tests that run them as
 // separate processes (a killed sdwriter, a demo worker, an etcd member), the
-// same way from any package's directory.
+// same way from any package's directory, and finds the external programs
+// they run beside them (Prometheus, gunicorn) with one policy: missing, a
+// test skips, except in CI, where it fails.
 package buildtest
 
 import (
@@ -9,18 +11,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 )
 
 // Build compiles the main packages pkgs, given from the module root (such as
 // "./cmd/sdwriter"), into dir, each binary named after its package.
 func Build(dir string, pkgs ...string) error {
-	gobin := goCommand()
-	gomod, err := exec.Command(gobin, "env", "GOMOD").Output()
+	root, err := moduleRoot()
 	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
+		return err
 	}
-	cmd := exec.Command(gobin, append([]string{"build", "-o", dir + string(filepath.Separator)}, pkgs...)...)
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+	cmd := exec.Command(goCommand(), append([]string{"build", "-o", dir + string(filepath.Separator)}, pkgs...)...)
+	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w\n%s", strings.Join(pkgs, " "), err, out)
 	}
@@ -33,4 +35,55 @@ func goCommand() string {
 		return p
 	}
 	return filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+}
+
+// moduleRoot is the directory of the main module's go.mod.
+func moduleRoot() (string, error) {
+	gomod, err := exec.Command(goCommand(), "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(gomod))), nil
+}
+
+// RequireTool finds an external program on PATH. Missing, it skips the
+// test, but fails it in CI (CI=true), where scripts/test must have
+// installed it; hint says how to get it.
+func RequireTool(t testing.TB, name, hint string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, fmt.Sprintf("%s is not on PATH (%s)", name, hint))
+	}
+	return p
+}
+
+// Prometheus3Version is the Prometheus scripts/prometheus builds.
+const Prometheus3Version = "3.15.0"
+
+// RequirePrometheus3 finds the Prometheus 3 that scripts/prometheus builds:
+// $WORKERSD_PROMETHEUS3, else bin/prometheus-<version> in the module root.
+// Missing, it skips the test, but fails it in CI.
+func RequirePrometheus3(t testing.TB) string {
+	t.Helper()
+	p := os.Getenv("WORKERSD_PROMETHEUS3")
+	if p == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p = filepath.Join(root, "bin", "prometheus-"+Prometheus3Version)
+	}
+	if _, err := os.Stat(p); err != nil {
+		missing(t, fmt.Sprintf("Prometheus %s is not at %s (scripts/prometheus builds it)", Prometheus3Version, p))
+	}
+	return p
+}
+
+func missing(t testing.TB, msg string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg + "; in CI, scripts/test must provide it")
+	}
+	t.Skip(msg + "; skipping")
 }
