@@ -12,12 +12,15 @@ import (
 	"github.com/workersd/workersd/internal/etcdtest"
 )
 
-// The quick start runs, shows four targets, replaces a killed worker in the
-// same slot, and leaves no process behind.
+// The quick start runs, shows four targets, replaces a killed worker in a
+// slot of its own while the killed one's is held, ends with Prometheus'
+// job-wide total equal to the units processed, and leaves no process
+// behind.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds sdwriter and runs processes")
 	}
+	buildtest.RequirePrometheus3(t) // the demo finds it in bin/
 	dir := t.TempDir()
 	if err := buildtest.Build(dir, "./examples/demo"); err != nil {
 		t.Fatal(err)
@@ -25,7 +28,8 @@ func TestDemo(t *testing.T) {
 	bin := filepath.Join(dir, "demo")
 	work := filepath.Join(dir, "work")
 	cmd := exec.Command(bin,
-		"--duration=20s", "--interval=1s", "--kill-after=5s", "--ttl=2s", "--no-prometheus",
+		"--duration=25s", "--interval=1s", "--kill-after=5s", "--ttl=2s",
+		"--prometheus.listen-address="+etcdtest.FreeAddr(t),
 		"--etcd.listen-address="+etcdtest.FreeAddr(t),
 		"--etcd.peer-address="+etcdtest.FreeAddr(t),
 		"--sdwriter.listen-address="+etcdtest.FreeAddr(t),
@@ -41,10 +45,12 @@ func TestDemo(t *testing.T) {
 	text := out.String()
 	for _, want := range []string{
 		"job demo: 4 targets",
-		"SUM (scraped now)",
+		"SUM of the live workers",
 		">>> killed w1",
 		">>> w1 is gone from the targets",
-		"the same slot",
+		"is held until Prometheus is surely done",
+		"final: Prometheus' job-wide total",
+		"exact, through the kill and the replacement",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q", want)

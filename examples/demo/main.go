@@ -2,13 +2,15 @@
 //
 // It builds sdwriter and demoworker, starts sdwriter with no etcd endpoints
 // (so it serves an embedded etcd), four demoworker processes that register in
-// it, and, when a prometheus binary is on PATH, a Prometheus that discovers
-// them through sdwriter's file_sd output. Every few seconds it prints each
-// target as sdwriter wrote it (instance, address, slot), the count scraped
-// from the target's own /metrics and the job-wide sum, next to the PromQL
-// sum when Prometheus runs. After a while it kills one worker with SIGKILL:
-// the target disappears when its lease expires and the replacement takes the
-// same slot, so the series keep their identity.
+// it, and a Prometheus that discovers them through sdwriter's file_sd output:
+// the 3.x that ./scripts/prometheus builds, run as docs/RESTARTS.md
+// recommends, else a prometheus on PATH. Every few seconds it prints each
+// target as sdwriter wrote it (instance, address, slot) with the count
+// scraped from the target's own /metrics, and Prometheus' job-wide total
+// since the demo began next to the units the workers processed. After a
+// while it kills one worker with SIGKILL: the target disappears when its
+// lease expires, the replacement takes a slot of its own while the old one
+// is held, and the two totals still agree.
 //
 // Ctrl-C (or --duration) stops everything: workers first (so their final
 // scrape happens), then sdwriter and Prometheus. Every child runs in its own
@@ -24,7 +26,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -41,6 +42,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v2"
+
+	"github.com/workersd/workersd/internal/promtest"
 )
 
 type options struct {
@@ -64,7 +67,7 @@ func main() {
 	app.Flag("etcd.peer-address", "Peer address of sdwriter's embedded etcd.").Default("127.0.0.1:2380").StringVar(&o.etcdPeerAddr)
 	app.Flag("sdwriter.listen-address", "sdwriter's web address (/metrics, /sd).").Default("127.0.0.1:9850").StringVar(&o.sdwriterAddr)
 	app.Flag("prometheus.listen-address", "Prometheus' web address, when it runs.").Default("127.0.0.1:9090").StringVar(&o.promAddr)
-	app.Flag("prometheus", "Start Prometheus when a prometheus binary is on PATH (--no-prometheus to skip).").Default("true").BoolVar(&o.prometheus)
+	app.Flag("prometheus", "Start Prometheus: bin/prometheus-3.15.0 (./scripts/prometheus builds it), else one on PATH (--no-prometheus to skip).").Default("true").BoolVar(&o.prometheus)
 	app.Flag("work-dir", "Directory for binaries, data and logs; default a temporary directory removed at exit.").StringVar(&o.workDir)
 	kingpin.MustParse(app.Parse(os.Args[1:]))
 
@@ -145,9 +148,9 @@ func run(ctx context.Context, o options) error {
 	}
 	names := map[string]string{} // address -> worker name
 	var mu sync.Mutex
-	startWorker := func(n int) (*proc, error) {
+	startWorker := func(n int, extra ...string) (*proc, error) {
 		name := "w" + strconv.Itoa(n)
-		p, err := procs.start(name, dir, filepath.Join(binDir, "demoworker"), workerArgs...)
+		p, err := procs.start(name, dir, filepath.Join(binDir, "demoworker"), append(workerArgs, extra...)...)
 		if err != nil {
 			return nil, err
 		}
@@ -160,15 +163,30 @@ func run(ctx context.Context, o options) error {
 		}()
 		return p, nil
 	}
+	// The worker to be killed processes a batch, then idles: killed, it
+	// has no count Prometheus could not have scraped, so the truth stays
+	// known to the unit.
 	var workers []*proc
 	for i := 1; i <= o.workers; i++ {
-		p, err := startWorker(i)
+		var extra []string
+		if i == 1 && o.killAfter > 0 {
+			extra = []string{"--jobs=" + strconv.Itoa(victimBatch)}
+		}
+		p, err := startWorker(i, extra...)
 		if err != nil {
 			return err
 		}
 		workers = append(workers, p)
 	}
-	fmt.Printf("started %d demoworker processes; logs in %s\n\n", o.workers, dir)
+	fmt.Printf("started %d demoworker processes; logs in %s\n", o.workers, dir)
+	if o.killAfter > 0 {
+		fmt.Printf("w1 processes a batch of %d units, then idles; it is killed after %s\n", victimBatch, o.killAfter)
+	}
+	fmt.Println()
+	tally := &tally{batch: map[*proc]int{}}
+	if o.killAfter > 0 {
+		tally.batch[workers[0]] = victimBatch
+	}
 
 	begin := time.Now()
 	tick := time.NewTicker(o.interval)
@@ -185,11 +203,18 @@ func run(ctx context.Context, o options) error {
 		targets, ferr := readTargets(output)
 		mu.Lock()
 		nameOf := func(addr string) string { return names[addr] }
-		printTable(time.Since(begin), targets, ferr, nameOf, promURL)
+		counts := printTable(time.Since(begin), targets, ferr, nameOf)
 		mu.Unlock()
+		for _, p := range procs.workers() {
+			if c, ok := counts[p.listenAddr()]; ok {
+				tally.seen(p, c)
+			}
+		}
+		printTotals(promURL, begin, tally.total(procs.workers()), false)
 
 		switch {
-		case killed == nil && o.killAfter > 0 && time.Since(begin) >= o.killAfter && len(workers) > 0:
+		case killed == nil && o.killAfter > 0 && time.Since(begin) >= o.killAfter && len(workers) > 0 &&
+			scrapedBatch(promURL, targets, workers[0].listenAddr()):
 			killed = workers[0]
 			killedAddr = killed.listenAddr()
 			for _, t := range targets {
@@ -199,6 +224,7 @@ func run(ctx context.Context, o options) error {
 			}
 			killed.kill()
 			fmt.Printf(">>> killed %s (%s, slot %s) with SIGKILL: no deregistration; its key expires with its lease (TTL %s)\n\n", killed.name, killedAddr, killedSlot, o.ttl)
+			tally.killed(killed)
 		case killed != nil && replacement == nil && !hasAddress(targets, killedAddr) && ferr == nil:
 			fmt.Printf(">>> %s is gone from the targets; starting a replacement\n\n", killed.name)
 			if replacement, err = startWorker(o.workers + 1); err != nil {
@@ -210,11 +236,11 @@ func run(ctx context.Context, o options) error {
 			}
 			for _, t := range targets {
 				if t.Address == replAddr {
-					same := "the same slot"
-					if t.Slot != killedSlot {
-						same = "a different slot (was " + killedSlot + ")"
+					why := "slot " + killedSlot + " is held until Prometheus is surely done with the killed worker's target, so the new counts start a series of their own"
+					if t.Slot == killedSlot {
+						why = "the killed worker's slot, its hold expired"
 					}
-					fmt.Printf(">>> replacement %s (%s) registered as %s: slot %s, %s\n\n", replacement.name, replAddr, t.Instance, t.Slot, same)
+					fmt.Printf(">>> replacement %s (%s) registered as %s: slot %s; %s\n\n", replacement.name, replAddr, t.Instance, t.Slot, why)
 					reported = true
 				}
 			}
@@ -223,6 +249,8 @@ func run(ctx context.Context, o options) error {
 		select {
 		case <-ctx.Done():
 			fmt.Println("stopping: workers first (final scrape, deregistration), then sdwriter and Prometheus")
+			procs.stopWorkers()
+			printTotals(promURL, begin, tally.total(procs.workers()), true)
 			return nil
 		case <-tick.C:
 		}
@@ -323,11 +351,14 @@ func scrapeCount(addr string) (float64, error) {
 	return sum, nil
 }
 
-func printTable(elapsed time.Duration, targets []target, ferr error, nameOf func(string) string, promURL string) {
+// printTable prints the targets with the count each serves now, and returns
+// those counts by address.
+func printTable(elapsed time.Duration, targets []target, ferr error, nameOf func(string) string) map[string]float64 {
 	fmt.Printf("[%s] job demo: %d targets\n", elapsed.Truncate(time.Second), len(targets))
+	counts := map[string]float64{}
 	if ferr != nil && len(targets) == 0 {
-		fmt.Printf("  (no targets yet: %v)\n\n", ferr)
-		return
+		fmt.Printf("  (no targets yet: %v)\n", ferr)
+		return counts
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  INSTANCE\tADDRESS\tSLOT\tPROCESS\tdemo_jobs_processed_total")
@@ -343,50 +374,121 @@ func printTable(elapsed time.Duration, targets []target, ferr error, nameOf func
 			val = "scrape failed: " + err.Error()
 		} else {
 			sum += v
+			counts[t.Address] = v
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", t.Instance, t.Address, t.Slot, name, val)
 	}
-	fmt.Fprintf(tw, "  SUM (scraped now)\t\t\t\t%s\n", strconv.FormatFloat(sum, 'f', -1, 64))
+	fmt.Fprintf(tw, "  SUM of the live workers (scraped now)\t\t\t\t%s\n", strconv.FormatFloat(sum, 'f', -1, 64))
 	tw.Flush()
-	if promURL != "" {
-		fmt.Printf("  Prometheus: sum(demo_jobs_processed_total) = %s\n", promSum(promURL))
-	}
-	fmt.Println()
+	return counts
 }
 
-// promSum asks Prometheus for the job-wide sum; it lags the table by up to
-// one scrape interval.
-func promSum(base string) string {
-	resp, err := httpClient.Get(base + "/api/v1/query?query=" + url.QueryEscape("sum(demo_jobs_processed_total)"))
-	if err != nil {
-		return "n/a (" + err.Error() + ")"
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Status string `json:"status"`
-		Data   struct {
-			Result []struct {
-				Value []any `json:"value"`
-			} `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Status != "success" {
-		return "n/a"
-	}
-	if len(r.Data.Result) == 0 || len(r.Data.Result[0].Value) != 2 {
-		return "no data yet"
-	}
-	s, _ := r.Data.Result[0].Value[1].(string)
-	return s
+// victimBatch is what the worker to be killed processes before it idles.
+const victimBatch = 40
+
+// tally is the truth: the units every worker lifetime processed, as far as
+// the demo knows them. A live worker's count is the one the demo last read
+// from it (newer than Prometheus' by up to a scrape), a gracefully stopped
+// one's the "processed N units" it printed after its final scrape, a killed
+// one's its batch.
+type tally struct {
+	mu     sync.Mutex
+	latest map[*proc]float64
+	batch  map[*proc]int
+	dead   map[*proc]bool
 }
 
-// startPrometheus runs Prometheus when it is on PATH, configured from
+func (t *tally) seen(p *proc, v float64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.latest == nil {
+		t.latest = map[*proc]float64{}
+	}
+	t.latest[p] = v
+}
+
+func (t *tally) killed(p *proc) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.dead == nil {
+		t.dead = map[*proc]bool{}
+	}
+	t.dead[p] = true
+}
+
+func (t *tally) total(ws []*proc) float64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	sum := 0.0
+	for _, p := range ws {
+		switch n, ok := p.finalCount(); {
+		case ok:
+			sum += float64(n)
+		case t.dead[p]:
+			sum += float64(t.batch[p])
+		default:
+			sum += t.latest[p]
+		}
+	}
+	return sum
+}
+
+// scrapedBatch says whether Prometheus (if any) has scraped the whole batch
+// of the worker at addr: what it never scraped, a kill would lose.
+func scrapedBatch(promURL string, targets []target, addr string) bool {
+	if promURL == "" {
+		return true
+	}
+	for _, t := range targets {
+		if t.Address != addr {
+			continue
+		}
+		ss, err := promtest.RawSamples(promURL, fmt.Sprintf(`demo_jobs_processed_total{job="demo",instance=%q}`, t.Instance), time.Now().Add(-time.Minute), time.Now())
+		if err != nil || len(ss) != 1 {
+			return false
+		}
+		last := ss[0].Samples[len(ss[0].Samples)-1]
+		return last.V == victimBatch
+	}
+	return false
+}
+
+// printTotals prints Prometheus' job-wide total since the demo began (the
+// reset-aware total of its raw samples) beside the units processed.
+func printTotals(promURL string, begin time.Time, truth float64, final bool) {
+	if promURL == "" {
+		fmt.Printf("  units processed by every worker since the demo began: %.0f (no Prometheus to compare with; ./scripts/prometheus builds one)\n\n", truth)
+		return
+	}
+	raw, _, err := promtest.Totals(promURL, `demo_jobs_processed_total{job="demo"}`, begin.Add(-time.Minute), time.Now())
+	switch {
+	case err != nil && !final:
+		fmt.Printf("  units processed since the demo began: %.0f; Prometheus is not answering yet\n\n", truth)
+	case err != nil:
+		fmt.Printf("final: units processed %.0f; Prometheus: %v\n", truth, err)
+	case final && raw == truth:
+		fmt.Printf("final: Prometheus' job-wide total %.0f = units processed %.0f: exact, through the kill and the replacement\n", raw, truth)
+	case final:
+		fmt.Printf("final: Prometheus' job-wide total %.0f, units processed %.0f: they differ by %.0f\n", raw, truth, truth-raw)
+	default:
+		fmt.Printf("  job-wide total since the demo began: Prometheus %.0f, units processed %.0f (Prometheus is up to one scrape behind)\n\n", raw, truth)
+	}
+}
+
+// startPrometheus runs the Prometheus 3 that ./scripts/prometheus builds,
+// with created-timestamp-zero-ingestion (the setup docs/RESTARTS.md
+// recommends), else a prometheus on PATH, configured from
 // examples/prometheus.yml with its discovery pointed at this demo's sdwriter,
 // or from a minimal generated configuration when that file is missing.
 func startPrometheus(procs *group, root, dir, output string, o options) (string, error) {
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		return "", errors.New("not on PATH; the table shows the sums scraped by the demo itself")
+	bin := filepath.Join(root, "bin", "prometheus-3.15.0")
+	flags := []string{"--enable-feature=created-timestamp-zero-ingestion"}
+	if _, err := os.Stat(bin); err != nil {
+		flags = nil
+		if bin, err = exec.LookPath("prometheus"); err != nil {
+			return "", errors.New("none found; ./scripts/prometheus builds Prometheus 3.15 into bin/ (about 4 minutes, once)")
+		}
+		fmt.Printf("prometheus: using %s; for totals that stay exact through restarts, ./scripts/prometheus builds 3.15 (about 4 minutes, once)\n", bin)
 	}
 	cfg, note, err := prometheusConfig(filepath.Join(root, "examples", "prometheus.yml"), output, o.sdwriterAddr)
 	if err != nil {
@@ -396,11 +498,11 @@ func startPrometheus(procs *group, root, dir, output string, o options) (string,
 	if err := os.WriteFile(file, cfg, 0o644); err != nil {
 		return "", err
 	}
-	if _, err := procs.start("prometheus", dir, bin,
-		"--config.file="+file,
-		"--storage.tsdb.path="+filepath.Join(dir, "prometheus-data"),
-		"--web.listen-address="+o.promAddr,
-	); err != nil {
+	if _, err := procs.start("prometheus", dir, bin, append([]string{
+		"--config.file=" + file,
+		"--storage.tsdb.path=" + filepath.Join(dir, "prometheus-data"),
+		"--web.listen-address=" + o.promAddr,
+	}, flags...)...); err != nil {
 		return "", err
 	}
 	fmt.Printf("prometheus: http://%s (%s)\n", o.promAddr, note)
@@ -487,6 +589,17 @@ type proc struct {
 	done      chan struct{}
 	addrReady chan struct{} // closed once addr is known or stdout ended
 	addr      string        // from the "listening on" line of a demoworker
+
+	mu       sync.Mutex
+	final    int64 // from the "processed N units" line of a demoworker
+	hasFinal bool
+}
+
+// finalCount is what a gracefully stopped demoworker printed it processed.
+func (p *proc) finalCount() (int64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.final, p.hasFinal
 }
 
 func (g *group) start(name, dir, bin string, args ...string) (*proc, error) {
@@ -509,7 +622,9 @@ func (g *group) start(name, dir, bin string, args ...string) (*proc, error) {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), addrReady: make(chan struct{})}
+	stdoutDone := make(chan struct{})
 	go func() {
+		defer close(stdoutDone)
 		defer func() {
 			if p.addr == "" {
 				close(p.addrReady)
@@ -523,10 +638,17 @@ func (g *group) start(name, dir, bin string, args ...string) (*proc, error) {
 				p.addr = strings.TrimSpace(a)
 				close(p.addrReady)
 			}
+			var n int64
+			if _, err := fmt.Sscanf(line, "processed %d units", &n); err == nil {
+				p.mu.Lock()
+				p.final, p.hasFinal = n, true
+				p.mu.Unlock()
+			}
 		}
 		io.Copy(io.Discard, stdout)
 	}()
 	go func() {
+		<-stdoutDone // Wait closes the pipe: read it all first
 		cmd.Wait()
 		logf.Close()
 		close(p.done)
@@ -571,19 +693,37 @@ func (p *proc) stop(grace time.Duration) {
 	}
 }
 
+// workers are the demoworker processes started so far, dead or alive.
+func (g *group) workers() []*proc {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var ws []*proc
+	for _, p := range g.procs {
+		if strings.HasPrefix(p.name, "w") {
+			ws = append(ws, p)
+		}
+	}
+	return ws
+}
+
+// stopWorkers stops the workers gracefully: each waits for its final
+// scrape, then deregisters.
+func (g *group) stopWorkers() {
+	var wg sync.WaitGroup
+	for _, p := range g.workers() {
+		wg.Go(func() { p.stop(10 * time.Second) })
+	}
+	wg.Wait()
+}
+
 // stopAll stops the workers first (their final scrape needs Prometheus and
 // their deregistration needs etcd), then everything else.
 func (g *group) stopAll() {
+	g.stopWorkers()
 	g.mu.Lock()
 	procs := append([]*proc(nil), g.procs...)
 	g.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, p := range procs {
-		if strings.HasPrefix(p.name, "w") {
-			wg.Go(func() { p.stop(10 * time.Second) })
-		}
-	}
-	wg.Wait()
 	for _, p := range procs {
 		if !strings.HasPrefix(p.name, "w") {
 			wg.Go(func() { p.stop(10 * time.Second) })

@@ -5,7 +5,8 @@
 // run it; its flags are kept stable for them.
 //
 // It prints "listening on HOST:PORT" (the advertised metrics address) on
-// standard output once started. SIGTERM or SIGINT stop it gracefully (final
+// standard output once started, and "processed N units" when it stops
+// gracefully, after its final scrape. SIGTERM or SIGINT stop it gracefully (final
 // scrape, then deregistration); a second signal stops it at once.
 package main
 
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -129,6 +131,7 @@ func run(log hclog.Logger, cfg config) error {
 	// final scrape reads a total that no longer moves.
 	workCtx, stopWork := context.WithCancel(context.Background())
 	queue := make(chan struct{}, 1000)
+	var units atomic.Int64 // what processed counts, for the exit line
 	producerDone := make(chan struct{})
 	consumerDone := make(chan struct{})
 	go func() {
@@ -157,6 +160,7 @@ func run(log hclog.Logger, cfg config) error {
 			}
 			durations.Observe(u.End().Seconds())
 			processed.Inc()
+			units.Add(1)
 		}
 	}()
 
@@ -175,7 +179,10 @@ func run(log hclog.Logger, cfg config) error {
 		case <-stopCtx.Done():
 		}
 	}()
-	if err := w.Stop(stopCtx); err != nil && stopCtx.Err() == nil {
+	err = w.Stop(stopCtx)
+	// The work loop has ended: this is the count the final scrape read.
+	fmt.Printf("processed %d units\n", units.Load())
+	if err != nil && stopCtx.Err() == nil {
 		return err
 	}
 	return nil

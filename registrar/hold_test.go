@@ -1,0 +1,49 @@
+package registrar_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/workersd/workersd/registrar"
+)
+
+func TestHoldKeyLivesBesideThePrefix(t *testing.T) {
+	k := registrar.Key{Prefix: "/workersd/v1/", Job: "api", Host: "web-1", Slot: 3}
+	if got, want := k.HoldKey(), "/workersd/v1.hold/api/web-1/3"; got != want {
+		t.Fatalf("HoldKey = %q, want %q", got, want)
+	}
+	// Not under the prefix: a reader listing registrations never sees it.
+	if _, err := registrar.ParseKey(k.Prefix, k.HoldKey()); err == nil {
+		t.Fatal("a hold key parses as a registration")
+	}
+}
+
+func TestMaxSlots(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s ...int) []time.Time {
+		var ts []time.Time
+		for _, x := range s {
+			ts = append(ts, t0.Add(time.Duration(x)*time.Second))
+		}
+		return ts
+	}
+	const ttl, hold = 10 * time.Second, 30 * time.Second // window 60s
+	for _, c := range []struct {
+		name string
+		peak int
+		ends []time.Time
+		hold time.Duration
+		want int
+	}{
+		{"no restarts", 4, nil, hold, 4},
+		{"restarts far apart", 4, at(0, 61, 122), hold, 5},
+		{"a burst", 4, at(0, 1, 2, 3), hold, 8},
+		{"the busiest window counts", 4, at(0, 100, 130, 159, 161), hold, 7},
+		{"unsorted input", 4, at(159, 0, 130, 100), hold, 7},
+		{"holds off", 4, at(0, 1, 2), -1, 4},
+	} {
+		if got := registrar.MaxSlots(c.peak, c.ends, ttl, c.hold); got != c.want {
+			t.Errorf("%s: MaxSlots = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
