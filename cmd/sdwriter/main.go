@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/workersd/workersd/etcdsd"
+	"github.com/workersd/workersd/internal/atomicfile"
 	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/hclogslog"
@@ -83,7 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		Default("sdwriter.etcd").StringVar(&f.embedDir)
 	app.Flag("etcd.prefix", "Key prefix of the registrations.").Default(registrar.DefaultPrefix).StringVar(&f.sd.Prefix)
 	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &f.sd.TLSConfig, Username: &f.sd.Username, PasswordFile: &f.sd.PasswordFile})
-	app.Flag("output.file", "file_sd JSON file to keep up to date. Empty: write no file (http_sd on /sd only).").
+	app.Flag("output.file", "file_sd JSON file to keep up to date: a regular file (replaced atomically) or a symbolic link to one (the file it points to is replaced, the link stays). Empty: write no file (http_sd on /sd only).").
 		Default("workersd.json").StringVar(&f.outputFile)
 	f.web = kingpinflag.AddFlags(app, defaultWebAddress)
 	f.log = cliflags.AddLog(app)
@@ -128,6 +129,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	logger.Info("starting", "version", version.Info(), "build", version.BuildContext())
+	if f.outputFile != "" {
+		// Refused at start rather than at the first write: a device, FIFO
+		// or directory there is a mistake, and replacing it would break
+		// the system (/dev/null).
+		out, err := atomicfile.Resolve(f.outputFile)
+		if err != nil {
+			return fmt.Errorf("--output.file: %w", err)
+		}
+		if out != f.outputFile {
+			logger.Info("--output.file is a symbolic link: writing the file it points to, in its directory", "link", f.outputFile, "file", out)
+		}
+		f.outputFile = out
+	}
 	ctx, cancelCause := context.WithCancelCause(ctx)
 	cancel := func() { cancelCause(nil) }
 	defer cancel()

@@ -5,6 +5,7 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,10 +18,17 @@ import (
 // directory is created (0755) when missing. On error before the rename the
 // previous file is left as it was and the temporary file is removed; an
 // error after it is a *NotDurableError.
+//
+// It replaces only a regular file: a directory, device, socket, FIFO or
+// symbolic link at path is an error (callers that follow links resolve them
+// first with Resolve), so a mistaken path never replaces /dev/null.
 func Write(path string, data []byte, mode os.FileMode) (err error) {
 	dir, name := filepath.Split(path)
 	if name == "" {
 		return fmt.Errorf("write %q: not a file name", path)
+	}
+	if err := replaceable(path); err != nil {
+		return err
 	}
 	if dir == "" {
 		dir = "."
@@ -59,6 +67,61 @@ func Write(path string, data []byte, mode os.FileMode) (err error) {
 		return &NotDurableError{err}
 	}
 	return nil
+}
+
+// replaceable checks that path is a regular file or nothing.
+func replaceable(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("write %s: %w", path, err)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("write %s: it is %s, not a regular file; refusing to replace it", path, kind(fi.Mode()))
+	}
+	return nil
+}
+
+func kind(m os.FileMode) string {
+	switch {
+	case m&os.ModeSymlink != 0:
+		return "a symbolic link"
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "a special file (" + m.Type().String() + ")"
+}
+
+// Resolve returns the path Write should replace for path: path itself, or,
+// when it is a symbolic link, the file it points to (which must exist), so
+// the link stays and its target is updated. Anything else than a regular
+// file (or nothing) at the end is an error.
+func Resolve(path string) (string, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return path, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		target, err := filepath.EvalSymlinks(path)
+		if err != nil {
+			return "", fmt.Errorf("%s is a symbolic link that cannot be followed: %w", path, err)
+		}
+		path = target
+	}
+	if err := replaceable(path); err != nil {
+		return "", err
+	}
+	return path, nil
 }
 
 // NotDurableError is a failure after the new file took the old one's place:

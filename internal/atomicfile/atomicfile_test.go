@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -106,4 +107,94 @@ func limitFileSize(t *testing.T, n uint64) {
 		t.Skip("cannot set RLIMIT_FSIZE:", err)
 	}
 	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old) })
+}
+
+// Issue 12, finding 1: `sdwriter --output.file=/dev/null` as root replaced
+// the device with a regular file. Nothing but a regular file is replaced;
+// the nodes are the test's own, in its temporary directory.
+func TestWriteRefusesWhatIsNotARegularFile(t *testing.T) {
+	dir := t.TempDir()
+	nodes := map[string]func(string) error{
+		"directory": func(p string) error { return os.Mkdir(p, 0o755) },
+		"FIFO":      func(p string) error { return syscall.Mkfifo(p, 0o644) },
+		"socket": func(p string) error {
+			fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+			if err != nil {
+				return err
+			}
+			defer syscall.Close(fd)
+			return syscall.Bind(fd, &syscall.SockaddrUnix{Name: p})
+		},
+		"symbolic link": func(p string) error { return os.Symlink(filepath.Join(dir, "elsewhere"), p) },
+	}
+	if os.Geteuid() == 0 {
+		// The character device 1:3, like /dev/null, made here.
+		nodes["device"] = func(p string) error { return syscall.Mknod(p, syscall.S_IFCHR|0o666, 1<<8|3) }
+	}
+	for name, mk := range nodes {
+		path := filepath.Join(dir, name)
+		if err := mk(path); err != nil {
+			t.Fatalf("make a %s: %v", name, err)
+		}
+		before, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = Write(path, []byte("[]\n"), 0o644)
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("Write over a %s: %v, want a refusal", name, err)
+		}
+		after, err := os.Lstat(path)
+		if err != nil || after.Mode() != before.Mode() || !os.SameFile(before, after) {
+			t.Errorf("the %s was replaced: %v -> %v (%v)", name, before.Mode(), after.Mode(), err)
+		}
+		if name != "symbolic link" {
+			if _, err := Resolve(path); err == nil {
+				t.Errorf("Resolve accepted a %s", name)
+			}
+		}
+	}
+}
+
+// A symbolic link is followed on purpose: the file it points to is
+// replaced, in its own directory, and the link stays a link.
+func TestResolveFollowsSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real", "targets.json")
+	if err := Write(real, []byte("[]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.json")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Resolve(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := filepath.EvalSymlinks(real)
+	if got != want {
+		t.Fatalf("Resolve(link) = %s, want %s", got, want)
+	}
+	if err := Write(got, []byte("[1]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(link); err != nil || string(b) != "[1]\n" {
+		t.Fatalf("through the link: %q %v", b, err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the link is no longer a link: %v %v", fi.Mode(), err)
+	}
+	// A dangling link is an error, not a file created somewhere.
+	dangling := filepath.Join(dir, "dangling.json")
+	if err := os.Symlink(filepath.Join(dir, "nowhere", "x.json"), dangling); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Resolve(dangling); err == nil {
+		t.Fatal("Resolve followed a dangling link")
+	}
+	// Nothing there yet: the path itself.
+	if got, err := Resolve(filepath.Join(dir, "new.json")); err != nil || got != filepath.Join(dir, "new.json") {
+		t.Fatalf("Resolve(new) = %s, %v", got, err)
+	}
 }
