@@ -324,6 +324,29 @@ func TestOutputThatIsNotARegularFileIsRefused(t *testing.T) {
 	}
 }
 
+// Issue 12, finding 8: a second sdwriter on a data dir in use hung for
+// ever, silent and deaf to SIGTERM. It now exits at once, naming the
+// directory.
+func TestEmbeddedDataDirInUse(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "etcd")
+	startSdwriter(t, "", "--etcd.embed.data-dir="+dataDir,
+		"--etcd.embed.listen-address="+etcdtest.FreeAddr(t), "--etcd.embed.peer-address="+etcdtest.FreeAddr(t))
+	var stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	code := run(ctx, []string{"--etcd.embed.data-dir=" + dataDir, "--output.file=",
+		"--etcd.embed.listen-address=" + etcdtest.FreeAddr(t), "--etcd.embed.peer-address=" + etcdtest.FreeAddr(t),
+		"--web.listen-address=" + etcdtest.FreeAddr(t)}, &stderr)
+	if ctx.Err() != nil {
+		t.Fatal("the second sdwriter did not exit within 30s")
+	}
+	t.Logf("second sdwriter exited %d after %s", code, time.Since(start).Round(time.Millisecond))
+	if code != 1 || !strings.Contains(stderr.String(), "in use") || !strings.Contains(stderr.String(), dataDir) {
+		t.Fatalf("exit %d, want 1 with the data dir named; stderr: %s", code, stderr.String())
+	}
+}
+
 func TestFlagErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"--no-such-flag"},

@@ -38,8 +38,9 @@ type Config struct {
 
 // Server is a running member.
 type Server struct {
-	etcd *embed.Etcd
-	cfg  Config
+	etcd    *embed.Etcd
+	cfg     Config
+	release func() // the data dir lock
 }
 
 // Start launches the member and waits until it serves clients.
@@ -84,21 +85,28 @@ func Start(c Config) (*Server, error) {
 	// transactions keeps restarts quick without extra disk churn.
 	cfg.SnapshotCount = 10000
 
+	release, err := lockDir(c.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd %s: %w", c.Name, err)
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("start embedded etcd %s: %w", c.Name, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
+		release()
 		return nil, fmt.Errorf("embedded etcd %s: %w", c.Name, err)
 	case <-time.After(c.StartTimeout):
 		e.Server.Stop()
 		e.Close()
+		release()
 		return nil, fmt.Errorf("embedded etcd %s: not ready after %s", c.Name, c.StartTimeout)
 	}
-	return &Server{etcd: e, cfg: c}, nil
+	return &Server{etcd: e, cfg: c, release: release}, nil
 }
 
 // Endpoint is the client endpoint, host:port.
@@ -110,4 +118,5 @@ func (s *Server) Err() <-chan error { return s.etcd.Err() }
 // Close stops the member and releases its ports and data directory.
 func (s *Server) Close() {
 	s.etcd.Close()
+	s.release()
 }
