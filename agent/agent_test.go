@@ -246,6 +246,11 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 	other := child(t).Process.Pid
 	big := []byte(`{"job":"api","port":1,"pid":` + strconv.Itoa(other) + `,"labels":{"x":"` + strings.Repeat("a", MaxBodySize) + `"}}`)
+	// Issue 12, finding 7: within every per-label limit, too big together.
+	wide := map[string]string{}
+	for i := range registrar.MaxLabels {
+		wide[fmt.Sprintf("l%02d", i)] = strings.Repeat("x", registrar.MaxLabelValueLen)
+	}
 	for _, tc := range []struct {
 		name   string
 		body   any
@@ -262,6 +267,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"invalid label", map[string]any{"job": "api", "port": 9000, "pid": other, "labels": map[string]string{"foo-bar": "x"}}, 400, "labels.foo-bar", "not a valid label name"},
 		{"reserved label", map[string]any{"job": "api", "port": 9000, "pid": other, "labels": map[string]string{"instance": "x"}}, 400, "labels.instance", "cannot be overridden"},
 		{"bad scheme", map[string]any{"job": "api", "port": 9000, "pid": other, "scheme": "ftp"}, 400, "scheme", "neither"},
+		{"labels too big together", map[string]any{"job": "api", "port": 9000, "pid": other, "labels": wide}, 400, "labels", "at most"},
+		{"metrics path not a path", map[string]any{"job": "api", "port": 9000, "pid": other, "metrics_path": "/latest/../v3/kv/range"}, 400, "metrics_path", "absolute URL path"},
 		{"no pid", map[string]any{"job": "api", "port": 9000}, 400, "pid", "required"},
 		{"dead pid", map[string]any{"job": "api", "port": 9000, "pid": dead.Process.Pid}, 422, "pid", "not a running process"},
 		{"unknown field", map[string]any{"job": "api", "port": 9000, "pid": other, "ttl": 5}, 400, "", "unknown field"},

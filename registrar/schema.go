@@ -29,8 +29,10 @@ const (
 	MaxValueSize = 16 << 10
 	// MaxNameLen bounds job and host names.
 	MaxNameLen = 128
-	// MaxLabels and MaxLabelValueLen bound the user labels of one registration.
+	// MaxLabels, MaxLabelNameLen and MaxLabelValueLen bound the user labels
+	// of one registration; all of it must also encode within MaxValueSize.
 	MaxLabels        = 32
+	MaxLabelNameLen  = 128
 	MaxLabelValueLen = 1024
 	// MaxSlot is the highest slot number; far above any real worker count, it
 	// keeps keys short and stops a runaway claimer.
@@ -178,15 +180,40 @@ func (v Value) Validate() error {
 	default:
 		return fieldErr("scheme", "%q is neither http nor https", v.Scheme)
 	}
-	if v.MetricsPath != "" {
-		if !strings.HasPrefix(v.MetricsPath, "/") || !utf8.ValidString(v.MetricsPath) || strings.ContainsAny(v.MetricsPath, " \t\r\n?#") {
-			return fieldErr("metrics_path", "%q must be an absolute URL path without query", v.MetricsPath)
-		}
+	if err := ValidateMetricsPath(v.MetricsPath); err != nil {
+		return err
 	}
 	if v.PID < 0 {
 		return fieldErr("pid", "%d is negative", v.PID)
 	}
-	return ValidateLabels(v.Labels)
+	if err := ValidateLabels(v.Labels); err != nil {
+		return err
+	}
+	// What a reader would skip is refused here, by every writer.
+	if b, err := json.Marshal(v); err == nil && len(b) > MaxValueSize {
+		return fieldErr("labels", "the registration encodes to %d bytes, at most %d allowed", len(b), MaxValueSize)
+	}
+	return nil
+}
+
+// ValidateMetricsPath checks a metrics path: empty (the default) or an
+// absolute URL path and nothing else: no query, fragment, spaces, control
+// characters, "//" at its start or ".." segments.
+func ValidateMetricsPath(p string) error {
+	if p == "" {
+		return nil
+	}
+	bad := !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || len(p) > 1024 || !utf8.ValidString(p) ||
+		strings.ContainsFunc(p, func(r rune) bool {
+			return r == '?' || r == '#' || r == '\\' || unicode.IsSpace(r) || !unicode.IsPrint(r)
+		})
+	for seg := range strings.SplitSeq(p, "/") {
+		bad = bad || seg == ".."
+	}
+	if bad {
+		return fieldErr("metrics_path", "%q must be an absolute URL path (no query, fragment, spaces, '..' or leading '//')", p)
+	}
+	return nil
 }
 
 // ValidateAddress checks host:port with a numeric port in 1..65535.
@@ -221,6 +248,8 @@ func ValidateLabels(labels map[string]string) error {
 	for _, name := range sortedKeys(labels) {
 		field := "labels." + name
 		switch {
+		case len(name) > MaxLabelNameLen:
+			return fieldErr(field, "name longer than %d bytes", MaxLabelNameLen)
 		case !model.LegacyValidation.IsValidLabelName(name):
 			return fieldErr(field, "%q is not a valid label name", name)
 		case strings.HasPrefix(name, "__"):

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -97,4 +98,45 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip changed the value: %s != %s", b, b2)
 		}
 	})
+}
+
+// Issue 12, finding 7: 32 labels of 1 KiB passed the writer's checks but
+// encoded to 33 KB, which the reader skips: the target never appeared.
+// Every writer now refuses what the reader would skip, naming the field.
+func TestWriterRefusesWhatTheReaderWouldSkip(t *testing.T) {
+	labels := map[string]string{}
+	for i := range registrar.MaxLabels {
+		labels[fmt.Sprintf("l%02d", i)] = strings.Repeat("x", registrar.MaxLabelValueLen)
+	}
+	cases := []struct {
+		name  string
+		v     registrar.Value
+		field string
+	}{
+		{"labels too big together", registrar.Value{Address: "10.0.0.5:1", Labels: labels}, "labels"},
+		{"label name too long", registrar.Value{Address: "10.0.0.5:1", Labels: map[string]string{strings.Repeat("n", registrar.MaxLabelNameLen+1): "v"}}, "labels." + strings.Repeat("n", registrar.MaxLabelNameLen+1)},
+		{"metrics path with a query", registrar.Value{Address: "10.0.0.5:1", MetricsPath: "/metrics?x=1"}, "metrics_path"},
+		{"metrics path with ..", registrar.Value{Address: "10.0.0.5:1", MetricsPath: "/a/../v3/kv/range"}, "metrics_path"},
+		{"metrics path starting with //", registrar.Value{Address: "10.0.0.5:1", MetricsPath: "//evil.example/m"}, "metrics_path"},
+		{"metrics path with a control character", registrar.Value{Address: "10.0.0.5:1", MetricsPath: "/m\x00"}, "metrics_path"},
+	}
+	for _, c := range cases {
+		_, err := c.v.Encode()
+		var fe *registrar.FieldError
+		if !errors.As(err, &fe) || fe.Field != c.field {
+			t.Errorf("%s: Encode error %v, want a FieldError on %q", c.name, err, c.field)
+		}
+	}
+	// Just within the limits: accepted, and the reader accepts it too.
+	small := map[string]string{}
+	for i := range 12 {
+		small[fmt.Sprintf("l%02d", i)] = strings.Repeat("x", registrar.MaxLabelValueLen)
+	}
+	b, err := registrar.Value{Address: "10.0.0.5:1", Labels: small, MetricsPath: "/a/b.c/metrics"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registrar.DecodeValue(b); err != nil {
+		t.Fatalf("the reader refuses what the writer wrote: %v", err)
+	}
 }
