@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,7 +29,16 @@ const (
 	// MaxBodySize bounds one API request: a registration is a few hundred
 	// bytes.
 	MaxBodySize = 64 << 10
+	// DefaultMaxPerUser bounds the live registrations of one user: far
+	// above any pre-fork server's worker count, it stops one user from
+	// filling etcd.
+	DefaultMaxPerUser = 1024
 )
+
+// errNotWorker is why a live process cannot be a worker.
+type errNotWorker string
+
+func (e errNotWorker) Error() string { return string(e) }
 
 // Config configures an Agent. Client and Host are required.
 type Config struct {
@@ -60,6 +70,15 @@ type Config struct {
 	// RegisterWait bounds how long a registration request waits for the
 	// key to be in etcd before answering "pending"; negative: not at all.
 	RegisterWait time.Duration
+	// MaxPerUser bounds the live registrations of one user. Optional,
+	// defaults to DefaultMaxPerUser.
+	MaxPerUser int
+	// AllowAddresses are networks a request may register addresses in
+	// besides this host's own addresses and loopback (NAT, a sidecar's
+	// address). Optional, defaults to none: a worker serves its metrics
+	// on this host, and an address elsewhere would make Prometheus fetch
+	// whatever a local user names.
+	AllowAddresses []netip.Prefix
 	// Registerer receives the agent's and the registrars' metrics; nil
 	// means none.
 	Registerer prometheus.Registerer
@@ -157,6 +176,7 @@ type Agent struct {
 type entry struct {
 	id         string
 	pid        int
+	uid        int // the process's owner: who may change or remove it
 	startTicks uint64
 	job        string
 	value      registrar.Value
@@ -198,6 +218,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.RegisterWait == 0 {
 		cfg.RegisterWait = DefaultRegisterWait
+	}
+	if cfg.MaxPerUser <= 0 {
+		cfg.MaxPerUser = DefaultMaxPerUser
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -256,6 +279,13 @@ func (a *Agent) restore(se stateEntry) {
 		a.revokeLater(se.Lease)
 		return
 	}
+	uid, err := processOwner(se.PID)
+	if err != nil {
+		log.Info("not adopting the registration: its process is gone or cannot be a worker; revoking its lease", "error", err)
+		a.m.deregistrations.WithLabelValues("exited").Inc()
+		a.revokeLater(se.Lease)
+		return
+	}
 	proc, err := openProc(se.PID, se.StartTicks, a.cfg.PollInterval, !a.cfg.DisablePidfd)
 	if err != nil {
 		log.Info("worker exited while the agent was down; revoking its lease", "error", err)
@@ -280,7 +310,7 @@ func (a *Agent) restore(se stateEntry) {
 		return
 	}
 	e := &entry{
-		id: se.ID, pid: se.PID, startTicks: se.StartTicks, job: se.Job, value: se.Value,
+		id: se.ID, pid: se.PID, uid: uid, startTicks: se.StartTicks, job: se.Job, value: se.Value,
 		reg: reg, proc: proc, key: se.Key, lease: se.Lease, holdLease: se.HoldLease,
 	}
 	a.mu.Lock()
@@ -450,6 +480,21 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 	if err != nil {
 		return nil, false, apiErr(http.StatusInternalServerError, "pid", "%v", err)
 	}
+	uid, err := processOwner(req.PID)
+	var notWorker errNotWorker
+	switch {
+	case errors.As(err, &notWorker):
+		return nil, false, apiErr(http.StatusUnprocessableEntity, "pid", "pid %d cannot be a worker: %v", req.PID, err)
+	case errors.Is(err, errNotAlive):
+		return nil, false, apiErr(http.StatusUnprocessableEntity, "pid", "pid %d is not a running process", req.PID)
+	case err != nil:
+		return nil, false, apiErr(http.StatusInternalServerError, "pid", "%v", err)
+	}
+	caller := callerFrom(ctx)
+	if !caller.mayActFor(uid) {
+		a.m.refusals.WithLabelValues("foreign_process").Inc()
+		return nil, false, apiErr(http.StatusForbidden, "pid", "pid %d belongs to uid %d; %s may register only its own processes", req.PID, uid, caller)
+	}
 	if v.StartedAt, err = processStartTime(ticks); err != nil {
 		return nil, false, apiErr(http.StatusInternalServerError, "", "%v", err)
 	}
@@ -462,7 +507,24 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 		return nil, false, apiErr(http.StatusServiceUnavailable, "", "the agent is not running")
 	}
 	old := a.byPID[req.PID]
+	owned, sameAddr := 0, (*entry)(nil)
+	for _, e := range a.byID {
+		if e.uid == uid {
+			owned++
+		}
+		if e.pid != req.PID && e.value.Address == v.Address {
+			sameAddr = e
+		}
+	}
 	a.mu.Unlock()
+	if sameAddr != nil {
+		a.m.refusals.WithLabelValues("address_taken").Inc()
+		return nil, false, apiErr(http.StatusConflict, "address", "%s is already registered by pid %d (job %q)", v.Address, sameAddr.pid, sameAddr.job)
+	}
+	if old == nil && owned >= a.cfg.MaxPerUser {
+		a.m.refusals.WithLabelValues("user_limit").Inc()
+		return nil, false, apiErr(http.StatusTooManyRequests, "pid", "uid %d has %d live registrations, at most %d", uid, owned, a.cfg.MaxPerUser)
+	}
 	if old != nil {
 		if old.startTicks == ticks {
 			if old.job == req.Job && sameValue(old.value, v) {
@@ -496,7 +558,7 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 	}
 	e := &entry{
 		id:  strconv.Itoa(req.PID) + "-" + strconv.FormatUint(ticks, 10),
-		pid: req.PID, startTicks: ticks, job: req.Job, value: v, reg: reg, proc: proc,
+		pid: req.PID, uid: uid, startTicks: ticks, job: req.Job, value: v, reg: reg, proc: proc,
 	}
 	a.mu.Lock()
 	if a.closed {
@@ -524,6 +586,10 @@ func (a *Agent) value(req Request) (registrar.Value, error) {
 	switch {
 	case req.Address != "" && req.Port != 0:
 		return registrar.Value{}, apiErr(http.StatusBadRequest, "port", "give either port or address, not both")
+	case req.Address != "":
+		if err := a.checkAddress(req.Address); err != nil {
+			return registrar.Value{}, err
+		}
 	case req.Address == "":
 		if req.Port < 1 || req.Port > 65535 {
 			return registrar.Value{}, apiErr(http.StatusBadRequest, "port", "port: %d is out of range 1-65535 (or give address)", req.Port)
@@ -544,6 +610,44 @@ func (a *Agent) value(req Request) (registrar.Value, error) {
 		return registrar.Value{}, fromFieldErr(err)
 	}
 	return v, nil
+}
+
+// checkAddress accepts only addresses of this host: loopback, the host's
+// own interface addresses, or AllowAddresses. Anything else would let any
+// local user make Prometheus fetch any host and path (server-side request
+// forgery through the monitoring system).
+func (a *Agent) checkAddress(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fromFieldErr(registrar.ValidateAddress(addr))
+	}
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	if err != nil {
+		return apiErr(http.StatusBadRequest, "address", "%q: the host must be an IP address of this host (or give port alone)", addr)
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() {
+		return nil
+	}
+	for _, p := range a.cfg.AllowAddresses {
+		if p.Contains(ip) {
+			return nil
+		}
+	}
+	if ifaddrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ia := range ifaddrs {
+			if n, ok := ia.(*net.IPNet); ok {
+				if own, ok := netip.AddrFromSlice(n.IP); ok && own.Unmap() == ip {
+					return nil
+				}
+			}
+		}
+	}
+	if a.cfg.AdvertiseHost != "" && strings.Trim(a.cfg.AdvertiseHost, "[]") == ip.String() {
+		return nil
+	}
+	a.m.refusals.WithLabelValues("foreign_address").Inc()
+	return apiErr(http.StatusForbidden, "address", "%s is not an address of this host; only its own addresses, loopback and --allow-address networks are accepted", addr)
 }
 
 func (a *Agent) advertiseHost() (string, error) {
@@ -572,7 +676,16 @@ func sameValue(x, y registrar.Value) bool {
 func (a *Agent) Deregister(ctx context.Context, idOrPID string) (Worker, error) {
 	a.opMu.Lock()
 	e := a.lookup(idOrPID)
-	if e == nil || !a.take(e, "api") {
+	if e == nil {
+		a.opMu.Unlock()
+		return Worker{}, apiErr(http.StatusNotFound, "pid", "no worker %q is registered", idOrPID)
+	}
+	if caller := callerFrom(ctx); !caller.mayActFor(e.uid) {
+		a.opMu.Unlock()
+		a.m.refusals.WithLabelValues("foreign_process").Inc()
+		return Worker{}, apiErr(http.StatusForbidden, "pid", "pid %d belongs to uid %d; %s may remove only its own processes", e.pid, e.uid, caller)
+	}
+	if !a.take(e, "api") {
 		a.opMu.Unlock()
 		return Worker{}, apiErr(http.StatusNotFound, "pid", "no worker %q is registered", idOrPID)
 	}

@@ -81,7 +81,7 @@ func (h *harness) start() {
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	h.srv = &http.Server{Handler: a.Handler()}
+	h.srv = a.NewServer()
 	go h.srv.Serve(ln)
 	sock := h.socket
 	h.http = &http.Client{Transport: &http.Transport{

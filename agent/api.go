@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 // Handler serves the agent's API:
@@ -17,7 +18,8 @@ import (
 //	GET    /-/healthy
 //
 // Errors are {"error": "...", "field": "..."} with a 4xx status (500 when /proc cannot be read, 503 when the agent is not running), and change
-// nothing.
+// nothing. Every request needs a known caller (see NewServer, TokenAuth):
+// a caller changes only processes of its own user, unless trusted.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/workers", a.handleRegister)
@@ -27,16 +29,44 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "OK")
 	})
-	return a.count(mux)
+	return a.count(a.requireCaller(mux))
 }
 
-// count records every response's status in the API metric.
+// count records every response's status in the API metric. Methods other
+// than the API's count as "other": a client must not grow the series.
 func (a *Agent) count(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		h.ServeHTTP(sw, r)
-		a.m.apiRequests.WithLabelValues(r.Method, strconv.Itoa(sw.status)).Inc()
+		method := r.Method
+		switch method {
+		case http.MethodGet, http.MethodPost, http.MethodDelete:
+		default:
+			method = "other"
+		}
+		a.m.apiRequests.WithLabelValues(method, strconv.Itoa(sw.status)).Inc()
 	})
+}
+
+// requireCaller refuses requests that arrive without a known caller: on
+// the Unix socket, peer credentials that could not be read; elsewhere, a
+// listener not guarded by TokenAuth.
+func (a *Agent) requireCaller(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.Context().Value(callerKey{}).(Caller); !ok && r.URL.Path != "/-/healthy" {
+			a.m.refusals.WithLabelValues("unauthenticated").Inc()
+			writeErr(w, apiErr(http.StatusUnauthorized, "", "unknown caller: use the Unix socket, or the TCP API with its token"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// NewServer returns the API's HTTP server for the Unix socket: each
+// connection's peer credentials (SO_PEERCRED) decide what its requests
+// may do. For TCP, serve TokenAuth(token, a.Handler()) instead.
+func (a *Agent) NewServer() *http.Server {
+	return &http.Server{Handler: a.Handler(), ConnContext: ConnContext, ReadHeaderTimeout: 10 * time.Second}
 }
 
 type statusWriter struct {

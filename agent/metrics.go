@@ -12,7 +12,11 @@ type metrics struct {
 	exitToRevoke       prometheus.Histogram
 	stateWriteFailures prometheus.Counter
 	apiRequests        *prometheus.CounterVec
+	refusals           *prometheus.CounterVec
 }
+
+// refusalReasons are the values of workersd_agent_refusals_total's reason.
+var refusalReasons = []string{"foreign_process", "foreign_address", "address_taken", "user_limit", "unauthenticated"}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
@@ -43,13 +47,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		apiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "workersd_agent_api_requests_total",
-			Help: "API requests, by method and status code.",
+			Help: "API requests, by method (GET, POST, DELETE or other) and status code.",
 		}, []string{"method", "code"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "workersd_agent_refusals_total",
+			Help: "API requests refused for trust, by reason: foreign_process (another user's process), foreign_address (not this host's), address_taken (registered by another process), user_limit, unauthenticated (no peer credentials or token).",
+		}, []string{"reason"}),
+	}
+	for _, r := range refusalReasons {
+		m.refusals.WithLabelValues(r)
 	}
 	m.deregistrations.WithLabelValues("exited")
 	m.deregistrations.WithLabelValues("api")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.workers, m.registrations, m.restored, m.deregistrations, m.exitToRevoke, m.stateWriteFailures, m.apiRequests} {
+		for _, c := range []prometheus.Collector{m.workers, m.registrations, m.restored, m.deregistrations, m.exitToRevoke, m.stateWriteFailures, m.apiRequests, m.refusals} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -24,8 +24,13 @@ var errNotAlive = errors.New("process is not alive")
 // procStat is what the agent needs from /proc/<pid>/stat.
 type procStat struct {
 	State      byte
+	Flags      uint64 // field 9: PF_* flags
 	StartTicks uint64 // field 22: start time after boot, in clock ticks
 }
+
+// pfKthread is the kernel's PF_KTHREAD flag: a kernel thread, never a
+// worker.
+const pfKthread = 0x00200000
 
 func readProcStat(pid int) (procStat, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
@@ -54,7 +59,11 @@ func parseProcStat(b []byte) (procStat, error) {
 	if err != nil {
 		return procStat{}, fmt.Errorf("malformed /proc stat starttime: %w", err)
 	}
-	return procStat{State: fields[0][0], StartTicks: start}, nil
+	flags, err := strconv.ParseUint(string(fields[6]), 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("malformed /proc stat flags: %w", err)
+	}
+	return procStat{State: fields[0][0], Flags: flags, StartTicks: start}, nil
 }
 
 // processStartTicks returns the start time of a live process, errNotAlive if
@@ -154,6 +163,42 @@ func openProc(pid int, startTicks uint64, poll time.Duration, usePidfd bool) (*p
 		return nil, errNotAlive
 	}
 	return h, nil
+}
+
+// processOwner returns the real uid of a live process, and refuses pids that
+// cannot be a worker: init, kernel threads, the agent itself. Registering
+// one of those would leave a registration that never expires.
+func processOwner(pid int) (uid int, err error) {
+	switch {
+	case pid == 1:
+		return 0, errNotWorker("pid 1 is init")
+	case pid == os.Getpid():
+		return 0, errNotWorker("it is the agent itself")
+	}
+	st, err := readProcStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	if st.Flags&pfKthread != 0 {
+		return 0, errNotWorker("it is a kernel thread")
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, errNotAlive
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/%d/status: %w", pid, err)
+	}
+	for line := range bytes.SplitSeq(b, []byte("\n")) {
+		if rest, ok := bytes.CutPrefix(line, []byte("Uid:")); ok {
+			f := bytes.Fields(rest)
+			if len(f) == 0 {
+				break
+			}
+			return strconv.Atoi(string(f[0]))
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no Uid line", pid)
 }
 
 // pollProc watches pid by polling /proc, for when its pidfd failed.

@@ -19,6 +19,7 @@ var errUnsupported = errors.New("the workersd agent needs Linux (/proc, pidfd); 
 func platformSupported() error { return errUnsupported }
 
 func processStartTicks(pid int) (uint64, error)        { return 0, errUnsupported }
+func processOwner(pid int) (int, error)                { return 0, errUnsupported }
 func alive(pid int, startTicks uint64) bool            { return false }
 func processStartTime(ticks uint64) (time.Time, error) { return time.Time{}, errUnsupported }
 func (h *procHandle) usesPidfd() bool                  { return false }

@@ -12,9 +12,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -60,6 +62,11 @@ type flags struct {
 	socket         string
 	address        string
 	allowNonLoop   bool
+	tokenFile      string
+	token          string
+	allowAddresses []string
+	allowPrefixes  []netip.Prefix
+	maxPerUser     int
 	stateFile      string
 	webAddress     string
 	disablePidfd   bool
@@ -83,8 +90,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("ttl", "Lease TTL of each registration: how long registrations outlive a stopped agent.").Default(registrar.DefaultTTL.String()).DurationVar(&f.ttl)
 	app.Flag("slot-hold", "How long a worker's slot stays taken after it exits, so its replacement writes new series until Prometheus has dropped the old target: at least the scrape interval plus 15s. 0s: reuse at once (totals may miss restarts).").Default(registrar.DefaultSlotHold.String()).DurationVar(&f.slotHold)
 	app.Flag("listen.socket", "Unix socket of the API (mode 0660). Empty: none.").Default("/run/workersd/agent.sock").StringVar(&f.socket)
-	app.Flag("listen.address", "Optional loopback TCP address of the API, e.g. 127.0.0.1:9589.").StringVar(&f.address)
-	app.Flag("listen.allow-non-loopback", "Allow --listen.address on a non-loopback address. The API has no authentication: anyone who reaches it can register targets.").BoolVar(&f.allowNonLoop)
+	app.Flag("listen.address", "Optional loopback TCP address of the API, e.g. 127.0.0.1:9589; needs --listen.token-file.").StringVar(&f.address)
+	app.Flag("listen.token-file", "File holding the bearer token every request on --listen.address must carry (Authorization: Bearer <token>). Such a caller may act for any user.").StringVar(&f.tokenFile)
+	app.Flag("listen.allow-non-loopback", "Allow --listen.address on a non-loopback address.").BoolVar(&f.allowNonLoop)
+	app.Flag("allow-address", "A network (CIDR) whose addresses workers may register besides this host's own and loopback, e.g. a NAT address; repeatable.").StringsVar(&f.allowAddresses)
+	app.Flag("max-per-user", "Most live registrations one user may hold.").Default(strconv.Itoa(agent.DefaultMaxPerUser)).IntVar(&f.maxPerUser)
 	app.Flag("state.file", "File that keeps the registrations across restarts of the agent. Empty: none.").Default("/var/lib/workersd/agent.json").StringVar(&f.stateFile)
 	app.Flag("web.listen-address", "Address of the agent's own /metrics, /-/healthy. Empty: not served.").StringVar(&f.webAddress)
 	app.Flag("watch.disable-pidfd", "Poll processes every 100ms instead of watching pidfds.").BoolVar(&f.disablePidfd)
@@ -118,6 +128,30 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 			return nil, fmt.Errorf("--listen.address: %w", err)
 		}
 	}
+	if f.address != "" {
+		// TCP carries no peer credentials: without a token any local user
+		// (and any browser page, through a form) could drive the API.
+		if f.tokenFile == "" {
+			return nil, errors.New("--listen.address needs --listen.token-file: TCP callers cannot be identified otherwise")
+		}
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--listen.token-file: %w", err)
+		}
+		if f.token = strings.TrimSpace(string(b)); len(f.token) < 16 {
+			return nil, fmt.Errorf("--listen.token-file: the token in %s is shorter than 16 characters", f.tokenFile)
+		}
+	}
+	for _, a := range f.allowAddresses {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			return nil, fmt.Errorf("--allow-address: %q is not a network in CIDR form (e.g. 203.0.113.7/32): %w", a, err)
+		}
+		f.allowPrefixes = append(f.allowPrefixes, p.Masked())
+	}
+	if f.maxPerUser < 1 {
+		return nil, fmt.Errorf("--max-per-user: %d is below 1", f.maxPerUser)
+	}
 	if f.host == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -147,7 +181,7 @@ func checkLoopback(addr string) error {
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
-		return fmt.Errorf("%q is not a loopback address; the API has no authentication (--listen.allow-non-loopback to insist)", addr)
+		return fmt.Errorf("%q is not a loopback address (--listen.allow-non-loopback to insist)", addr)
 	}
 	return nil
 }
@@ -188,16 +222,18 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		}
 	}
 	a, err := agent.New(agent.Config{
-		Client:        client,
-		Prefix:        f.prefix,
-		Host:          f.host,
-		TTL:           f.ttl,
-		SlotHold:      holdOrOff(f.slotHold),
-		AdvertiseHost: f.advertiseHost,
-		StateFile:     f.stateFile,
-		DisablePidfd:  f.disablePidfd,
-		Registerer:    reg,
-		Logger:        logger.Named("agent"),
+		Client:         client,
+		Prefix:         f.prefix,
+		Host:           f.host,
+		TTL:            f.ttl,
+		SlotHold:       holdOrOff(f.slotHold),
+		AdvertiseHost:  f.advertiseHost,
+		StateFile:      f.stateFile,
+		DisablePidfd:   f.disablePidfd,
+		MaxPerUser:     f.maxPerUser,
+		AllowAddresses: f.allowPrefixes,
+		Registerer:     reg,
+		Logger:         logger.Named("agent"),
 	})
 	if err != nil {
 		return err
@@ -241,10 +277,17 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	defer a.Close()
 
 	errc := make(chan error, len(listeners)+1)
-	api := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// The socket identifies callers by their peer credentials, TCP by the
+	// token: two servers.
+	api := a.NewServer()
+	tcpAPI := &http.Server{Handler: agent.TokenAuth(f.token, a.Handler()), ReadHeaderTimeout: 10 * time.Second}
 	for _, l := range listeners {
 		logger.Info("API listening", "address", l.Addr().String())
-		go func() { errc <- api.Serve(l) }()
+		srv := api
+		if _, tcp := l.(*net.TCPListener); tcp {
+			srv = tcpAPI
+		}
+		go func() { errc <- srv.Serve(l) }()
 	}
 	var webSrv *http.Server
 	if web != nil {
@@ -267,6 +310,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	api.Shutdown(sctx)
+	tcpAPI.Shutdown(sctx)
 	if webSrv != nil {
 		webSrv.Shutdown(sctx)
 	}

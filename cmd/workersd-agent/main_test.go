@@ -93,9 +93,14 @@ func TestAgentStopAndRestartKeepsRegistration(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "run", "agent.sock")
 	tcp := etcdtest.FreeAddr(t)
+	const token = "0123456789abcdef-test-token"
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	args := []string{
 		"--etcd.endpoints=" + etcd.Endpoint(), "--host=web-1", "--ttl=2s",
-		"--listen.socket=" + sock, "--listen.address=" + tcp,
+		"--listen.socket=" + sock, "--listen.address=" + tcp, "--listen.token-file=" + tokenFile,
 		"--state.file=" + filepath.Join(dir, "lib", "agent.json"),
 		"--web.listen-address=" + etcdtest.FreeAddr(t),
 	}
@@ -113,12 +118,40 @@ func TestAgentStopAndRestartKeepsRegistration(t *testing.T) {
 	if code != 201 || w["state"] != "registered" {
 		t.Fatalf("register: %d %v", code, w)
 	}
-	// The TCP API is the same API.
-	resp, err := http.Get("http://" + tcp + "/v1/workers")
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("TCP API: %v %v", resp, err)
+	// The TCP API is the same API, for holders of the token only, and
+	// never for a browser (issue 12, finding 5: a text/plain POST with a
+	// foreign Host and Origin, as a page would send it, got 201).
+	body := fmt.Sprintf(`{"job":"api","port":40212,"pid":%d}`, child.Process.Pid)
+	for _, tc := range []struct {
+		name, method, host, origin, ctype, auth string
+		want                                    int
+	}{
+		{"token", "GET", "", "", "", "Bearer " + token, 200},
+		{"no token", "GET", "", "", "", "", 401},
+		{"wrong token", "GET", "", "", "", "Bearer nope", 401},
+		{"browser form", "POST", "evil.example", "http://evil.example", "text/plain", "", 403},
+		{"foreign Host", "GET", "evil.example", "", "", "Bearer " + token, 403},
+		{"Origin", "GET", "", "http://evil.example", "", "Bearer " + token, 403},
+		{"not JSON", "POST", "", "", "text/plain", "Bearer " + token, 415},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://"+tcp+"/v1/workers", strings.NewReader(body))
+		if tc.host != "" {
+			req.Host = tc.host
+		}
+		for h, v := range map[string]string{"Origin": tc.origin, "Content-Type": tc.ctype, "Authorization": tc.auth} {
+			if v != "" {
+				req.Header.Set(h, v)
+			}
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("TCP API, %s: status %d, want %d", tc.name, resp.StatusCode, tc.want)
+		}
 	}
-	resp.Body.Close()
 
 	get := func() (string, int64) {
 		r, err := cli.Get(context.Background(), "/workersd/v1/", clientv3.WithPrefix())
@@ -154,6 +187,10 @@ func TestFlagErrors(t *testing.T) {
 	}{
 		{[]string{"--listen.socket=", "--listen.address=10.1.2.3:9589"}, "not a loopback address"},
 		{[]string{"--listen.socket=", "--listen.address="}, "unreachable"},
+		{[]string{"--listen.address=127.0.0.1:9589"}, "needs --listen.token-file"},
+		{[]string{"--listen.address=127.0.0.1:9589", "--listen.token-file=/nonexistent/token"}, "--listen.token-file"},
+		{[]string{"--allow-address=10.0.0.1"}, "CIDR"},
+		{[]string{"--max-per-user=0"}, "below 1"},
 		{[]string{"--ttl=1s"}, "below etcd's minimum"},
 		{[]string{"--host=a/b"}, "'/'"},
 		{[]string{"--etcd.prefix=workersd"}, "start and end"},

@@ -1,0 +1,194 @@
+//go:build linux
+
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Two local users, uids 65534 and 65533, each with a worker process of its
+// own, call the agent's socket (opened to every user for the test, so that
+// the peer credentials are the only guard). Issue 12, findings 2 to 4:
+// each registers and removes only its own processes; pid 1, a kernel thread
+// and the agent itself are refused; an address that is not this host's,
+// or another worker's, is refused; every refusal leaves etcd as it was.
+func TestForeignCallersAreRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("runs processes under other uids: needs root, which CI has")
+		}
+		t.Skip("runs processes under other uids: needs root")
+	}
+	h := newHarness(t, nil, nil)
+	dir, err := os.MkdirTemp("", "workersd-trust-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	srv := h.agent.NewServer()
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	// The callers are this test binary, run again as the other users.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "caller")
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const userA, userB = 65534, 65533
+	call := func(uid int, method, path string, body any) (int, string) {
+		t.Helper()
+		j, _ := json.Marshal(body)
+		cmd := exec.Command(bin, "-test.run=^TestHelperCaller$")
+		cmd.Env = []string{"WORKERSD_CALLER_SOCKET=" + sock, "WORKERSD_CALLER_METHOD=" + method,
+			"WORKERSD_CALLER_PATH=" + path, "WORKERSD_CALLER_BODY=" + string(j)}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("caller as uid %d: %v\n%s", uid, err, out)
+		}
+		var status int
+		var rest string
+		for line := range strings.SplitSeq(string(out), "\n") {
+			if r, ok := strings.CutPrefix(line, "STATUS "); ok {
+				code, msg, _ := strings.Cut(r, " ")
+				status, _ = strconv.Atoi(code)
+				rest = msg
+			}
+		}
+		if status == 0 {
+			t.Fatalf("caller as uid %d printed no status:\n%s", uid, out)
+		}
+		return status, rest
+	}
+	worker := func(uid int) int {
+		t.Helper()
+		cmd := exec.Command("sleep", "300")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd.Process.Pid
+	}
+	pA, pB, pB2 := worker(userA), worker(userB), worker(userB)
+	unchanged := func(what string, want int) {
+		t.Helper()
+		if regs := h.keys(); len(regs) != want {
+			t.Fatalf("%s changed etcd: %d registrations, want %d: %v", what, len(regs), want, regs)
+		}
+	}
+	expect := func(what string, code int, msg string, want int, wantMsg string) {
+		t.Helper()
+		if code != want || !strings.Contains(msg, wantMsg) {
+			t.Errorf("%s: %d %s, want %d and %q", what, code, msg, want, wantMsg)
+		}
+	}
+
+	code, msg := call(userA, "POST", "/v1/workers", map[string]any{"job": "api", "port": 9001, "pid": pA})
+	expect("A registers its own worker", code, msg, 201, "registered")
+	code, msg = call(userB, "POST", "/v1/workers", map[string]any{"job": "api", "port": 9002, "pid": pA})
+	expect("B registers A's worker", code, msg, 403, "its own processes")
+	unchanged("B registering A's worker", 1)
+	code, msg = call(userB, "DELETE", "/v1/workers/"+strconv.Itoa(pA), nil)
+	expect("B removes A's worker", code, msg, 403, "its own processes")
+	unchanged("B removing A's worker", 1)
+	code, msg = call(userB, "POST", "/v1/workers", map[string]any{"job": "api", "port": 9002, "pid": pB})
+	expect("B registers its own worker", code, msg, 201, "registered")
+	code, msg = call(userA, "DELETE", "/v1/workers/"+strconv.Itoa(pB), nil)
+	expect("A removes B's worker", code, msg, 403, "its own processes")
+
+	// Processes that can never be workers, whoever asks.
+	for _, tc := range []struct {
+		name string
+		pid  int
+		msg  string
+	}{
+		{"init", 1, "init"},
+		{"the agent", os.Getpid(), "the agent itself"},
+		{"a kernel thread", 2, "kernel thread"},
+	} {
+		code, msg := call(userA, "POST", "/v1/workers", map[string]any{"job": "api", "port": 9003, "pid": tc.pid})
+		expect("A registers "+tc.name, code, msg, 422, tc.msg)
+		code, out := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9003, "pid": tc.pid})
+		errMsg, _ := out["error"].(string)
+		expect("root registers "+tc.name, code, errMsg, 422, tc.msg)
+	}
+	// Addresses elsewhere: Prometheus must not be made to fetch them.
+	for _, addr := range []string{"192.0.2.10:80", "169.254.169.254:80"} {
+		code, msg := call(userB, "POST", "/v1/workers", map[string]any{"job": "api", "address": addr, "pid": pB2, "metrics_path": "/latest/meta-data/"})
+		expect("B registers "+addr, code, msg, 403, "not an address of this host")
+	}
+	// Another worker's address: its target would be taken over.
+	code, msg = call(userB, "POST", "/v1/workers", map[string]any{"job": "other", "address": "127.0.0.1:9001", "pid": pB2})
+	expect("B registers A's address", code, msg, 409, "already registered")
+	unchanged("the refused registrations", 2)
+
+	code, msg = call(userA, "DELETE", "/v1/workers/"+strconv.Itoa(pA), nil)
+	expect("A removes its own worker", code, msg, 200, "deregistered")
+	unchanged("A removing its worker", 1)
+	if regs := h.keys(); regs[prefix+"api/web-1/1"].PID != pB {
+		t.Errorf("B's registration is not the one left: %v", regs)
+	}
+}
+
+// TestHelperCaller is the caller process of TestForeignCallersAreRefused:
+// one request on the socket, its status and body on standard output.
+func TestHelperCaller(t *testing.T) {
+	sock := os.Getenv("WORKERSD_CALLER_SOCKET")
+	if sock == "" {
+		t.Skip("helper process")
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	var body io.Reader
+	if b := os.Getenv("WORKERSD_CALLER_BODY"); b != "" && b != "null" {
+		body = bytes.NewBufferString(b)
+	}
+	req, err := http.NewRequest(os.Getenv("WORKERSD_CALLER_METHOD"), "http://agent"+os.Getenv("WORKERSD_CALLER_PATH"), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	fmt.Printf("STATUS %d %s\n", resp.StatusCode, bytes.TrimSpace(out))
+}
