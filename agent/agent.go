@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/lockfile"
 	"github.com/workersd/workersd/internal/netaddr"
 	"github.com/workersd/workersd/registrar"
 )
@@ -169,7 +171,8 @@ type Agent struct {
 	byID    map[string]*entry
 	byPID   map[int]*entry
 
-	saveMu sync.Mutex
+	saveMu      sync.Mutex
+	releaseLock func() // the state file's lock, from Start to Close
 }
 
 // entry is one registered process.
@@ -253,11 +256,17 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.mu.Unlock()
 
 	if a.cfg.StateFile != "" {
+		// Two agents on one state file would each revoke what the other
+		// registered.
+		release, err := lockfile.Acquire(a.cfg.StateFile + ".lock")
+		if err != nil {
+			a.cancel()
+			return fmt.Errorf("agent: state file: %w (another agent?)", err)
+		}
+		a.releaseLock = release
 		st, err := readState(a.cfg.StateFile)
 		if err != nil {
-			// Refusing to start would leave every worker unregistered; the
-			// leases of the unreadable entries expire on their own.
-			a.log.Error("ignoring the state file", "error", err)
+			st = a.recoverState(err)
 		}
 		for _, se := range st.Workers {
 			a.restore(se)
@@ -265,6 +274,53 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.persist()
 	}
 	return nil
+}
+
+// recoverState handles a state file that cannot be trusted (torn, another
+// version, unreadable): it is kept aside for a person to look at, and the
+// registrations of this host's live workers are rebuilt from etcd, whose
+// values carry each worker's pid and start time. Overwriting it with an
+// empty state instead would drop every live worker from Prometheus after
+// the TTL, to come back on new slots.
+func (a *Agent) recoverState(readErr error) stateFile {
+	a.m.stateFileBad.Inc()
+	aside := a.cfg.StateFile + ".bad-" + time.Now().UTC().Format("20060102T150405.000Z")
+	if err := os.Rename(a.cfg.StateFile, aside); err != nil {
+		a.log.Error("the state file cannot be used, nor kept aside", "error", readErr, "rename_error", err)
+	} else {
+		a.log.Error("the state file cannot be used; kept aside, rebuilding this host's registrations from etcd", "error", readErr, "kept_as", aside)
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
+	defer cancel()
+	resp, err := a.cfg.Client.Get(ctx, a.cfg.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		// The leases then expire; the workers register again when they
+		// next ask, on new slots.
+		a.log.Error("cannot rebuild the registrations from etcd", "error", err)
+		return stateFile{Version: stateVersion}
+	}
+	st := stateFile{Version: stateVersion}
+	for _, kv := range resp.Kvs {
+		reg, err := registrar.Decode(a.cfg.Prefix, kv.Key, kv.Value)
+		if err != nil || reg.Host != a.cfg.Host || reg.PID <= 0 {
+			continue
+		}
+		ticks, err := processStartTicks(reg.PID)
+		if err != nil {
+			continue
+		}
+		// The same process, not a later one with the same pid: the agent
+		// registers a process's start time (whole seconds).
+		if started, err := processStartTime(ticks); err != nil || !started.Equal(reg.StartedAt) {
+			continue
+		}
+		st.Workers = append(st.Workers, stateEntry{
+			ID: strconv.Itoa(reg.PID) + "-" + strconv.FormatUint(ticks, 10), PID: reg.PID, StartTicks: ticks,
+			Job: reg.Job, Value: reg.Value, Key: string(kv.Key), Lease: clientv3.LeaseID(kv.Lease),
+		})
+	}
+	a.log.Info("rebuilt from etcd", "workers", len(st.Workers))
+	return st
 }
 
 // restore adopts one registration of an earlier agent process.
@@ -838,5 +894,8 @@ func (a *Agent) Close() {
 	// agent adopts exactly these.
 	for _, e := range es {
 		a.recordLease(e)
+	}
+	if a.releaseLock != nil {
+		a.releaseLock()
 	}
 }

@@ -428,6 +428,82 @@ func TestRestartAdoptsLiveAndDropsDead(t *testing.T) {
 	poll.Until(t, time.Second, func() bool { return len(h.keys()) == 0 }, "adopted worker not revoked on exit")
 }
 
+// Issue 12, finding 9: a corrupt state file was overwritten with an empty
+// state, and the live workers vanished from Prometheus after the TTL. It is
+// now kept aside, counted, and the live workers' registrations are rebuilt
+// from etcd: same keys, same leases, still watched.
+func TestCorruptStateFileIsKeptAsideAndRebuiltFromEtcd(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, nil, func(c *Config) { c.Registerer = reg })
+	a, b := child(t), child(t)
+	for i, c := range []*exec.Cmd{a, b} {
+		if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9100 + i, "pid": c.Process.Pid}); code != 201 || w["state"] != "registered" {
+			t.Fatalf("register: %d %v", code, w)
+		}
+	}
+	leases := func() map[string]int64 {
+		resp, err := h.cli.Get(context.Background(), prefix, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]int64{}
+		for _, kv := range resp.Kvs {
+			m[string(kv.Key)] = kv.Lease
+		}
+		return m
+	}
+	before := leases()
+	h.stop()
+	if err := os.WriteFile(h.cfg.StateFile, []byte(`{"version":1,"workers":[{"pid":`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.cfg.Registerer = prometheus.NewRegistry()
+	h.start()
+	if ws := h.agent.List(); len(ws) != 2 {
+		t.Fatalf("rebuilt %d workers, want 2: %+v", len(ws), ws)
+	}
+	if got := gatherValues(t, h.cfg.Registerer.(*prometheus.Registry))["workersd_agent_state_file_bad_total"]; got != 1 {
+		t.Errorf("workersd_agent_state_file_bad_total = %v, want 1", got)
+	}
+	aside, _ := filepath.Glob(h.cfg.StateFile + ".bad-*")
+	if len(aside) != 1 {
+		t.Fatalf("the bad file was not kept aside: %v", aside)
+	}
+	if b, _ := os.ReadFile(aside[0]); string(b) != `{"version":1,"workers":[{"pid":` {
+		t.Errorf("kept aside: %q", b)
+	}
+	// Beyond the old leases' TTL: the same keys on the same leases.
+	deadline := time.Now().Add(h.cfg.TTL + 1500*time.Millisecond)
+	for time.Now().Before(deadline) {
+		if got := leases(); fmt.Sprint(got) != fmt.Sprint(before) {
+			t.Fatalf("after the rebuild %v, want %v", got, before)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Still watched, and written to a good state file again.
+	a.Process.Kill()
+	poll.Until(t, 2*time.Second, func() bool { return len(h.keys()) == 1 }, "a rebuilt worker was not revoked on exit")
+	st, err := readState(h.cfg.StateFile)
+	if err != nil || len(st.Workers) != 1 || st.Workers[0].PID != b.Process.Pid {
+		t.Fatalf("state file after the rebuild: %+v %v", st, err)
+	}
+}
+
+// Two agents on one state file would revoke each other's registrations:
+// the second refuses to start.
+func TestStateFileIsLocked(t *testing.T) {
+	h := newHarness(t, nil, nil)
+	second, err := New(h.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = second.Start(context.Background())
+	defer second.Close()
+	if err == nil || !strings.Contains(err.Error(), "another agent") {
+		t.Fatalf("a second agent on the same state file started: %v", err)
+	}
+}
+
 // With etcd down a registration answers at once as pending and appears
 // once etcd is back.
 func TestRegisterWhileEtcdDown(t *testing.T) {

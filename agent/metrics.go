@@ -11,6 +11,7 @@ type metrics struct {
 	deregistrations    *prometheus.CounterVec
 	exitToRevoke       prometheus.Histogram
 	stateWriteFailures prometheus.Counter
+	stateFileBad       prometheus.Counter
 	apiRequests        *prometheus.CounterVec
 	refusals           *prometheus.CounterVec
 }
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "workersd_agent_state_write_failures_total",
 			Help: "Failed writes of the state file.",
 		}),
+		stateFileBad: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "workersd_agent_state_file_bad_total",
+			Help: "State files found unusable at start (torn, another version, unreadable): kept aside, registrations rebuilt from etcd.",
+		}),
 		apiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "workersd_agent_api_requests_total",
 			Help: "API requests, by method (GET, POST, DELETE or other) and status code.",
@@ -60,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.deregistrations.WithLabelValues("exited")
 	m.deregistrations.WithLabelValues("api")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.workers, m.registrations, m.restored, m.deregistrations, m.exitToRevoke, m.stateWriteFailures, m.apiRequests, m.refusals} {
+		for _, c := range []prometheus.Collector{m.workers, m.registrations, m.restored, m.deregistrations, m.exitToRevoke, m.stateWriteFailures, m.stateFileBad, m.apiRequests, m.refusals} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -508,8 +508,9 @@ func (r *Registrar) tryClaim(ctx context.Context, n int) (bool, error) {
 	return true, nil
 }
 
-// ensureHold puts the hold of a kept registration's slot back when its
-// lease was lost, so the slot is held after the registration ends.
+// ensureHold puts the hold of a kept registration's slot on this
+// registrar's hold lease (granted when lost), so the slot is held after
+// the registration ends.
 func (r *Registrar) ensureHold(ctx context.Context) error {
 	if r.holdTTLSec == 0 {
 		return nil
@@ -522,13 +523,14 @@ func (r *Registrar) ensureHold(ctx context.Context) error {
 		}
 		r.holdLease = grant.ID
 	}
-	// Only where no hold is: an existing one is this lease's or, for an
-	// adopted slot, a predecessor's, which holds it as well.
+	// The registration of this slot is ours, so is its hold: put it on our
+	// lease even over a predecessor's (an adopted slot), whose lease nobody
+	// keeps alive any more.
 	hk := r.holdPrefix + strconv.Itoa(r.slot)
-	if _, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(hk), "=", 0)).
-		Then(clientv3.OpPut(hk, "", clientv3.WithLease(r.holdLease))).
-		Commit(); err != nil {
+	if _, err := cli.Put(ctx, hk, "", clientv3.WithLease(r.holdLease)); err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			r.holdLease = 0
+		}
 		return fmt.Errorf("hold slot %d: %w", r.slot, err)
 	}
 	return nil

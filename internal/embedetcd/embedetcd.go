@@ -10,10 +10,14 @@ package embedetcd
 import (
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/workersd/workersd/internal/lockfile"
 )
 
 // Config describes one member. Addresses are host:port; loopback in tests.
@@ -85,9 +89,15 @@ func Start(c Config) (*Server, error) {
 	// transactions keeps restarts quick without extra disk churn.
 	cfg.SnapshotCount = 10000
 
-	release, err := lockDir(c.Dir)
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded etcd %s: data dir: %w", c.Name, err)
+	}
+	// etcd would wait for ever on its database's lock held by another
+	// process (a second sdwriter on the same data dir), silent and deaf to
+	// signals: fail at once instead, naming the directory.
+	release, err := lockfile.Acquire(filepath.Join(c.Dir, "workersd.lock"))
 	if err != nil {
-		return nil, fmt.Errorf("embedded etcd %s: %w", c.Name, err)
+		return nil, fmt.Errorf("embedded etcd %s: data dir %s: %w (another sdwriter?)", c.Name, c.Dir, err)
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
