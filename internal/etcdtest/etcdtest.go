@@ -6,8 +6,12 @@ package etcdtest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -38,15 +42,41 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// FreeAddr returns a loopback host:port that was free a moment ago.
+// FreeAddr returns a loopback host:port that was free a moment ago, below
+// the kernel's ephemeral range: a server a test stops and starts again on
+// the same port (etcd restarted) would otherwise find it taken by some
+// client's outgoing connection, which the kernel gives ephemeral ports.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	low := ephemeralLow()
+	for range 200 {
+		port := 10000 + rand.IntN(max(low-10000, 1))
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			l.Close()
+			return l.Addr().String()
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("free port: %v", err)
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux'
+// default when unknown).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 10100 {
+				return n
+			}
+		}
+	}
+	return 32768
 }
 
 func (s *Server) start() {
