@@ -12,8 +12,10 @@ import (
 type Metrics struct {
 	reg prometheus.Registerer
 
-	// Targets counts the targets in the output by job label.
-	Targets *prometheus.GaugeVec
+	// Targets counts the targets in the output, Jobs their distinct job
+	// labels.
+	Targets prometheus.Gauge
+	Jobs    prometheus.Gauge
 	// Writes counts files written (content changed); WriteErrors counts
 	// failed attempts, each of which is retried.
 	Writes      prometheus.Counter
@@ -29,10 +31,14 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return &Metrics{
 		reg: reg,
-		Targets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Targets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "targets",
-			Help: "Targets in the output, by job label.",
-		}, []string{"job"}),
+			Help: "Targets in the output.",
+		}),
+		Jobs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "jobs",
+			Help: "Distinct job labels of the targets in the output (per job: count by (job) (up) in Prometheus).",
+		}),
 		Writes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "output_writes_total",
 			Help: "Times the output file was written because its content changed.",
@@ -60,7 +66,7 @@ func (m *Metrics) Register() error {
 		return nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.Targets, m.Writes, m.WriteErrors, m.LastSuccess, m.Latency} {
+	for _, c := range []prometheus.Collector{m.Targets, m.Jobs, m.Writes, m.WriteErrors, m.LastSuccess, m.Latency} {
 		errs = append(errs, m.reg.Register(c))
 	}
 	return errors.Join(errs...)

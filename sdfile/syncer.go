@@ -135,7 +135,6 @@ func (s *Syncer) Run(ctx context.Context) {
 		pending  time.Time // arrival of the oldest change not in the file yet
 		failing  bool
 		lastWarn time.Time
-		jobs     = map[string]bool{}
 	)
 	for {
 		select {
@@ -155,7 +154,7 @@ func (s *Syncer) Run(ctx context.Context) {
 				pending = s.seen
 			}
 			s.seen = time.Time{}
-			s.setTargets(jobs)
+			s.setTargets()
 		}
 		s.mu.Unlock()
 		if !dirty && !failing {
@@ -193,20 +192,17 @@ func (s *Syncer) Run(ctx context.Context) {
 	}
 }
 
-// setTargets publishes the target counts; s.mu is held. published holds the
-// jobs with a series, so that jobs gone are deleted.
-func (s *Syncer) setTargets(published map[string]bool) {
+// setTargets publishes the target counts; s.mu is held. Not by job: a
+// registering client chooses the jobs, and must not grow the series
+// (Prometheus itself has them: count by (job) (up)).
+func (s *Syncer) setTargets() {
+	total := 0
 	counts := s.store.TargetsByJob()
-	for job := range published {
-		if _, ok := counts[job]; !ok {
-			s.m.Targets.DeleteLabelValues(job)
-			delete(published, job)
-		}
+	for _, n := range counts {
+		total += n
 	}
-	for job, n := range counts {
-		s.m.Targets.WithLabelValues(job).Set(float64(n))
-		published[job] = true
-	}
+	s.m.Targets.Set(float64(total))
+	s.m.Jobs.Set(float64(len(counts)))
 }
 
 // finish records data as synced and wakes up whoever waits on Output.

@@ -88,15 +88,15 @@ func TestSyncer(t *testing.T) {
 	if _, _, body := get(t, s); body != string(out) {
 		t.Errorf("/sd serves %q, the file holds %q", body, out)
 	}
-	if got := metrictest.Value(m.Targets.WithLabelValues("api")); got != 1 {
-		t.Errorf("targets{job=api} = %v", got)
+	if got, jobs := metrictest.Value(m.Targets), metrictest.Value(m.Jobs); got != 1 || jobs != 1 {
+		t.Errorf("targets = %v, jobs = %v, want 1 and 1", got, jobs)
 	}
 
 	s.Update([]*targetgroup.Group{{Source: "/k/a"}}, time.Now())
 	waitOutput(t, s, func(b []byte) bool { return string(b) == "[]\n" })
 	checkFile(t, path, "[]\n")
-	if n := metrictest.Series(m.Targets); n != 0 {
-		t.Errorf("targets has %d series after the last target went", n)
+	if got, jobs := metrictest.Value(m.Targets), metrictest.Value(m.Jobs); got != 0 || jobs != 0 {
+		t.Errorf("after the last target went: targets = %v, jobs = %v", got, jobs)
 	}
 	if got := metrictest.Value(m.Writes); got != 3 {
 		t.Errorf("writes = %v, want 3", got)

@@ -281,8 +281,8 @@ func TestGarbageIsSkipped(t *testing.T) {
 	if ok, out := promtoolCheck(t, file); !ok {
 		t.Errorf("promtool check config:\n%s", out)
 	}
-	if n := in.metric(t, "workersd_sdwriter_targets", "job", "api"); n != 2 {
-		t.Errorf("targets{job=api} = %v", n)
+	if n := in.metric(t, "workersd_sdwriter_targets"); n != 2 {
+		t.Errorf("targets = %v", n)
 	}
 }
 

@@ -11,7 +11,13 @@ gives them the worker's own start (workersd_agent.reset_inherited_metrics).
 
 import os
 
-from prometheus_client import Counter
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest, multiprocess
+
+# For comparison only (the project's tests measure it beside workersd):
+# Python's multiprocess mode, where every worker writes its values to files
+# in PROMETHEUS_MULTIPROC_DIR and any worker serves the sum of all the
+# files, of live and dead workers alike, on the application's own port.
+MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 REQUESTS = Counter("app_requests", "HTTP requests served by this worker process.")
 RESPONSES = Counter("app_responses", "HTTP responses by status code.", ["code"])
@@ -21,6 +27,12 @@ for _code in ("200", "404"):
 
 
 def app(environ, start_response):
+    if MULTIPROC and environ.get("PATH_INFO") == "/metrics":
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
     REQUESTS.inc()
     if environ.get("PATH_INFO", "/") == "/":
         code, status = "200", "200 OK"

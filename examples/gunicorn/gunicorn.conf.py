@@ -13,6 +13,9 @@ example and in its test:
   GUNICORN_WORKERS               4
   GUNICORN_MAX_REQUESTS          0 (never recycle)
   GUNICORN_PRELOAD               0 (1: preload_app, the app imported in the master)
+  PROMETHEUS_MULTIPROC_DIR       set: Python's multiprocess mode instead of
+                                 workersd, for comparison (app.py serves
+                                 /metrics; no registration)
   WORKERSD_JOB                   gunicorn-demo
   WORKERSD_LABELS                extra target labels, "k=v,k2=v2"
   WORKERSD_METRICS_HOST          address the metrics endpoint binds, 0.0.0.0
@@ -108,8 +111,20 @@ _endpoint = None
 _registered = False
 
 
+MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def child_exit(server, worker):
+    if MULTIPROC:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
 def post_fork(server, worker):
     global _endpoint, _registered
+    if MULTIPROC:
+        return
     # Before anything counts: metrics inherited from the master (preload_app)
     # start anew, with this worker's created timestamp.
     workersd_agent.reset_inherited_metrics()

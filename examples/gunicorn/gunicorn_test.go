@@ -98,21 +98,7 @@ func readTargets(t *testing.T, path string) []target {
 // bound the slot hold states; a worker killed with SIGKILL leaves the
 // targets file within 1s and its replacement takes a slot of its own.
 func TestGunicornExactTotals(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end; skipped with -short")
-	}
-	gunicorn := buildtest.RequireTool(t, "gunicorn", "apt-get install gunicorn")
-	prometheus := buildtest.RequirePrometheus3(t)
-	if out, err := exec.Command(interpreter(t, gunicorn), "-c", "import prometheus_client").CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("python3-prometheus-client is missing: %v %s", err, out)
-		}
-		t.Skipf("python3-prometheus-client is missing: %s", out)
-	}
-	bin := filepath.Join(t.TempDir(), "bin")
-	if err := buildtest.Build(bin, "./cmd/workersd-agent", "./cmd/sdwriter"); err != nil {
-		t.Fatal(err)
-	}
+	env := requireGunicorn(t)
 	for _, preload := range []bool{false, true} {
 		name := "fork"
 		if preload {
@@ -120,12 +106,125 @@ func TestGunicornExactTotals(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			runGunicorn(t, bin, gunicorn, prometheus, preload)
+			r := env.run(t, gunicornRun{prom: env.prom3, promFlags: []string{"--enable-feature=created-timestamp-zero-ingestion"}, preload: preload, check: true})
+			for _, f := range []figures{r.requests, r.responses, r.notFound} {
+				if f.raw != f.truth {
+					t.Errorf("%s: reset-aware total of the raw samples %v, want exactly %v", f.sel, f.raw, f.truth)
+				}
+				if math.Abs(f.inc-f.truth) > 0.02*f.truth {
+					t.Errorf("%s: sum(increase) over the run %v, want %v within 2 %%", f.sel, f.inc, f.truth)
+				}
+			}
+			if r.lifetimes < 20 {
+				t.Errorf("%d worker lifetimes: want at least 20 through max_requests", r.lifetimes)
+			}
 		})
 	}
 }
 
-func runGunicorn(t *testing.T, bin, gunicorn, prometheus string, preload bool) {
+// TestGunicornMatrix runs the same gunicorn scenario with workersd on
+// Prometheus 3 (recommended) and on Debian's 2.42, and with Python's
+// multiprocess mode (one shared /metrics on the application's port), and
+// writes the table of docs/RESTARTS.md to $WORKERSD_GUNICORN_MATRIX.
+// scripts/bench restarts runs it; CI does not.
+func TestGunicornMatrix(t *testing.T) {
+	out := os.Getenv("WORKERSD_GUNICORN_MATRIX")
+	if out == "" {
+		t.Skip("set WORKERSD_GUNICORN_MATRIX=<file> (scripts/bench restarts) to measure the matrix")
+	}
+	env := requireGunicorn(t)
+	prom2 := buildtest.RequireTool(t, "prometheus", "apt-get install prometheus")
+	ct := []string{"--enable-feature=created-timestamp-zero-ingestion"}
+	runs := []struct {
+		name string
+		run  gunicornRun
+	}{
+		{"workersd, Prometheus 3.15 created-timestamp-zero-ingestion", gunicornRun{prom: env.prom3, promFlags: ct}},
+		{"workersd, Prometheus 3.15 created-timestamp-zero-ingestion, preload_app", gunicornRun{prom: env.prom3, promFlags: ct, preload: true}},
+		{"workersd, Prometheus 2.42 (Debian)", gunicornRun{prom: prom2}},
+		{"Python multiprocess mode, Prometheus 3.15", gunicornRun{prom: env.prom3, promFlags: ct, multiproc: true}},
+	}
+	rows := make([]string, len(runs))
+	t.Run("runs", func(t *testing.T) {
+		for i, c := range runs {
+			t.Run(c.name, func(t *testing.T) {
+				t.Parallel()
+				r := env.run(t, c.run)
+				rows[i] = fmt.Sprintf("| %s | %d | %s | %s | %s |", c.name, r.lifetimes, cell(r.requests), cell(r.notFound), r.scrapeMax.Round(100*time.Microsecond))
+			})
+		}
+	})
+	table := "| setup | worker lifetimes | requests | 404 responses (per-status counter) | slowest scrape |\n|---|---|---|---|---|\n" + strings.Join(rows, "\n") + "\n"
+	if err := os.WriteFile(out, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cell renders figures for a matrix: exact (or not) from raw samples, and
+// increase's deviation.
+func cell(f figures) string {
+	mark := "exact"
+	if f.raw != f.truth {
+		mark = fmt.Sprintf("**%.0f of %.0f**", f.raw, f.truth)
+	}
+	return fmt.Sprintf("raw: %s; increase %+.1f %%", mark, 100*(f.inc-f.truth)/f.truth)
+}
+
+// gunicornEnv is what every run needs: gunicorn, Prometheus 3, the
+// workersd binaries.
+type gunicornEnv struct{ gunicorn, prom3, bin string }
+
+func requireGunicorn(t *testing.T) gunicornEnv {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end; skipped with -short")
+	}
+	env := gunicornEnv{
+		gunicorn: buildtest.RequireTool(t, "gunicorn", "apt-get install gunicorn"),
+		prom3:    buildtest.RequirePrometheus3(t),
+		bin:      filepath.Join(t.TempDir(), "bin"),
+	}
+	if out, err := exec.Command(interpreter(t, env.gunicorn), "-c", "import prometheus_client").CombinedOutput(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("python3-prometheus-client is missing: %v %s", err, out)
+		}
+		t.Skipf("python3-prometheus-client is missing: %s", out)
+	}
+	if err := buildtest.Build(env.bin, "./cmd/workersd-agent", "./cmd/sdwriter"); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// gunicornRun is one setup of the scenario.
+type gunicornRun struct {
+	prom      string   // Prometheus binary
+	promFlags []string // its flags
+	preload   bool     // gunicorn's preload_app
+	multiproc bool     // Python's multiprocess mode instead of workersd
+	// check asserts what workersd guarantees on the recommended setup
+	// besides the totals: the targets file never holds more targets than
+	// workers, the instances stay within the bound, a kill -9 leaves the
+	// file within 1s and its replacement takes a slot of its own, and every
+	// counter starts with its worker.
+	check bool
+}
+
+// figures: a selector, the truth, the reset-aware total of its raw samples
+// and sum(increase) over the run.
+type figures struct {
+	sel             string
+	truth, raw, inc float64
+}
+
+type gunicornResult struct {
+	requests, responses, notFound figures
+	lifetimes                     int
+	missedFinal                   int // workers that exited before any scrape reached them
+	scrapeMax                     time.Duration
+}
+
+func (env gunicornEnv) run(t *testing.T, c gunicornRun) gunicornResult {
 	const (
 		agentTTL = 5 * time.Second
 		slotHold = 15 * time.Second // Prometheus' ~10s discovery delay, a 200ms scrape interval, a margin
@@ -136,16 +235,45 @@ func runGunicorn(t *testing.T, bin, gunicorn, prometheus string, preload bool) {
 		requestEvery = 125 * time.Millisecond
 	)
 	dir := t.TempDir()
-	etcd := etcdtest.Start(t)
-	sock := filepath.Join(dir, "agent.sock")
-	start(t, dir, "agent", nil, filepath.Join(bin, "workersd-agent"),
-		"--etcd.endpoints="+etcd.Endpoint(), "--host=test-host", "--ttl="+agentTTL.String(),
-		"--slot-hold="+slotHold.String(),
-		"--listen.socket="+sock, "--state.file="+filepath.Join(dir, "agent.json"), "--log.level=debug")
+	bind := etcdtest.FreeAddr(t)
+	gunicornEnv := []string{
+		"GUNICORN_BIND=" + bind,
+		"GUNICORN_WORKERS=" + strconv.Itoa(numWorkers),
+		"GUNICORN_MAX_REQUESTS=" + strconv.Itoa(maxRequests),
+		"WORKERSD_JOB=" + job,
+	}
+	if c.preload {
+		gunicornEnv = append(gunicornEnv, "GUNICORN_PRELOAD=1")
+	}
 	targets := filepath.Join(dir, "targets.json")
-	start(t, dir, "sdwriter", nil, filepath.Join(bin, "sdwriter"),
-		"--etcd.endpoints="+etcd.Endpoint(), "--output.file="+targets,
-		"--web.listen-address="+etcdtest.FreeAddr(t))
+	sd := `    file_sd_configs:
+      - files: ["` + targets + `"]
+        refresh_interval: 1s
+`
+	if c.multiproc {
+		// One target, gunicorn's own port: any worker answers for all,
+		// from the files every worker ever wrote.
+		mp := filepath.Join(dir, "multiproc")
+		if err := os.Mkdir(mp, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		gunicornEnv = append(gunicornEnv, "PROMETHEUS_MULTIPROC_DIR="+mp)
+		sd = `    static_configs:
+      - targets: ["` + bind + `"]
+        labels: {job: "` + job + `"}
+`
+	} else {
+		etcd := etcdtest.Start(t)
+		sock := filepath.Join(dir, "agent.sock")
+		start(t, dir, "agent", nil, filepath.Join(env.bin, "workersd-agent"),
+			"--etcd.endpoints="+etcd.Endpoint(), "--host=test-host", "--ttl="+agentTTL.String(),
+			"--slot-hold="+slotHold.String(),
+			"--listen.socket="+sock, "--state.file="+filepath.Join(dir, "agent.json"), "--log.level=debug")
+		start(t, dir, "sdwriter", nil, filepath.Join(env.bin, "sdwriter"),
+			"--etcd.endpoints="+etcd.Endpoint(), "--output.file="+targets,
+			"--web.listen-address="+etcdtest.FreeAddr(t))
+		gunicornEnv = append(gunicornEnv, "WORKERSD_METRICS_HOST=127.0.0.1", "WORKERSD_AGENT_SOCKET="+sock)
+	}
 
 	promAddr := etcdtest.FreeAddr(t)
 	promCfg := filepath.Join(dir, "prometheus.yml")
@@ -154,35 +282,34 @@ func runGunicorn(t *testing.T, bin, gunicorn, prometheus string, preload bool) {
   evaluation_interval: 1s
 scrape_configs:
   - job_name: workersd
-    file_sd_configs:
-      - files: ["`+targets+`"]
-        refresh_interval: 1s
-`), 0o644); err != nil {
+`+sd), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	start(t, dir, "prometheus", nil, prometheus, "--config.file="+promCfg,
-		"--enable-feature=created-timestamp-zero-ingestion",
-		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"), "--web.listen-address="+promAddr)
+	start(t, dir, "prometheus", nil, c.prom, append([]string{"--config.file=" + promCfg,
+		"--storage.tsdb.path=" + filepath.Join(dir, "tsdb"), "--web.listen-address=" + promAddr}, c.promFlags...)...)
 	promURL := "http://" + promAddr
+	poll.Until(t, 60*time.Second, func() bool {
+		resp, err := http.Get(promURL + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == 200
+	}, "Prometheus not ready")
 
-	preloadEnv := "0"
-	if preload {
-		preloadEnv = "1"
-	}
-	bind := etcdtest.FreeAddr(t)
 	began := time.Now()
-	start(t, dir, "gunicorn", []string{
-		"GUNICORN_BIND=" + bind,
-		"GUNICORN_WORKERS=" + strconv.Itoa(numWorkers),
-		"GUNICORN_MAX_REQUESTS=" + strconv.Itoa(maxRequests),
-		"GUNICORN_PRELOAD=" + preloadEnv,
-		"WORKERSD_JOB=" + job,
-		"WORKERSD_METRICS_HOST=127.0.0.1",
-		"WORKERSD_AGENT_SOCKET=" + sock,
-	}, gunicorn, "--config", "gunicorn.conf.py", "app:app")
-
-	poll.Until(t, 30*time.Second, func() bool { return len(readTargets(t, targets)) == numWorkers },
-		"%d workers not in the targets file", numWorkers)
+	start(t, dir, "gunicorn", gunicornEnv, env.gunicorn, "--config", "gunicorn.conf.py", "app:app")
+	if c.multiproc {
+		poll.Until(t, 30*time.Second, func() bool {
+			resp, err := http.Get("http://" + bind + "/metrics")
+			if err == nil {
+				resp.Body.Close()
+			}
+			return err == nil && resp.StatusCode == 200
+		}, "gunicorn does not serve /metrics")
+	} else {
+		poll.Until(t, 30*time.Second, func() bool { return len(readTargets(t, targets)) == numWorkers },
+			"%d workers not in the targets file", numWorkers)
+	}
 
 	// Watch the file during the whole run: never more targets than
 	// workers, and when each worker's registration ended (for the bound).
@@ -191,45 +318,134 @@ scrape_configs:
 	var watchErr error
 	instances := map[string]bool{}
 	var ends []time.Time
-	watchWG.Go(func() {
-		live := map[string]bool{}
-		for {
-			select {
-			case <-stopWatch:
-				return
-			case <-time.After(20 * time.Millisecond):
+	if !c.multiproc {
+		watchWG.Go(func() {
+			live := map[string]bool{}
+			for {
+				select {
+				case <-stopWatch:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				b, err := os.ReadFile(targets)
+				var ts []target
+				if err != nil || json.Unmarshal(b, &ts) != nil {
+					continue
+				}
+				if len(ts) > numWorkers && watchErr == nil {
+					watchErr = fmt.Errorf("%d targets in the file: %s", len(ts), b)
+				}
+				now := map[string]bool{}
+				for _, tg := range ts {
+					instances[tg.Labels["instance"]] = true
+					now[tg.Labels["__meta_workersd_pid"]] = true
+				}
+				for pid := range live {
+					if !now[pid] {
+						ends = append(ends, time.Now())
+					}
+				}
+				live = now
 			}
-			b, err := os.ReadFile(targets)
-			var ts []target
-			if err != nil || json.Unmarshal(b, &ts) != nil {
-				continue
+		})
+	}
+
+	ok, notFound := driveRequests(t, bind, requestEvery)
+	t.Logf("%d requests (%d 200, %d 404) in %s", requests, ok, notFound, time.Since(began).Round(time.Second))
+
+	// Every count of the live workers reaches Prometheus at its next
+	// scrape: wait until Prometheus scrapes every current target (each
+	// worker in the targets file, or multiprocess mode's one) after the
+	// last request.
+	lastRequest := time.Now()
+	poll.Until(t, 40*time.Second, func() bool {
+		want := 1
+		if !c.multiproc {
+			want = len(readTargets(t, targets))
+		}
+		ss, err := promtest.RawSamples(promURL, fmt.Sprintf(`up{job=%q}`, job), time.Now().Add(-2*time.Second), time.Now())
+		if err != nil || len(ss) != want {
+			return false
+		}
+		for _, s := range ss {
+			if last := s.Samples[len(s.Samples)-1]; last.T < float64(lastRequest.UnixNano())/1e9+0.5 || last.V != 1 {
+				return false
 			}
-			if len(ts) > numWorkers && watchErr == nil {
-				watchErr = fmt.Errorf("%d targets in the file: %s", len(ts), b)
+		}
+		return true
+	}, "Prometheus did not scrape every worker after the last request")
+
+	if c.check {
+		checkKillAndCreated(t, targets, began)
+	}
+	close(stopWatch)
+	watchWG.Wait()
+	end := time.Now()
+
+	r := gunicornResult{
+		lifetimes: strings.Count(readLog(t, filepath.Join(dir, "gunicorn.log")), "Booting worker with pid"),
+		requests:  figures{sel: fmt.Sprintf(`app_requests_total{job=%q}`, job), truth: requests},
+		responses: figures{sel: fmt.Sprintf(`app_responses_total{job=%q}`, job), truth: requests},
+		notFound:  figures{sel: fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, job), truth: float64(notFound)},
+	}
+	for _, f := range []*figures{&r.requests, &r.responses, &r.notFound} {
+		var err error
+		if f.raw, f.inc, err = promtest.Totals(promURL, f.sel, began.Add(-5*time.Second), end); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%-52s truth %4.0f  raw samples %6.0f  sum(increase) %8.2f (%+.2f %%)", f.sel, f.truth, f.raw, f.inc, 100*(f.inc-f.truth)/f.truth)
+	}
+	if scr, err := promtest.RawSamples(promURL, fmt.Sprintf(`scrape_duration_seconds{job=%q}`, job), began, end); err == nil {
+		for _, s := range scr {
+			for _, p := range s.Samples {
+				r.scrapeMax = max(r.scrapeMax, time.Duration(p.V*float64(time.Second)))
 			}
-			now := map[string]bool{}
-			for _, tg := range ts {
-				instances[tg.Labels["instance"]] = true
-				now[tg.Labels["__meta_workersd_pid"]] = true
-			}
-			for pid := range live {
-				if !now[pid] {
-					ends = append(ends, time.Now())
+		}
+	}
+	log := readLog(t, filepath.Join(dir, "gunicorn.log"))
+	r.missedFinal = strings.Count(log, "no final scrape within")
+	t.Logf("%d worker lifetimes on %d instances; slowest scrape %s; %d workers exited without a final scrape", r.lifetimes, len(instances), r.scrapeMax, r.missedFinal)
+	if r.requests.raw != r.requests.truth {
+		// What was lost, and where: each series' samples, compressed.
+		ss, _ := promtest.RawSamples(promURL, r.requests.sel, began.Add(-5*time.Second), end)
+		for _, s := range ss {
+			var b strings.Builder
+			prev := -1.0
+			for _, p := range s.Samples {
+				if p.V != prev {
+					fmt.Fprintf(&b, " %.0f@%.1f", p.V, p.T-float64(began.Unix()))
+					prev = p.V
 				}
 			}
-			live = now
+			t.Logf("series %s:%s", s.Metric["instance"], b.String())
 		}
-	})
+	}
 
-	// Drive the requests at a steady pace, each on a new connection; one
-	// in five asks for a missing page (a 404, the per-status counter's
-	// low-rate series).
+	if c.check {
+		if watchErr != nil {
+			t.Error(watchErr)
+		}
+		if bound := registrar.MaxSlots(numWorkers, ends, agentTTL, slotHold); len(instances) > bound {
+			t.Errorf("%d instances in the targets file, above the stated bound %d", len(instances), bound)
+		}
+		if strings.Contains(readLog(t, filepath.Join(dir, "gunicorn.log")), "registration failed") {
+			t.Error("a worker failed to register; see the gunicorn log")
+		}
+	}
+	return r
+}
+
+// driveRequests sends the requests at a steady pace, each on a new
+// connection; one in five asks for a missing page (a 404, the per-status
+// counter's low-rate series).
+func driveRequests(t *testing.T, bind string, every time.Duration) (ok, notFound int) {
+	t.Helper()
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var ok, notFound int
 	var reqErr error
-	tick := time.NewTicker(requestEvery)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
 	for i := range requests {
 		<-tick.C
 		path := "/"
@@ -256,29 +472,23 @@ scrape_configs:
 			}
 		})
 	}
-	tick.Stop()
 	wg.Wait()
 	if reqErr != nil {
 		t.Fatalf("request failed: %v", reqErr)
 	}
-	t.Logf("%d requests (%d 200, %d 404) in %s", requests, ok, notFound, time.Since(began).Round(time.Second))
+	return ok, notFound
+}
 
-	// Every count of the live workers reaches Prometheus at its next scrape.
-	sel := fmt.Sprintf(`app_requests_total{job=%q}`, job)
-	var raw float64
-	poll.Until(t, 30*time.Second, func() bool {
-		var err error
-		raw, _, err = promtest.Totals(promURL, sel, began.Add(-5*time.Second), time.Now())
-		if err == nil && raw > requests {
-			t.Fatalf("%s: %v counted, more than the %d requests served: double-counted", sel, raw, requests)
-		}
-		return err == nil && raw == requests
-	}, "%s: the raw samples never counted the %d requests", sel, requests)
-
-	// kill -9 one worker (now that every count is scraped, its truth is
-	// known): no worker_exit hook runs; the agent sees the process end and
-	// revokes, sdwriter rewrites the file, gunicorn starts a replacement,
-	// which takes a slot of its own while the victim's is held.
+// checkKillAndCreated kills one worker with SIGKILL (once every count is
+// scraped, so its truth is known): no worker_exit hook runs; the agent sees
+// the process end and revokes, sdwriter rewrites the file within 1s,
+// gunicorn starts a replacement, which takes a slot of its own while the
+// victim's is held. Then every counter of a live, recycled worker must have
+// started with the worker, not before (preload_app creates them in the
+// master): otherwise Prometheus drops the zero sample of its created
+// timestamp on a reused slot.
+func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
+	t.Helper()
 	victim := readTargets(t, targets)[0]
 	pid, err := strconv.Atoi(victim.Labels["__meta_workersd_pid"])
 	if err != nil {
@@ -304,9 +514,7 @@ scrape_configs:
 			t.Errorf("the replacement took the killed worker's instance %s while it was held", victim.Labels["instance"])
 		}
 	}
-	// Every counter of a live worker started with the worker, not before
-	// (preload_app creates them in the master): otherwise Prometheus drops
-	// the zero sample of its created timestamp on a reused slot.
+
 	checked := 0
 	for _, tg := range readTargets(t, targets) {
 		started, err := time.Parse(time.RFC3339, tg.Labels["__meta_workersd_started_at"])
@@ -326,46 +534,6 @@ scrape_configs:
 	}
 	if checked == 0 {
 		t.Error("no created timestamp of a recycled worker was checked")
-	}
-
-	close(stopWatch)
-	watchWG.Wait()
-	end := time.Now()
-	if watchErr != nil {
-		t.Error(watchErr)
-	}
-
-	lifetimes := strings.Count(readLog(t, filepath.Join(dir, "gunicorn.log")), "workersd: registered pid")
-	if lifetimes < 20 {
-		t.Errorf("%d worker lifetimes: want at least 20 through max_requests", lifetimes)
-	}
-	if bound := registrar.MaxSlots(numWorkers, ends, agentTTL, slotHold); len(instances) > bound {
-		t.Errorf("%d instances in the targets file, above the stated bound %d", len(instances), bound)
-	}
-	t.Logf("%d worker lifetimes on %d instances", lifetimes, len(instances))
-
-	for _, c := range []struct {
-		sel   string
-		truth int
-	}{
-		{fmt.Sprintf(`app_requests_total{job=%q}`, job), requests},
-		{fmt.Sprintf(`app_responses_total{job=%q}`, job), requests},
-		{fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, job), notFound},
-	} {
-		raw, inc, err := promtest.Totals(promURL, c.sel, began.Add(-5*time.Second), end)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("%-52s truth %4d  raw samples %6.0f  sum(increase) %8.2f (%+.2f %%)", c.sel, c.truth, raw, inc, 100*(inc-float64(c.truth))/float64(c.truth))
-		if raw != float64(c.truth) {
-			t.Errorf("%s: reset-aware total of the raw samples %v, want exactly %d", c.sel, raw, c.truth)
-		}
-		if math.Abs(inc-float64(c.truth)) > 0.02*float64(c.truth) {
-			t.Errorf("%s: sum(increase) over the run %v, want %d within 2 %%", c.sel, inc, c.truth)
-		}
-	}
-	if strings.Contains(readLog(t, filepath.Join(dir, "gunicorn.log")), "registration failed") {
-		t.Error("a worker failed to register; see the gunicorn log")
 	}
 }
 

@@ -22,17 +22,6 @@ func Value(c prometheus.Collector) float64 {
 	return m.Gauge.GetValue()
 }
 
-// Series is how many series c collects.
-func Series(c prometheus.Collector) int {
-	ch := make(chan prometheus.Metric)
-	go func() { c.Collect(ch); close(ch) }()
-	n := 0
-	for range ch {
-		n++
-	}
-	return n
-}
-
 // Gathered gathers g and returns the counter or gauge sample named name; with
 // label given as a name and a value, the sample that carries that label. It
 // fails the test when there is none.
