@@ -36,6 +36,7 @@ import (
 	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/hclogslog"
+	"github.com/workersd/workersd/internal/netaddr"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 )
@@ -61,6 +62,7 @@ type flags struct {
 	embedListen string
 	embedPeer   string
 	embedDir    string
+	embedPublic bool
 	sd          etcdsd.SDConfig
 	outputFile  string
 	web         *web.FlagConfig
@@ -80,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		Default("127.0.0.1:2379").StringVar(&f.embedListen)
 	app.Flag("etcd.embed.peer-address", "Peer address of the embedded etcd (only without --etcd.endpoints).").
 		Default("127.0.0.1:2380").StringVar(&f.embedPeer)
+	app.Flag("etcd.embed.allow-non-loopback", "Let the embedded etcd listen on a non-loopback address. It has no authentication: anyone who reaches it can add and remove targets. For many hosts, run an etcd cluster with TLS and authentication instead.").BoolVar(&f.embedPublic)
 	app.Flag("etcd.embed.data-dir", "Data directory of the embedded etcd (only without --etcd.endpoints).").
 		Default("sdwriter.etcd").StringVar(&f.embedDir)
 	app.Flag("etcd.prefix", "Key prefix of the registrations.").Default(registrar.DefaultPrefix).StringVar(&f.sd.Prefix)
@@ -101,6 +104,13 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		}
 	}
 	if len(f.sd.Endpoints) == 0 {
+		if !f.embedPublic {
+			for flag, addr := range map[string]string{"--etcd.embed.listen-address": f.embedListen, "--etcd.embed.peer-address": f.embedPeer} {
+				if err := netaddr.CheckLoopback(addr); err != nil {
+					return nil, fmt.Errorf("%s: %w; the embedded etcd has no authentication (--etcd.embed.allow-non-loopback to insist)", flag, err)
+				}
+			}
+		}
 		if f.sd.TLSConfig != (config.TLSConfig{}) || f.sd.Username != "" || f.sd.PasswordFile != "" {
 			return nil, errors.New("--etcd.cacert, --etcd.cert, --etcd.key, --etcd.username and --etcd.password-file need --etcd.endpoints; the embedded etcd serves plain HTTP without authentication")
 		}
@@ -149,6 +159,9 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	if len(f.sd.Endpoints) == 0 {
 		logger.Info("no --etcd.endpoints: starting an embedded single-member etcd; workers on this host reach it with no flags",
 			"listen_address", f.embedListen, "peer_address", f.embedPeer, "data_dir", f.embedDir)
+		if f.embedPublic {
+			logger.Warn("the embedded etcd may listen beyond loopback and has no authentication: anyone who reaches it can add and remove targets")
+		}
 		srv, err := embedetcd.Start(embedetcd.Config{Dir: f.embedDir, ClientAddr: f.embedListen, PeerAddr: f.embedPeer})
 		if err != nil {
 			return err

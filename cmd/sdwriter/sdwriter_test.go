@@ -355,6 +355,10 @@ func TestFlagErrors(t *testing.T) {
 		{"--etcd.cacert=ca.pem"},
 		{"--log.level=loud"},
 		{"--log.format=xml"},
+		// Issue 12, finding 6: an embedded etcd without authentication on
+		// every interface was accepted without a word.
+		{"--etcd.embed.listen-address=0.0.0.0:2379"},
+		{"--etcd.embed.peer-address=192.0.2.1:2380"},
 	} {
 		var stderr bytes.Buffer
 		if code := run(context.Background(), args, &stderr); code != 2 {

@@ -34,6 +34,7 @@ import (
 	"github.com/workersd/workersd/agent"
 	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/internal/netaddr"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -124,8 +125,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		return nil, errors.New("--listen.socket and --listen.address are both empty: the API would be unreachable")
 	}
 	if f.address != "" && !f.allowNonLoop {
-		if err := checkLoopback(f.address); err != nil {
-			return nil, fmt.Errorf("--listen.address: %w", err)
+		if err := netaddr.CheckLoopback(f.address); err != nil {
+			return nil, fmt.Errorf("--listen.address: %w (--listen.allow-non-loopback to insist)", err)
 		}
 	}
 	if f.address != "" {
@@ -167,23 +168,6 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		return nil, fmt.Errorf("--etcd.*: %w", err)
 	}
 	return f, nil
-}
-
-// checkLoopback refuses addresses other hosts could reach: the API trusts
-// its callers.
-func checkLoopback(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "localhost" {
-		return nil
-	}
-	ip := net.ParseIP(host)
-	if ip == nil || !ip.IsLoopback() {
-		return fmt.Errorf("%q is not a loopback address (--listen.allow-non-loopback to insist)", addr)
-	}
-	return nil
 }
 
 // run is the agent until ctx is done; it returns the exit code. ready, if

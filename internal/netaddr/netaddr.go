@@ -1,6 +1,7 @@
-// Package netaddr finds the address a worker advertises. Package worker and
-// the host agent must agree on it, so that a Go worker and a gunicorn worker
-// on the same host are registered alike.
+// Package netaddr holds the address policies: the address a worker
+// advertises (package worker and the host agent must agree on it, so that a
+// Go worker and a gunicorn worker on the same host are registered alike),
+// and which listen addresses count as local.
 package netaddr
 
 import (
@@ -28,4 +29,22 @@ func OutboundIP(endpoint string) (net.IP, error) {
 		return nil, fmt.Errorf("no local address for %s", hostport)
 	}
 	return ua.IP, nil
+}
+
+// CheckLoopback refuses a listen address (host:port) other hosts could
+// reach: services without authentication (the agent's API, sdwriter's
+// embedded etcd) listen on loopback unless told otherwise.
+func CheckLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address", addr)
+	}
+	return nil
 }
