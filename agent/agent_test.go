@@ -150,6 +150,20 @@ func (h *harness) keys() map[string]registrar.Registration {
 	return out
 }
 
+// leases maps every registration's key to its lease.
+func (h *harness) leases() map[string]int64 {
+	h.t.Helper()
+	resp, err := h.cli.Get(context.Background(), prefix, clientv3.WithPrefix())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	m := map[string]int64{}
+	for _, kv := range resp.Kvs {
+		m[string(kv.Key)] = kv.Lease
+	}
+	return m
+}
+
 // child starts a process to register; it is killed when the test ends.
 func child(t testing.TB) *exec.Cmd {
 	t.Helper()
@@ -375,18 +389,7 @@ func TestRestartAdoptsLiveAndDropsDead(t *testing.T) {
 	if len(before) != 2 {
 		t.Fatalf("keys: %v", before)
 	}
-	leaseOf := func() map[string]int64 {
-		resp, err := h.cli.Get(context.Background(), prefix, clientv3.WithPrefix())
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := map[string]int64{}
-		for _, kv := range resp.Kvs {
-			m[string(kv.Key)] = kv.Lease
-		}
-		return m
-	}
-	leases := leaseOf()
+	leases := h.leases()
 
 	h.stop() // SIGTERM: nothing is revoked
 	if got := h.keys(); len(got) != 2 {
@@ -412,7 +415,7 @@ func TestRestartAdoptsLiveAndDropsDead(t *testing.T) {
 	// Held beyond the old lease's TTL: still one key, same slot, same lease.
 	deadline := time.Now().Add(h.cfg.TTL + 1500*time.Millisecond)
 	for time.Now().Before(deadline) {
-		got := leaseOf()
+		got := h.leases()
 		if len(got) != 1 {
 			t.Fatalf("after restart: %v, want only the live worker's key", got)
 		}
@@ -441,18 +444,7 @@ func TestCorruptStateFileIsKeptAsideAndRebuiltFromEtcd(t *testing.T) {
 			t.Fatalf("register: %d %v", code, w)
 		}
 	}
-	leases := func() map[string]int64 {
-		resp, err := h.cli.Get(context.Background(), prefix, clientv3.WithPrefix())
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := map[string]int64{}
-		for _, kv := range resp.Kvs {
-			m[string(kv.Key)] = kv.Lease
-		}
-		return m
-	}
-	before := leases()
+	before := h.leases()
 	h.stop()
 	if err := os.WriteFile(h.cfg.StateFile, []byte(`{"version":1,"workers":[{"pid":`), 0o600); err != nil {
 		t.Fatal(err)
@@ -475,7 +467,7 @@ func TestCorruptStateFileIsKeptAsideAndRebuiltFromEtcd(t *testing.T) {
 	// Beyond the old leases' TTL: the same keys on the same leases.
 	deadline := time.Now().Add(h.cfg.TTL + 1500*time.Millisecond)
 	for time.Now().Before(deadline) {
-		if got := leases(); fmt.Sprint(got) != fmt.Sprint(before) {
+		if got := h.leases(); fmt.Sprint(got) != fmt.Sprint(before) {
 			t.Fatalf("after the rebuild %v, want %v", got, before)
 		}
 		time.Sleep(100 * time.Millisecond)

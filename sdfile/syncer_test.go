@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 
+	"github.com/workersd/workersd/internal/filetest"
 	"github.com/workersd/workersd/internal/metrictest"
 )
 
@@ -68,12 +69,12 @@ func TestSyncer(t *testing.T) {
 	if code, _, _ := get(t, s); code != http.StatusServiceUnavailable {
 		t.Fatalf("/sd before the first update: %d, want 503", code)
 	}
-	checkFile(t, path, "previous run\n")
+	filetest.Check(t, path, "previous run\n", FileMode)
 
 	// The first update, even empty, is the complete set.
 	s.Update(nil, time.Now())
 	waitOutput(t, s, func(b []byte) bool { return string(b) == "[]\n" })
-	checkFile(t, path, "[]\n")
+	filetest.Check(t, path, "[]\n", FileMode)
 	if code, ct, body := get(t, s); code != 200 || ct != "application/json" || body != "[]\n" {
 		t.Fatalf("/sd: %d %q %q", code, ct, body)
 	}
@@ -84,7 +85,7 @@ func TestSyncer(t *testing.T) {
 	g := group("/k/a", []string{"h:1"}, model.LabelSet{"job": "api"})
 	s.Update([]*targetgroup.Group{g}, time.Now())
 	out := waitOutput(t, s, func(b []byte) bool { return bytes.Contains(b, []byte("h:1")) })
-	checkFile(t, path, string(out))
+	filetest.Check(t, path, string(out), FileMode)
 	if _, _, body := get(t, s); body != string(out) {
 		t.Errorf("/sd serves %q, the file holds %q", body, out)
 	}
@@ -94,7 +95,7 @@ func TestSyncer(t *testing.T) {
 
 	s.Update([]*targetgroup.Group{{Source: "/k/a"}}, time.Now())
 	waitOutput(t, s, func(b []byte) bool { return string(b) == "[]\n" })
-	checkFile(t, path, "[]\n")
+	filetest.Check(t, path, "[]\n", FileMode)
 	if got, jobs := metrictest.Value(m.Targets), metrictest.Value(m.Jobs); got != 0 || jobs != 0 {
 		t.Errorf("after the last target went: targets = %v, jobs = %v", got, jobs)
 	}
@@ -138,7 +139,7 @@ func TestSyncerRetriesFailedWrites(t *testing.T) {
 		groups = append(groups, group(fmt.Sprint(i), []string{fmt.Sprintf("host-%d:%d", i, i+1)}, model.LabelSet{"job": "j"}))
 	}
 	t.Run("disk full", func(t *testing.T) {
-		limitFileSize(t, 1024)
+		filetest.LimitSize(t, 1024)
 		s.Update(groups, time.Now())
 		deadline := time.Now().Add(10 * time.Second)
 		for metrictest.Value(m.WriteErrors) < 3 {
@@ -151,7 +152,7 @@ func TestSyncerRetriesFailedWrites(t *testing.T) {
 			case <-time.After(time.Until(deadline)):
 			}
 		}
-		checkFile(t, path, "[]\n")
+		filetest.Check(t, path, "[]\n", FileMode)
 		if _, _, body := get(t, s); !bytes.Contains([]byte(body), []byte("host-99")) {
 			t.Errorf("/sd does not serve the new targets while the file cannot be written")
 		}
@@ -172,7 +173,7 @@ func TestSyncerRetriesFailedWrites(t *testing.T) {
 		case <-time.After(time.Second):
 		}
 	}
-	checkFile(t, path, string(want))
+	filetest.Check(t, path, string(want), FileMode)
 	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
 		t.Errorf("failed writes left %v", ents)
 	}

@@ -4,25 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-)
 
-func checkFile(t *testing.T, path, want string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(b) != want {
-		t.Errorf("%s holds %q, want %q", path, b, want)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != FileMode {
-		t.Errorf("%s has mode %v, want %v", path, fi.Mode().Perm(), os.FileMode(FileMode))
-	}
-}
+	"github.com/workersd/workersd/internal/filetest"
+)
 
 func TestFileWriterWritesOnlyChanges(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "t.json")
@@ -47,9 +31,9 @@ func TestFileWriterWritesOnlyChanges(t *testing.T) {
 	if written, err := NewFileWriter(path).Write([]byte("[]\n")); !written || err != nil {
 		t.Fatalf("wrong mode: written=%v err=%v", written, err)
 	}
-	checkFile(t, path, "[]\n")
+	filetest.Check(t, path, "[]\n", FileMode)
 	if written, err := w.Write([]byte("[1]\n")); !written || err != nil {
 		t.Fatalf("changed: %v %v", written, err)
 	}
-	checkFile(t, path, "[1]\n")
+	filetest.Check(t, path, "[1]\n", FileMode)
 }

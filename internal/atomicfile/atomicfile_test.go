@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/workersd/workersd/internal/filetest"
 )
 
 func TestWrite(t *testing.T) {
@@ -23,7 +25,7 @@ func TestWrite(t *testing.T) {
 	if err := Write(path, []byte("[1]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	checkFile(t, path, "[1]\n")
+	filetest.Check(t, path, "[1]\n", 0o644)
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Errorf("directory holds %v, want only the file", ents)
 	}
@@ -54,7 +56,7 @@ func TestWriteFailureLeavesPrevious(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("disk full", func(t *testing.T) {
-		limitFileSize(t, 1024)
+		filetest.LimitSize(t, 1024)
 		if err := Write(path, bytes.Repeat([]byte("x"), 4096), 0o644); err == nil {
 			t.Fatal("write beyond the file size limit succeeded")
 		}
@@ -69,44 +71,10 @@ func TestWriteFailureLeavesPrevious(t *testing.T) {
 			t.Fatal("write into a read-only directory succeeded")
 		}
 	})
-	checkFile(t, path, "[]\n")
+	filetest.Check(t, path, "[]\n", 0o644)
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Errorf("a failed write left %v", ents)
 	}
-}
-
-func checkFile(t *testing.T, path, want string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(b) != want {
-		t.Errorf("%s holds %q, want %q", path, b, want)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o644 {
-		t.Errorf("%s has mode %v, want %v", path, fi.Mode().Perm(), os.FileMode(0o644))
-	}
-}
-
-// limitFileSize makes writes beyond n bytes fail with EFBIG, as a full disk
-// would, for this process until the test ends. Go ignores SIGXFSZ.
-func limitFileSize(t *testing.T, n uint64) {
-	t.Helper()
-	var old syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
-		t.Skip("no RLIMIT_FSIZE:", err)
-	}
-	lim := old
-	lim.Cur = n
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
-		t.Skip("cannot set RLIMIT_FSIZE:", err)
-	}
-	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old) })
 }
 
 // Issue 12, finding 1: `sdwriter --output.file=/dev/null` as root replaced

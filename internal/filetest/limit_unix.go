@@ -1,15 +1,15 @@
 //go:build unix
 
-package sdfile
+package filetest
 
 import (
 	"syscall"
 	"testing"
 )
 
-// limitFileSize makes writes beyond n bytes fail with EFBIG, as a full disk
+// LimitSize makes writes beyond n bytes fail with EFBIG, as a full disk
 // would, for this process until the test ends. Go ignores SIGXFSZ.
-func limitFileSize(t *testing.T, n uint64) {
+func LimitSize(t testing.TB, n uint64) {
 	t.Helper()
 	var old syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
