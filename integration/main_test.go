@@ -45,7 +45,7 @@ func binaries(t *testing.T) string {
 	t.Helper()
 	build.once.Do(func() {
 		start := time.Now()
-		build.err = buildtest.Build(binDir, "./cmd/sdwriter", "./examples/demoworker", "./integration/cmd/etcdmember")
+		build.err = buildtest.Build(binDir, "./cmd/sdwriter", "./cmd/workersd-agent", "./examples/demoworker", "./integration/cmd/etcdmember")
 		build.took = time.Since(start)
 	})
 	if build.err != nil {
