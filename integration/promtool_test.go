@@ -3,10 +3,14 @@
 package integration
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v2"
 
 	"github.com/workersd/workersd/internal/buildtest"
 )
@@ -49,5 +53,60 @@ func TestPromtoolTestRules(t *testing.T) {
 	out := promtool(t, "test", "rules", "rules_test.yml")
 	if !strings.Contains(out, "SUCCESS") {
 		t.Errorf("promtool test rules:\n%s", out)
+	}
+}
+
+// The output path is one and the same where a user reads it: the README's
+// sdwriter command, the systemd unit, and the file_sd glob of
+// examples/prometheus.yml (issue 10: followed literally, three different
+// paths meant Prometheus saw no target).
+func TestOutputPathIsOneAndTheSame(t *testing.T) {
+	read := func(p string) string {
+		b, err := os.ReadFile(filepath.Join("..", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	flag := regexp.MustCompile(`--output\.file=(/[^\s\\]+)`)
+	paths := map[string]bool{}
+	for _, f := range []string{"README.md", "examples/systemd/sdwriter.service"} {
+		ms := flag.FindAllStringSubmatch(read(f), -1)
+		if len(ms) == 0 {
+			t.Fatalf("%s names no --output.file", f)
+		}
+		for _, m := range ms {
+			paths[m[1]] = true
+		}
+	}
+	if len(paths) != 1 {
+		t.Fatalf("README.md and the systemd unit name %d output paths: %v", len(paths), paths)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			FileSD []struct {
+				Files []string `yaml:"files"`
+			} `yaml:"file_sd_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal([]byte(read("examples/prometheus.yml")), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var globs []string
+	for _, sc := range cfg.ScrapeConfigs {
+		for _, sd := range sc.FileSD {
+			globs = append(globs, sd.Files...)
+		}
+	}
+	for path := range paths {
+		matched := false
+		for _, g := range globs {
+			if ok, _ := filepath.Match(g, path); ok {
+				matched = true
+			}
+		}
+		if !matched {
+			t.Errorf("examples/prometheus.yml reads %v, which does not match sdwriter's %s", globs, path)
+		}
 	}
 }
