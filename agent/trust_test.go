@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Two local users, uids 65534 and 65533, each with a worker process of its
@@ -191,4 +193,56 @@ func TestHelperCaller(t *testing.T) {
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
 	fmt.Printf("STATUS %d %s\n", resp.StatusCode, bytes.TrimSpace(out))
+}
+
+// Issue 12, acceptance 4: the agent's series do not grow with what clients
+// send: methods, paths, bodies and refusals of every kind.
+func TestSeriesDoNotGrowWithRequests(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, nil, func(c *Config) { c.Registerer = reg })
+	c := child(t)
+	if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000, "pid": c.Process.Pid}); code != 201 {
+		t.Fatalf("register: %d %v", code, w)
+	}
+	series := func() int {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			n += len(mf.Metric)
+		}
+		return n
+	}
+	// Every status the API can answer, once, so that what follows can
+	// only add series if a client could choose them.
+	for _, body := range []any{nil, []byte("{"), map[string]any{"job": "x", "port": 1, "pid": 1}, map[string]any{"job": "x", "address": "192.0.2.1:1", "pid": c.Process.Pid}} {
+		h.do("POST", "/v1/workers", body)
+	}
+	h.do("DELETE", "/v1/workers/1", nil)
+	h.do("GET", "/v1/workers/1", nil)
+	raw := func(method, path string) {
+		req, _ := http.NewRequest(method, "http://agent"+path, nil)
+		resp, err := h.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	raw("PUT", "/v1/workers")
+	raw("GET", "/nowhere")
+	raw("M", "/nowhere")
+	before := series()
+	for i := range 200 {
+		raw(fmt.Sprintf("M%d", i), fmt.Sprintf("/v1/x%d", i))
+		h.do("GET", fmt.Sprintf("/v1/workers/%d", 100000+i), nil)
+		h.do("POST", "/v1/workers", map[string]any{"job": fmt.Sprintf("job-%d", i), "port": 9000, "pid": 1})
+	}
+	after := series()
+	t.Logf("agent series: %d before, %d after 600 odd requests", before, after)
+	if after != before || after >= 100 {
+		t.Errorf("agent series: %d before, %d after, want the same and below 100", before, after)
+	}
 }

@@ -92,6 +92,22 @@ func (in *instance) sd(t *testing.T) []byte {
 }
 
 // metric sums the samples of name whose labels include match.
+// ownSeries counts the workersd_* series sdwriter serves.
+func (in *instance) ownSeries(t *testing.T) int {
+	t.Helper()
+	code, _, body := httpGet("http://" + in.web + "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d", code)
+	}
+	n := 0
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if strings.HasPrefix(line, "workersd_") {
+			n++
+		}
+	}
+	return n
+}
+
 func (in *instance) metric(t *testing.T, name string, match ...string) float64 {
 	t.Helper()
 	code, _, body := httpGet("http://" + in.web + "/metrics")

@@ -285,6 +285,29 @@ func TestGarbageIsSkipped(t *testing.T) {
 	}
 }
 
+// Issue 12, acceptance 4: sdwriter's own series do not grow with what
+// clients write: 300 jobs and 300 malformed keys of every kind leave the
+// workersd_* series below 100, as many as with one job.
+func TestSeriesDoNotGrowWithInput(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	file := filepath.Join(t.TempDir(), "workersd.json")
+	in := startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint())
+	putReg(t, cli, "api/h/0", "h:1")
+	waitFile(t, file, "h:1")
+	before := in.ownSeries(t)
+	for i := range 300 {
+		putReg(t, cli, fmt.Sprintf("job-%d/h/0", i), fmt.Sprintf("h:%d", 1000+i))
+		put(t, cli, prefix+fmt.Sprintf("job-%d/bad/%d", i, i), fmt.Sprintf(`{"address":"h:%d","labels":{"x%d-y":"1"}}`, i, i))
+	}
+	poll.Until(t, 20*time.Second, func() bool { return in.metric(t, "workersd_sdwriter_targets") == 301 }, "301 targets")
+	after := in.ownSeries(t)
+	t.Logf("workersd_* series: %d with one job, %d with 301 jobs and 300 malformed keys", before, after)
+	if after >= 100 || after != before {
+		t.Errorf("workersd_* series: %d before, %d after, want the same and below 100", before, after)
+	}
+}
+
 // Without --output.file only /sd serves the targets.
 func TestNoOutputFile(t *testing.T) {
 	etcd := etcdtest.Start(t)
