@@ -82,7 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		Default("127.0.0.1:2379").StringVar(&f.embedListen)
 	app.Flag("etcd.embed.peer-address", "Peer address of the embedded etcd (only without --etcd.endpoints).").
 		Default("127.0.0.1:2380").StringVar(&f.embedPeer)
-	app.Flag("etcd.embed.allow-non-loopback", "Let the embedded etcd listen on a non-loopback address. It has no authentication: anyone who reaches it can add and remove targets. For many hosts, run an etcd cluster with TLS and authentication instead.").BoolVar(&f.embedPublic)
+	app.Flag("etcd.embed.allow-non-loopback", "Let the embedded etcd listen on a non-loopback address. It has no authentication: anyone who reaches it can add and remove targets. For many hosts, run an etcd cluster with TLS and authentication instead (docs/ETCD.md).").BoolVar(&f.embedPublic)
 	app.Flag("etcd.embed.data-dir", "Data directory of the embedded etcd (only without --etcd.endpoints).").
 		Default("sdwriter.etcd").StringVar(&f.embedDir)
 	app.Flag("etcd.prefix", "Key prefix of the registrations.").Default(registrar.DefaultPrefix).StringVar(&f.sd.Prefix)

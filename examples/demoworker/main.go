@@ -23,7 +23,10 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	promconfig "github.com/prometheus/common/config"
 
+	"github.com/workersd/workersd/internal/cliflags"
+	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/worker"
 )
 
@@ -45,8 +48,17 @@ func main() {
 		jobDuration = app.Flag("job-duration", "How long one unit of work takes.").Default("100ms").Duration()
 		finalScrape = app.Flag("final-scrape-timeout", "How long a graceful stop waits for a final scrape; 0 disables the wait.").Default(worker.DefaultFinalScrapeTimeout.String()).Duration()
 		logLevel    = app.Flag("log.level", "Log level: debug, info, warn, error.").Default("info").Enum("debug", "info", "warn", "error")
+		etcdTLS     promconfig.TLSConfig
+		etcdUser    string
+		etcdPWFile  string
 	)
+	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &etcdTLS, Username: &etcdUser, PasswordFile: &etcdPWFile})
 	kingpin.MustParse(app.Parse(os.Args[1:]))
+	etcdConfig, err := etcdclient.Auth(etcdTLS, etcdUser, "", etcdPWFile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demoworker: --etcd.*:", err)
+		os.Exit(2)
+	}
 
 	log := hclog.New(&hclog.LoggerOptions{Name: "demoworker", Level: hclog.LevelFromString(*logLevel), Output: os.Stderr})
 	if err := run(log, config{
@@ -54,6 +66,7 @@ func main() {
 			Job:                *job,
 			Host:               *host,
 			EtcdEndpoints:      splitList(*endpoints),
+			EtcdConfig:         etcdConfig,
 			Prefix:             *prefix,
 			TTL:                *ttl,
 			SlotHold:           *slotHold,
