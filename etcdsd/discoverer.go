@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/backoff"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -161,7 +161,8 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 	st := newState(d.opts.Prefix, d.m)
 	st.onError = d.logInvalid
 	st.onDup = d.logDuplicate
-	bo := backoff{min: d.opts.MinBackoff, max: d.opts.MaxBackoff}
+	bo := backoff.Policy{Base: d.opts.MinBackoff, Max: d.opts.MaxBackoff}
+	failures := 0 // waits since a watch last lasted
 	var cluster uint64
 	first := true
 	for ctx.Err() == nil {
@@ -177,7 +178,8 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 				continue
 			}
 			d.setReachable(false, err)
-			wait := bo.next()
+			wait := bo.Delay(failures)
+			failures++
 			d.log.Warn("cannot list etcd; the targets already emitted stay as they are", "prefix", d.opts.Prefix, "error", err, "retry_in", wait)
 			if !sleep(ctx, wait) {
 				return
@@ -215,7 +217,7 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 		}
 		d.m.WatchRestarts.Inc()
 		if time.Since(watchStart) > d.opts.MaxBackoff {
-			bo.reset()
+			failures = 0
 		}
 		if end.err != nil && errors.Is(end.err, rpctypes.ErrCompacted) {
 			d.log.Info("watch fell behind etcd compaction; listing again", "error", end.err)
@@ -224,7 +226,8 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 		if end.rebuilt {
 			continue
 		}
-		wait := bo.next()
+		wait := bo.Delay(failures)
+		failures++
 		d.log.Warn("etcd watch ended; listing again", "error", end.err, "retry_in", wait)
 		if !sleep(ctx, wait) {
 			return
@@ -415,23 +418,6 @@ func (d *Discoverer) logDuplicate(dropped, winner *entry) {
 			"key", dropped.key, "address", dropped.addr, "kept", winner.key, "suppressed_since_last", suppressed)
 	}
 }
-
-// backoff is a doubling, capped, jittered wait.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	// Half fixed, half random: many sdwriters do not retry in step.
-	return b.cur/2 + rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

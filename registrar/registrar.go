@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"strconv"
@@ -17,6 +16,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/workersd/workersd/internal/backoff"
 )
 
 const (
@@ -117,7 +118,7 @@ type Registrar struct {
 	ttlSec     int64
 	holdTTLSec int64 // 0: no holds
 	opTO       time.Duration
-	backoffs   backoffPolicy
+	backoffs   backoff.Policy
 	log        hclog.Logger
 	m          *metrics
 
@@ -186,7 +187,7 @@ func New(cfg Config) (*Registrar, error) {
 		// An etcd call may wait for a connection; bound it so a dead
 		// endpoint turns into a retry rather than a hang.
 		opTO:     min(max(cfg.TTL, 2*time.Second), 5*time.Second),
-		backoffs: backoffPolicy{base: 100 * time.Millisecond, max: min(cfg.TTL/2, 3*time.Second)},
+		backoffs: backoff.Policy{Base: 100 * time.Millisecond, Max: min(cfg.TTL/2, 3*time.Second)},
 		log:      cfg.Logger.With("job", cfg.Job, "host", cfg.Host),
 		m:        m,
 		changed:  make(chan struct{}),
@@ -387,7 +388,7 @@ func (r *Registrar) run(ctx context.Context) {
 		}
 		r.setState(func(s *State) { s.Registered, s.LastError = false, err })
 		r.log.Warn("registration lost or failed; retrying", "error", err)
-		delay := r.backoffs.delay(failures)
+		delay := r.backoffs.Delay(failures)
 		failures++
 		select {
 		case <-time.After(delay):
@@ -659,7 +660,7 @@ func (r *Registrar) hold(ctx context.Context) error {
 // watch that keeps failing does not spin.
 func (r *Registrar) recheck(ctx context.Context) error {
 	select {
-	case <-time.After(r.backoffs.base):
+	case <-time.After(r.backoffs.Base):
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -679,17 +680,4 @@ func (r *Registrar) recheck(ctx context.Context) error {
 func (r *Registrar) lost(reason, detail string) error {
 	r.m.losses.WithLabelValues(reason).Inc()
 	return &errLost{reason: reason, detail: detail}
-}
-
-// backoffPolicy is capped exponential backoff with jitter, so that workers
-// that lost etcd together do not return together.
-type backoffPolicy struct{ base, max time.Duration }
-
-func (b backoffPolicy) delay(failures int) time.Duration {
-	d := b.base << min(failures, 16)
-	if d > b.max || d <= 0 {
-		d = b.max
-	}
-	// Jitter within [d/2, d].
-	return d/2 + rand.N(d/2+1)
 }
