@@ -650,11 +650,7 @@ func (a *Agent) value(req Request) (registrar.Value, error) {
 		if req.Port < 1 || req.Port > 65535 {
 			return registrar.Value{}, apiErr(http.StatusBadRequest, "port", "port: %d is out of range 1-65535 (or give address)", req.Port)
 		}
-		host, err := a.advertiseHost()
-		if err != nil {
-			return registrar.Value{}, apiErr(http.StatusInternalServerError, "port", "%v", err)
-		}
-		addr = net.JoinHostPort(host, strconv.Itoa(req.Port))
+		addr = net.JoinHostPort(a.advertiseHost(), strconv.Itoa(req.Port))
 	}
 	v := registrar.Value{
 		Address: addr, Scheme: req.Scheme, MetricsPath: req.MetricsPath, PID: req.PID,
@@ -706,20 +702,11 @@ func (a *Agent) checkAddress(addr string) error {
 	return apiErr(http.StatusForbidden, "address", "%s is not an address of this host; only its own addresses, loopback and --allow-address networks are accepted", addr)
 }
 
-func (a *Agent) advertiseHost() (string, error) {
-	if a.cfg.AdvertiseHost != "" {
-		return strings.Trim(a.cfg.AdvertiseHost, "[]"), nil
-	}
-	eps := a.cfg.Client.Endpoints()
-	if len(eps) == 0 {
-		return a.cfg.Host, nil
-	}
-	ip, err := netaddr.OutboundIP(eps[0])
-	if err != nil {
-		a.log.Warn("cannot tell which local address reaches etcd; advertising the host name", "endpoint", eps[0], "error", err)
-		return a.cfg.Host, nil
-	}
-	return ip.String(), nil
+// advertiseHost is the host registered for a request that gives a port.
+func (a *Agent) advertiseHost() string {
+	return netaddr.AdvertiseHost(a.cfg.AdvertiseHost, a.cfg.Client.Endpoints(), a.cfg.Host, func(ep string, err error) {
+		a.log.Warn("cannot tell which local address reaches etcd; advertising the host name", "endpoint", ep, "error", err)
+	})
 }
 
 func sameValue(x, y registrar.Value) bool {

@@ -143,13 +143,12 @@ func advertiseAddress(c *Config, ln net.Listener, log hclog.Logger) (string, err
 		}
 		return net.JoinHostPort(strings.Trim(a, "[]"), port), nil
 	}
+	configured := ""
 	if !tcp.IP.IsUnspecified() {
-		return net.JoinHostPort(tcp.IP.String(), port), nil
+		configured = tcp.IP.String() // bound to one address: that one
 	}
-	ip, err := netaddr.OutboundIP(c.EtcdEndpoints[0])
-	if err == nil {
-		return net.JoinHostPort(ip.String(), port), nil
-	}
-	log.Warn("cannot tell which local address reaches etcd; advertising the host name", "endpoint", c.EtcdEndpoints[0], "error", err)
-	return net.JoinHostPort(c.Host, port), nil
+	host := netaddr.AdvertiseHost(configured, c.EtcdEndpoints, c.Host, func(ep string, err error) {
+		log.Warn("cannot tell which local address reaches etcd; advertising the host name", "endpoint", ep, "error", err)
+	})
+	return net.JoinHostPort(host, port), nil
 }

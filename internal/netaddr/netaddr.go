@@ -48,3 +48,23 @@ func CheckLoopback(addr string) error {
 	}
 	return nil
 }
+
+// AdvertiseHost is the host part of the address registered for a worker
+// that is known only by its port: configured when set; else the local IP
+// this host uses to reach the first etcd endpoint, so that a Prometheus on
+// another host of the same network reaches the worker; else the host name,
+// after calling warn with why the route could not be found.
+func AdvertiseHost(configured string, etcdEndpoints []string, hostname string, warn func(endpoint string, err error)) string {
+	if configured != "" {
+		return strings.Trim(configured, "[]")
+	}
+	if len(etcdEndpoints) == 0 {
+		return hostname
+	}
+	ip, err := OutboundIP(etcdEndpoints[0])
+	if err != nil {
+		warn(etcdEndpoints[0], err)
+		return hostname
+	}
+	return ip.String()
+}
