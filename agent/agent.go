@@ -213,8 +213,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.TTL == 0 {
 		cfg.TTL = registrar.DefaultTTL
 	}
-	if cfg.TTL < registrar.MinTTL {
-		return nil, fmt.Errorf("agent: ttl %s is below etcd's minimum of %s", cfg.TTL, registrar.MinTTL)
+	if err := registrar.ValidateTTL(cfg.TTL); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = DefaultPollInterval

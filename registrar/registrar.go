@@ -157,8 +157,8 @@ func New(cfg Config) (*Registrar, error) {
 	if cfg.TTL == 0 {
 		cfg.TTL = DefaultTTL
 	}
-	if cfg.TTL < MinTTL {
-		return nil, fieldErr("ttl", "%s is below etcd's minimum lease TTL of %s", cfg.TTL, MinTTL)
+	if err := ValidateTTL(cfg.TTL); err != nil {
+		return nil, err
 	}
 	if cfg.SlotHold == 0 {
 		cfg.SlotHold = DefaultSlotHold
@@ -233,6 +233,15 @@ func MaxSlots(peak int, ends []time.Time, ttl, hold time.Duration) int {
 		most = max(most, n)
 	}
 	return peak + most
+}
+
+// ValidateTTL checks a lease TTL: etcd silently extends a shorter one than
+// MinTTL, which would make a crashed worker linger longer than configured.
+func ValidateTTL(ttl time.Duration) error {
+	if ttl < MinTTL {
+		return fieldErr("ttl", "%s is below etcd's minimum lease TTL of %s", ttl, MinTTL)
+	}
+	return nil
 }
 
 // seconds rounds d up to whole seconds, etcd's unit of lease TTLs.

@@ -115,8 +115,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	if len(f.etcdEndpoints) == 0 {
 		return nil, errors.New("--etcd.endpoints: at least one endpoint is required")
 	}
-	if f.ttl < registrar.MinTTL {
-		return nil, fmt.Errorf("--ttl: %s is below etcd's minimum lease TTL of %s", f.ttl, registrar.MinTTL)
+	if err := registrar.ValidateTTL(f.ttl); err != nil {
+		return nil, fmt.Errorf("--%w", err)
 	}
 	if f.slotHold < 0 {
 		return nil, fmt.Errorf("--slot-hold: %s is negative", f.slotHold)
