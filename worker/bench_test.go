@@ -18,6 +18,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"go.uber.org/goleak"
+
 	"github.com/workersd/workersd/internal/etcdtest"
 )
 
@@ -29,7 +31,9 @@ func TestMain(m *testing.M) {
 		rssChild(mode, os.Getenv("WORKERSD_RSS_ETCD"))
 		return
 	}
-	os.Exit(m.Run())
+	// Stop ends every goroutine a worker started (listener, registration,
+	// tracer): none may outlive the tests.
+	goleak.VerifyTestMain(m)
 }
 
 // BenchmarkStartToRegistered measures the whole start-up of a worker (etcd
