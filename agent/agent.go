@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,7 +17,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/lockfile"
-	"github.com/workersd/workersd/internal/netaddr"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -86,70 +82,6 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Logger; nil discards.
 	Logger hclog.Logger
-}
-
-// Request registers one worker process.
-type Request struct {
-	// Job is the Prometheus job.
-	Job string `json:"job"`
-	// Port the worker serves metrics on; the address registered is
-	// AdvertiseHost:Port. Give either Port or Address.
-	Port int `json:"port,omitempty"`
-	// Address (host:port) to register as is.
-	Address string `json:"address,omitempty"`
-	// PID of the worker process: the registration lives as long as it.
-	PID         int               `json:"pid"`
-	Labels      map[string]string `json:"labels,omitempty"`
-	Scheme      string            `json:"scheme,omitempty"`
-	MetricsPath string            `json:"metrics_path,omitempty"`
-}
-
-// Worker is the API's view of one registration.
-type Worker struct {
-	// ID is "<pid>-<start ticks>": unlike the pid alone it never names a
-	// later process that reuses the pid.
-	ID          string            `json:"id"`
-	PID         int               `json:"pid"`
-	Job         string            `json:"job"`
-	Address     string            `json:"address"`
-	Scheme      string            `json:"scheme,omitempty"`
-	MetricsPath string            `json:"metrics_path,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
-	StartedAt   time.Time         `json:"started_at"`
-	// State is "registered" while the key is in etcd, "pending" before the
-	// first claim and while etcd is unreachable (the agent keeps trying).
-	State string `json:"state"`
-	// Key and Slot of the registration; empty and -1 until the first claim.
-	Key   string `json:"key,omitempty"`
-	Slot  int    `json:"slot"`
-	Lease string `json:"lease,omitempty"`
-	// Error is why the registration is pending, if known.
-	Error string `json:"error,omitempty"`
-	// Watch is how the process is watched: "pidfd" or "poll".
-	Watch string `json:"watch"`
-}
-
-// Error is an API error: an HTTP status, the request field at fault (if
-// any) and a message for people.
-type Error struct {
-	Status int    `json:"-"`
-	Field  string `json:"field,omitempty"`
-	Msg    string `json:"error"`
-}
-
-func (e *Error) Error() string { return e.Msg }
-
-func apiErr(status int, field, format string, args ...any) *Error {
-	return &Error{Status: status, Field: field, Msg: fmt.Sprintf(format, args...)}
-}
-
-// fromFieldErr turns a validation error into a 400 naming the field.
-func fromFieldErr(err error) *Error {
-	var fe *registrar.FieldError
-	if errors.As(err, &fe) {
-		return apiErr(http.StatusBadRequest, fe.Field, "%s", fe.Error())
-	}
-	return apiErr(http.StatusBadRequest, "", "%v", err)
 }
 
 // Agent registers worker processes and revokes their registrations when
@@ -276,53 +208,6 @@ func (a *Agent) Start(ctx context.Context) error {
 	return nil
 }
 
-// recoverState handles a state file that cannot be trusted (torn, another
-// version, unreadable): it is kept aside for a person to look at, and the
-// registrations of this host's live workers are rebuilt from etcd, whose
-// values carry each worker's pid and start time. Overwriting it with an
-// empty state instead would drop every live worker from Prometheus after
-// the TTL, to come back on new slots.
-func (a *Agent) recoverState(readErr error) stateFile {
-	a.m.stateFileBad.Inc()
-	aside := a.cfg.StateFile + ".bad-" + time.Now().UTC().Format("20060102T150405.000Z")
-	if err := os.Rename(a.cfg.StateFile, aside); err != nil {
-		a.log.Error("the state file cannot be used, nor kept aside", "error", readErr, "rename_error", err)
-	} else {
-		a.log.Error("the state file cannot be used; kept aside, rebuilding this host's registrations from etcd", "error", readErr, "kept_as", aside)
-	}
-	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
-	defer cancel()
-	resp, err := a.cfg.Client.Get(ctx, a.cfg.Prefix, clientv3.WithPrefix())
-	if err != nil {
-		// The leases then expire; the workers register again when they
-		// next ask, on new slots.
-		a.log.Error("cannot rebuild the registrations from etcd", "error", err)
-		return stateFile{Version: stateVersion}
-	}
-	st := stateFile{Version: stateVersion}
-	for _, kv := range resp.Kvs {
-		reg, err := registrar.Decode(a.cfg.Prefix, kv.Key, kv.Value)
-		if err != nil || reg.Host != a.cfg.Host || reg.PID <= 0 {
-			continue
-		}
-		ticks, err := processStartTicks(reg.PID)
-		if err != nil {
-			continue
-		}
-		// The same process, not a later one with the same pid: the agent
-		// registers a process's start time (whole seconds).
-		if started, err := processStartTime(ticks); err != nil || !started.Equal(reg.StartedAt) {
-			continue
-		}
-		st.Workers = append(st.Workers, stateEntry{
-			ID: strconv.Itoa(reg.PID) + "-" + strconv.FormatUint(ticks, 10), PID: reg.PID, StartTicks: ticks,
-			Job: reg.Job, Value: reg.Value, Key: string(kv.Key), Lease: clientv3.LeaseID(kv.Lease),
-		})
-	}
-	a.log.Info("rebuilt from etcd", "workers", len(st.Workers))
-	return st
-}
-
 // restore adopts one registration of an earlier agent process.
 func (a *Agent) restore(se stateEntry) {
 	log := a.log.With("pid", se.PID, "job", se.Job, "key", se.Key)
@@ -433,28 +318,6 @@ func (a *Agent) followLease(ctx context.Context, e *entry) {
 		case <-ctx.Done():
 			return
 		}
-	}
-}
-
-// watch revokes e's registration as soon as its process exits.
-func (a *Agent) watch(ctx context.Context, e *entry) {
-	defer a.wg.Done()
-	defer e.proc.close()
-	err := e.proc.wait(ctx)
-	if ctx.Err() != nil {
-		return
-	}
-	if err != nil {
-		// Not knowing is not dying: keep the registration, poll instead.
-		a.log.Warn("pidfd wait failed; polling instead", "pid", e.pid, "error", err)
-		if pollProc(e.pid, e.startTicks, a.cfg.PollInterval).wait(ctx) != nil {
-			return
-		}
-	}
-	seen := time.Now()
-	if a.remove(ctx, e, "exited") {
-		a.m.exitToRevoke.Observe(time.Since(seen).Seconds())
-		a.log.Info("worker exited; registration revoked", "pid", e.pid, "job", e.job, "after", time.Since(seen))
 	}
 }
 
@@ -630,90 +493,6 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 	return e, true, nil
 }
 
-// value validates a request and builds the value to register.
-func (a *Agent) value(req Request) (registrar.Value, error) {
-	if err := registrar.ValidateName("job", req.Job); err != nil {
-		return registrar.Value{}, fromFieldErr(err)
-	}
-	if req.PID <= 0 {
-		return registrar.Value{}, apiErr(http.StatusBadRequest, "pid", "pid: required, the worker's process id (> 0)")
-	}
-	addr := req.Address
-	switch {
-	case req.Address != "" && req.Port != 0:
-		return registrar.Value{}, apiErr(http.StatusBadRequest, "port", "give either port or address, not both")
-	case req.Address != "":
-		if err := a.checkAddress(req.Address); err != nil {
-			return registrar.Value{}, err
-		}
-	case req.Address == "":
-		if req.Port < 1 || req.Port > 65535 {
-			return registrar.Value{}, apiErr(http.StatusBadRequest, "port", "port: %d is out of range 1-65535 (or give address)", req.Port)
-		}
-		addr = net.JoinHostPort(a.advertiseHost(), strconv.Itoa(req.Port))
-	}
-	v := registrar.Value{
-		Address: addr, Scheme: req.Scheme, MetricsPath: req.MetricsPath, PID: req.PID,
-	}
-	if len(req.Labels) > 0 {
-		v.Labels = maps.Clone(req.Labels)
-	}
-	if err := v.Validate(); err != nil {
-		return registrar.Value{}, fromFieldErr(err)
-	}
-	return v, nil
-}
-
-// checkAddress accepts only addresses of this host: loopback, the host's
-// own interface addresses, or AllowAddresses. Anything else would let any
-// local user make Prometheus fetch any host and path (server-side request
-// forgery through the monitoring system).
-func (a *Agent) checkAddress(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fromFieldErr(registrar.ValidateAddress(addr))
-	}
-	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
-	if err != nil {
-		return apiErr(http.StatusBadRequest, "address", "%q: the host must be an IP address of this host (or give port alone)", addr)
-	}
-	ip = ip.Unmap()
-	if ip.IsLoopback() {
-		return nil
-	}
-	for _, p := range a.cfg.AllowAddresses {
-		if p.Contains(ip) {
-			return nil
-		}
-	}
-	if ifaddrs, err := net.InterfaceAddrs(); err == nil {
-		for _, ia := range ifaddrs {
-			if n, ok := ia.(*net.IPNet); ok {
-				if own, ok := netip.AddrFromSlice(n.IP); ok && own.Unmap() == ip {
-					return nil
-				}
-			}
-		}
-	}
-	if a.cfg.AdvertiseHost != "" && strings.Trim(a.cfg.AdvertiseHost, "[]") == ip.String() {
-		return nil
-	}
-	a.m.refusals.WithLabelValues("foreign_address").Inc()
-	return apiErr(http.StatusForbidden, "address", "%s is not an address of this host; only its own addresses, loopback and --allow-address networks are accepted", addr)
-}
-
-// advertiseHost is the host registered for a request that gives a port.
-func (a *Agent) advertiseHost() string {
-	return netaddr.AdvertiseHost(a.cfg.AdvertiseHost, a.cfg.Client.Endpoints(), a.cfg.Host, func(ep string, err error) {
-		a.log.Warn("cannot tell which local address reaches etcd; advertising the host name", "endpoint", ep, "error", err)
-	})
-}
-
-func sameValue(x, y registrar.Value) bool {
-	return x.Address == y.Address && x.Scheme == y.Scheme && x.MetricsPath == y.MetricsPath &&
-		x.PID == y.PID && maps.Equal(x.Labels, y.Labels)
-}
-
 // Deregister revokes the registration of a process given by pid or ID.
 // Errors are *Error.
 func (a *Agent) Deregister(ctx context.Context, idOrPID string) (Worker, error) {
@@ -777,13 +556,6 @@ func (a *Agent) List() []Worker {
 	return ws
 }
 
-func (e *entry) watchMethod() string {
-	if e.proc.usesPidfd() {
-		return "pidfd"
-	}
-	return "poll"
-}
-
 func (a *Agent) view(e *entry) Worker {
 	st := e.reg.State()
 	w := Worker{
@@ -802,58 +574,6 @@ func (a *Agent) view(e *entry) Worker {
 		w.Error = st.LastError.Error()
 	}
 	return w
-}
-
-// recordLease notes e's current key and lease and persists them if they
-// changed: a restarted agent adopts what the state file says. When it
-// returns, the state file holds e's current key and lease (or a write
-// failed and was counted): the note and its write happen under saveMu, so a
-// caller that finds nothing changed waits for the write of whoever changed
-// it. The API answers only after that.
-func (a *Agent) recordLease(e *entry) {
-	st := e.reg.State()
-	if st.Key == "" || st.LeaseID == 0 {
-		return
-	}
-	a.saveMu.Lock()
-	defer a.saveMu.Unlock()
-	a.mu.Lock()
-	changed := a.byID[e.id] == e && (e.key != st.Key || e.lease != st.LeaseID || e.holdLease != st.HoldLeaseID)
-	if changed {
-		e.key, e.lease, e.holdLease = st.Key, st.LeaseID, st.HoldLeaseID
-	}
-	a.mu.Unlock()
-	if changed {
-		a.persistLocked()
-	}
-}
-
-// persist writes the state file from the current registrations.
-func (a *Agent) persist() {
-	a.saveMu.Lock()
-	defer a.saveMu.Unlock()
-	a.persistLocked()
-}
-
-// persistLocked is persist with saveMu held.
-func (a *Agent) persistLocked() {
-	if a.cfg.StateFile == "" {
-		return
-	}
-	a.mu.Lock()
-	s := stateFile{Version: stateVersion, Workers: make([]stateEntry, 0, len(a.byID))}
-	for _, e := range a.byID {
-		s.Workers = append(s.Workers, stateEntry{
-			ID: e.id, PID: e.pid, StartTicks: e.startTicks, Job: e.job, Value: e.value,
-			Key: e.key, Lease: e.lease, HoldLease: e.holdLease,
-		})
-	}
-	a.mu.Unlock()
-	slices.SortFunc(s.Workers, func(x, y stateEntry) int { return x.PID - y.PID })
-	if err := writeState(a.cfg.StateFile, s); err != nil {
-		a.m.stateWriteFailures.Inc()
-		a.log.Error("cannot write the state file; a restart would lose registrations", "error", err)
-	}
 }
 
 // Close stops watching and keeping registrations alive, WITHOUT revoking

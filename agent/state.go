@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -66,4 +70,103 @@ func writeState(path string, s stateFile) error {
 		return fmt.Errorf("encode state: %w", err)
 	}
 	return atomicfile.Write(path, append(b, '\n'), 0o600)
+}
+
+// recoverState handles a state file that cannot be trusted (torn, another
+// version, unreadable): it is kept aside for a person to look at, and the
+// registrations of this host's live workers are rebuilt from etcd, whose
+// values carry each worker's pid and start time. Overwriting it with an
+// empty state instead would drop every live worker from Prometheus after
+// the TTL, to come back on new slots.
+func (a *Agent) recoverState(readErr error) stateFile {
+	a.m.stateFileBad.Inc()
+	aside := a.cfg.StateFile + ".bad-" + time.Now().UTC().Format("20060102T150405.000Z")
+	if err := os.Rename(a.cfg.StateFile, aside); err != nil {
+		a.log.Error("the state file cannot be used, nor kept aside", "error", readErr, "rename_error", err)
+	} else {
+		a.log.Error("the state file cannot be used; kept aside, rebuilding this host's registrations from etcd", "error", readErr, "kept_as", aside)
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
+	defer cancel()
+	resp, err := a.cfg.Client.Get(ctx, a.cfg.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		// The leases then expire; the workers register again when they
+		// next ask, on new slots.
+		a.log.Error("cannot rebuild the registrations from etcd", "error", err)
+		return stateFile{Version: stateVersion}
+	}
+	st := stateFile{Version: stateVersion}
+	for _, kv := range resp.Kvs {
+		reg, err := registrar.Decode(a.cfg.Prefix, kv.Key, kv.Value)
+		if err != nil || reg.Host != a.cfg.Host || reg.PID <= 0 {
+			continue
+		}
+		ticks, err := processStartTicks(reg.PID)
+		if err != nil {
+			continue
+		}
+		// The same process, not a later one with the same pid: the agent
+		// registers a process's start time (whole seconds).
+		if started, err := processStartTime(ticks); err != nil || !started.Equal(reg.StartedAt) {
+			continue
+		}
+		st.Workers = append(st.Workers, stateEntry{
+			ID: strconv.Itoa(reg.PID) + "-" + strconv.FormatUint(ticks, 10), PID: reg.PID, StartTicks: ticks,
+			Job: reg.Job, Value: reg.Value, Key: string(kv.Key), Lease: clientv3.LeaseID(kv.Lease),
+		})
+	}
+	a.log.Info("rebuilt from etcd", "workers", len(st.Workers))
+	return st
+}
+
+// recordLease notes e's current key and lease and persists them if they
+// changed: a restarted agent adopts what the state file says. When it
+// returns, the state file holds e's current key and lease (or a write
+// failed and was counted): the note and its write happen under saveMu, so a
+// caller that finds nothing changed waits for the write of whoever changed
+// it. The API answers only after that.
+func (a *Agent) recordLease(e *entry) {
+	st := e.reg.State()
+	if st.Key == "" || st.LeaseID == 0 {
+		return
+	}
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
+	a.mu.Lock()
+	changed := a.byID[e.id] == e && (e.key != st.Key || e.lease != st.LeaseID || e.holdLease != st.HoldLeaseID)
+	if changed {
+		e.key, e.lease, e.holdLease = st.Key, st.LeaseID, st.HoldLeaseID
+	}
+	a.mu.Unlock()
+	if changed {
+		a.persistLocked()
+	}
+}
+
+// persist writes the state file from the current registrations.
+func (a *Agent) persist() {
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
+	a.persistLocked()
+}
+
+// persistLocked is persist with saveMu held.
+func (a *Agent) persistLocked() {
+	if a.cfg.StateFile == "" {
+		return
+	}
+	a.mu.Lock()
+	s := stateFile{Version: stateVersion, Workers: make([]stateEntry, 0, len(a.byID))}
+	for _, e := range a.byID {
+		s.Workers = append(s.Workers, stateEntry{
+			ID: e.id, PID: e.pid, StartTicks: e.startTicks, Job: e.job, Value: e.value,
+			Key: e.key, Lease: e.lease, HoldLease: e.holdLease,
+		})
+	}
+	a.mu.Unlock()
+	slices.SortFunc(s.Workers, func(x, y stateEntry) int { return x.PID - y.PID })
+	if err := writeState(a.cfg.StateFile, s); err != nil {
+		a.m.stateWriteFailures.Inc()
+		a.log.Error("cannot write the state file; a restart would lose registrations", "error", err)
+	}
 }

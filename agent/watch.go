@@ -1,0 +1,35 @@
+package agent
+
+import (
+	"context"
+	"time"
+)
+
+// watch revokes e's registration as soon as its process exits.
+func (a *Agent) watch(ctx context.Context, e *entry) {
+	defer a.wg.Done()
+	defer e.proc.close()
+	err := e.proc.wait(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		// Not knowing is not dying: keep the registration, poll instead.
+		a.log.Warn("pidfd wait failed; polling instead", "pid", e.pid, "error", err)
+		if pollProc(e.pid, e.startTicks, a.cfg.PollInterval).wait(ctx) != nil {
+			return
+		}
+	}
+	seen := time.Now()
+	if a.remove(ctx, e, "exited") {
+		a.m.exitToRevoke.Observe(time.Since(seen).Seconds())
+		a.log.Info("worker exited; registration revoked", "pid", e.pid, "job", e.job, "after", time.Since(seen))
+	}
+}
+
+func (e *entry) watchMethod() string {
+	if e.proc.usesPidfd() {
+		return "pidfd"
+	}
+	return "poll"
+}
