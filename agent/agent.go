@@ -176,7 +176,7 @@ func New(cfg Config) (*Agent, error) {
 // Start restores the registrations of the state file whose processes are
 // still alive, adopting their keys and leases, revokes those of processes
 // that died meanwhile, and starts keeping the state file up to date. ctx
-// bounds the agent's life like Close does, without revoking anything.
+// carries values only (docs/DEVELOPING.md): the agent lives until Close.
 func (a *Agent) Start(ctx context.Context) error {
 	a.mu.Lock()
 	if a.started {
@@ -184,7 +184,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		return errors.New("agent: already started")
 	}
 	a.started = true
-	a.ctx, a.cancel = context.WithCancel(ctx)
+	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	a.mu.Unlock()
 
 	if a.cfg.StateFile != "" {

@@ -248,16 +248,17 @@ func ValidateTTL(ttl time.Duration) error {
 func seconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
 
 // Register starts keeping the registration alive in the background and
-// returns at once: an application must start even when etcd is down. The
-// loop ends when ctx is cancelled or Deregister is called; only Deregister
-// removes the key at once. Calling Register again has no effect.
+// returns at once: an application must start even when etcd is down. ctx
+// carries values only (docs/DEVELOPING.md): the loop lives until Deregister
+// (which removes the key at once) or Detach (which leaves it to expire).
+// Calling Register again has no effect.
 func (r *Registrar) Register(ctx context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.done != nil {
 		return
 	}
-	ctx, r.cancel = context.WithCancel(ctx)
+	ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	r.done = make(chan struct{})
 	r.m.state.WithLabelValues("retrying").Inc()
 	go r.run(ctx)

@@ -550,19 +550,20 @@ func TestResumeAdoptsARegistrationInsteadOfDuplicatingIt(t *testing.T) {
 	cfg := registrar.Config{Client: cli, Job: "agent", Host: "h", TTL: testTTL,
 		Value: registrar.Value{Address: "127.0.0.1:4400", PID: 77, StartedAt: started}}
 
-	// The first process registers and dies without revoking: its context
-	// ends, which stops the loop but leaves the lease to live out its TTL.
+	// The first process registers and dies without revoking: Detach stops
+	// the loop but leaves the lease to live out its TTL.
 	first, err := registrar.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	first.Register(ctx)
+	first.Register(context.Background())
 	if err := first.WaitRegistered(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	old := first.State()
-	cancel()
+	if err := first.Detach(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 
 	cfg.Resume = registrar.Resume{Key: old.Key, Lease: old.LeaseID, HoldLease: old.HoldLeaseID}
 	second, err := registrar.New(cfg)

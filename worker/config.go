@@ -75,7 +75,8 @@ type Config struct {
 	// Now is the tracer's clock; nil means time.Now. For tests.
 	Now func() time.Time
 
-	// Logger; nil means hclog's default logger named "workersd".
+	// Logger; nil discards, as everywhere in workersd (docs/DEVELOPING.md):
+	// pass hclog.Default().Named("workersd") to see its logs.
 	Logger hclog.Logger
 }
 
@@ -103,7 +104,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("final scrape timeout %s is negative", *c.FinalScrapeTimeout)
 	}
 	if c.Logger == nil {
-		c.Logger = hclog.New(&hclog.LoggerOptions{Name: "workersd"})
+		c.Logger = hclog.NewNullLogger()
 	}
 	return nil
 }

@@ -35,7 +35,6 @@ type Worker struct {
 	client    *clientv3.Client
 	ownClient bool
 	registrar *registrar.Registrar
-	cancel    context.CancelFunc // ends the registration loop
 
 	serveDone chan struct{}
 	serveErr  error
@@ -171,9 +170,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		}
 	}()
 
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	w.cancel = cancel
-	w.registrar.Register(rctx)
+	w.registrar.Register(ctx)
 	log.Info("worker started", "job", cfg.Job, "host", cfg.Host, "address", w.addr, "listen", w.ln.Addr().String())
 	return w, nil
 }
@@ -266,7 +263,6 @@ func (w *Worker) stop(ctx context.Context) error {
 	if err := w.registrar.Deregister(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	w.cancel()
 	// The loop ends at once now; wait for it, so it never outlives the
 	// client it uses (Deregister returns early when ctx is done).
 	_ = w.registrar.Detach(context.Background())
