@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -29,6 +28,7 @@ import (
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/promtest"
 )
 
 const prefix = "/workersd/v1/"
@@ -648,27 +648,7 @@ func parsePoint(p []any) (float64, float64, error) {
 }
 
 func (e *env) api(path string, params url.Values, data any) error {
-	resp, err := httpClient.Get(e.promURL + path + "?" + params.Encode())
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	var r struct {
-		Status string          `json:"status"`
-		Error  string          `json:"error"`
-		Data   json.RawMessage `json:"data"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return fmt.Errorf("%s: %s: %w", path, resp.Status, err)
-	}
-	if r.Status != "success" {
-		return fmt.Errorf("%s %s: %s", path, params.Encode(), r.Error)
-	}
-	return json.Unmarshal(r.Data, data)
+	return promtest.API(e.promURL, path, params, data)
 }
 
 // query evaluates an instant query at time at (now when zero).

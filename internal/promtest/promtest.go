@@ -31,9 +31,10 @@ func Range(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 
 
 func unix(t time.Time) string { return strconv.FormatFloat(float64(t.UnixNano())/1e9, 'f', 3, 64) }
 
-// query runs an instant query at time at and decodes its result.
-func query(promURL, q string, at time.Time, resultType string, result any) error {
-	resp, err := client.Get(promURL + "/api/v1/query?" + url.Values{"query": {q}, "time": {unix(at)}}.Encode())
+// API calls one endpoint of Prometheus' HTTP API (path such as
+// "/api/v1/series") and decodes the data of a successful answer into data.
+func API(promURL, path string, params url.Values, data any) error {
+	resp, err := client.Get(promURL + path + "?" + params.Encode())
 	if err != nil {
 		return err
 	}
@@ -43,23 +44,32 @@ func query(promURL, q string, at time.Time, resultType string, result any) error
 		return err
 	}
 	var r struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-		Data   struct {
-			ResultType string          `json:"resultType"`
-			Result     json.RawMessage `json:"result"`
-		} `json:"data"`
+		Status string          `json:"status"`
+		Error  string          `json:"error"`
+		Data   json.RawMessage `json:"data"`
 	}
 	if err := json.Unmarshal(body, &r); err != nil {
-		return fmt.Errorf("%s: %s: %w", q, resp.Status, err)
+		return fmt.Errorf("%s: %s: %w", path, resp.Status, err)
 	}
 	if r.Status != "success" {
-		return fmt.Errorf("%s: %s", q, r.Error)
+		return fmt.Errorf("%s %s: %s", path, params.Encode(), r.Error)
 	}
-	if r.Data.ResultType != resultType {
-		return fmt.Errorf("%s: result type %s, want %s", q, r.Data.ResultType, resultType)
+	return json.Unmarshal(r.Data, data)
+}
+
+// query runs an instant query at time at and decodes its result.
+func query(promURL, q string, at time.Time, resultType string, result any) error {
+	var data struct {
+		ResultType string          `json:"resultType"`
+		Result     json.RawMessage `json:"result"`
 	}
-	return json.Unmarshal(r.Data.Result, result)
+	if err := API(promURL, "/api/v1/query", url.Values{"query": {q}, "time": {unix(at)}}, &data); err != nil {
+		return err
+	}
+	if data.ResultType != resultType {
+		return fmt.Errorf("%s: result type %s, want %s", q, data.ResultType, resultType)
+	}
+	return json.Unmarshal(data.Result, result)
 }
 
 func point(p []any) (Sample, error) {
