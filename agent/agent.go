@@ -192,6 +192,9 @@ func (a *Agent) Start(ctx context.Context) error {
 		// registered.
 		release, err := lockfile.Acquire(a.cfg.StateFile + ".lock")
 		if err != nil {
+			a.mu.Lock()
+			a.closed = true // a failed start serves nothing
+			a.mu.Unlock()
 			a.cancel()
 			return fmt.Errorf("agent: state file: %w (another agent?)", err)
 		}
@@ -581,14 +584,20 @@ func (a *Agent) view(e *entry) Worker {
 // the next agent adopts the leases; after a longer stop they expire. Only a
 // process exit or an API deregistration revokes.
 func (a *Agent) Close() {
+	// Under opMu: a registration in progress (which may start a background
+	// revoke, counted in wg) finishes before wg is waited for, and every
+	// later one sees closed.
+	a.opMu.Lock()
 	a.mu.Lock()
 	if !a.started || a.closed {
 		a.closed = true
 		a.mu.Unlock()
+		a.opMu.Unlock()
 		return
 	}
 	a.closed = true
 	a.mu.Unlock()
+	a.opMu.Unlock()
 	a.cancel()
 	a.mu.Lock()
 	es := slices.Collect(maps.Values(a.byID))

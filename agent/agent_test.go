@@ -444,6 +444,26 @@ func TestCorruptStateFileIsKeptAsideAndRebuiltFromEtcd(t *testing.T) {
 			t.Fatalf("register: %d %v", code, w)
 		}
 	}
+	// A worker that registered itself on this host (package worker): its
+	// started_at is its registration's, to the nanosecond. Not the agent's
+	// to adopt, even though its process lives.
+	self := child(t)
+	ticks, err := processStartTicks(self.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, _ := processStartTime(ticks)
+	v, err := registrar.Value{Address: "127.0.0.1:9199", PID: self.Process.Pid, StartedAt: started.Add(123)}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, err := h.cli.Grant(context.Background(), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.cli.Put(context.Background(), prefix+"self/web-1/0", string(v), clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
 	before := h.leases()
 	h.stop()
 	if err := os.WriteFile(h.cfg.StateFile, []byte(`{"version":1,"workers":[{"pid":`), 0o600); err != nil {
@@ -451,8 +471,8 @@ func TestCorruptStateFileIsKeptAsideAndRebuiltFromEtcd(t *testing.T) {
 	}
 	h.cfg.Registerer = prometheus.NewRegistry()
 	h.start()
-	if ws := h.agent.List(); len(ws) != 2 {
-		t.Fatalf("rebuilt %d workers, want 2: %+v", len(ws), ws)
+	if ws := h.agent.List(); len(ws) != 2 || ws[0].PID == self.Process.Pid || ws[1].PID == self.Process.Pid {
+		t.Fatalf("rebuilt %d workers, want the agent's 2 and not the self-registered one: %+v", len(ws), ws)
 	}
 	if got := gatherValues(t, h.cfg.Registerer.(*prometheus.Registry))["workersd_agent_state_file_bad_total"]; got != 1 {
 		t.Errorf("workersd_agent_state_file_bad_total = %v, want 1", got)
@@ -474,7 +494,7 @@ func TestCorruptStateFileIsKeptAsideAndRebuiltFromEtcd(t *testing.T) {
 	}
 	// Still watched, and written to a good state file again.
 	a.Process.Kill()
-	poll.Until(t, 2*time.Second, func() bool { return len(h.keys()) == 1 }, "a rebuilt worker was not revoked on exit")
+	poll.Until(t, 2*time.Second, func() bool { return len(h.keys()) == 2 }, "a rebuilt worker was not revoked on exit")
 	st, err := readState(h.cfg.StateFile)
 	if err != nil || len(st.Workers) != 1 || st.Workers[0].PID != b.Process.Pid {
 		t.Fatalf("state file after the rebuild: %+v %v", st, err)

@@ -105,9 +105,11 @@ func (a *Agent) recoverState(readErr error) stateFile {
 		if err != nil {
 			continue
 		}
-		// The same process, not a later one with the same pid: the agent
-		// registers a process's start time (whole seconds).
-		if started, err := processStartTime(ticks); err != nil || !started.Equal(reg.StartedAt) {
+		// The same process, not a later one with the same pid, and a
+		// registration the agent made: it registers a process's start time
+		// in whole seconds, a worker that registers itself the time of its
+		// registration to the nanosecond.
+		if started, err := processStartTime(ticks); err != nil || !started.Equal(reg.StartedAt) || reg.StartedAt.Nanosecond() != 0 {
 			continue
 		}
 		st.Workers = append(st.Workers, stateEntry{

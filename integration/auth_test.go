@@ -40,6 +40,7 @@ func authSetup(t *testing.T, admin *clientv3.Client, hosts map[string][]string) 
 	for host, jobs := range hosts {
 		role := "workersd-host-" + host
 		must(admin.RoleAdd(ctx, role))
+		must(admin.RoleGrantPermission(ctx, role, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermRead)))
 		for _, job := range jobs {
 			for _, p := range []string{prefix, registrar.HoldPrefix(prefix)} {
 				key := p + job + "/" + host + "/"

@@ -164,7 +164,10 @@ func New(cfg Config) (*Registrar, error) {
 		cfg.SlotHold = DefaultSlotHold
 	}
 	if cfg.Value.StartedAt.IsZero() {
-		cfg.Value.StartedAt = time.Now().UTC().Truncate(time.Second)
+		// To the nanosecond: a host agent that lost its state tells the
+		// registrations it made (a process's start, whole seconds) from
+		// those workers made themselves.
+		cfg.Value.StartedAt = time.Now().UTC()
 	}
 	value, err := cfg.Value.Encode()
 	if err != nil {
@@ -424,7 +427,13 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 			return false, err
 		}
 		if held {
-			return true, r.ensureHold(ctx)
+			// A registration that lives stays alive even when its hold
+			// cannot be written (etcd roles without the hold prefix): only
+			// the exactness of a later reuse of the slot is at stake.
+			if err := r.ensureHold(ctx); err != nil {
+				r.log.Warn("cannot hold the slot; a worker started within the hold after this one ends may reuse it", "key", r.key, "error", err)
+			}
+			return true, nil
 		}
 		// Best effort: a lease that survived on the server must not keep a
 		// second key alive next to the new claim.
