@@ -191,7 +191,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		versioncollector.NewCollector(strings.TrimSuffix(metricsPrefix, "_")),
+		versioncollector.NewCollector("workersd"), // workersd_build_info, as in the agent
 	)
 	own := prometheus.WrapRegistererWithPrefix(metricsPrefix, reg)
 	discoveryMetrics := etcdsd.NewMetrics(own)

@@ -198,7 +198,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		versioncollector.NewCollector("workersd_agent"),
+		versioncollector.NewCollector("workersd"), // workersd_build_info, as in sdwriter
 	)
 	if f.stateFile != "" {
 		if err := os.MkdirAll(filepath.Dir(f.stateFile), 0o755); err != nil {
