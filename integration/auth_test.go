@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,34 +24,79 @@ import (
 // (job, host) keys and holds; sdwriter's user may only read.
 func authSetup(t *testing.T, admin *clientv3.Client, hosts map[string][]string) {
 	t.Helper()
+	authUsers(t, admin)
+	for host, jobs := range hosts {
+		for _, job := range jobs {
+			if err := authGrantHost(admin, job, host); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	authEnable(t, admin)
+}
+
+// The users docs/ETCD.md names and their passwords.
+const (
+	rootPassword     = "root-secret"
+	sdwriterPassword = "sdwriter-secret"
+)
+
+func hostPassword(host string) string { return host + "-secret" }
+
+// authUsers adds root and sdwriter's read-only user.
+func authUsers(t *testing.T, admin *clientv3.Client) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	must := func(_ any, err error) {
+	must := mustEtcd(t)
+	must(admin.UserAdd(ctx, "root", rootPassword))
+	must(admin.UserGrantRole(ctx, "root", "root"))
+	must(admin.RoleAdd(ctx, "workersd-reader"))
+	must(admin.RoleGrantPermission(ctx, "workersd-reader", prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermRead)))
+	must(admin.UserAdd(ctx, "sdwriter", sdwriterPassword))
+	must(admin.UserGrantRole(ctx, "sdwriter", "workersd-reader"))
+}
+
+// authGrantHost lets host's user (created with its role on first use) write
+// job's keys and holds on that host, and read every registration.
+func authGrantHost(admin *clientv3.Client, job, host string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	role := "workersd-host-" + host
+	var errs []error
+	do := func(_ any, err error) { errs = append(errs, err) }
+	if _, err := admin.RoleGet(ctx, role); errors.Is(err, rpctypes.ErrRoleNotFound) {
+		do(admin.RoleAdd(ctx, role))
+		do(admin.RoleGrantPermission(ctx, role, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermRead)))
+		do(admin.UserAdd(ctx, host, hostPassword(host)))
+		do(admin.UserGrantRole(ctx, host, role))
+	} else if err != nil {
+		return fmt.Errorf("role %s: %w", role, err)
+	}
+	for _, p := range []string{prefix, registrar.HoldPrefix(prefix)} {
+		key := p + job + "/" + host + "/"
+		do(admin.RoleGrantPermission(ctx, role, key, clientv3.GetPrefixRangeEnd(key), clientv3.PermissionType(clientv3.PermReadWrite)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("granting %s/%s to %s: %w", job, host, host, err)
+	}
+	return nil
+}
+
+func authEnable(t *testing.T, admin *clientv3.Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mustEtcd(t)(admin.AuthEnable(ctx))
+}
+
+func mustEtcd(t *testing.T) func(any, error) {
+	return func(_ any, err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(admin.UserAdd(ctx, "root", "root-secret"))
-	must(admin.UserGrantRole(ctx, "root", "root"))
-	must(admin.RoleAdd(ctx, "workersd-reader"))
-	must(admin.RoleGrantPermission(ctx, "workersd-reader", prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermRead)))
-	must(admin.UserAdd(ctx, "sdwriter", "sdwriter-secret"))
-	must(admin.UserGrantRole(ctx, "sdwriter", "workersd-reader"))
-	for host, jobs := range hosts {
-		role := "workersd-host-" + host
-		must(admin.RoleAdd(ctx, role))
-		must(admin.RoleGrantPermission(ctx, role, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermRead)))
-		for _, job := range jobs {
-			for _, p := range []string{prefix, registrar.HoldPrefix(prefix)} {
-				key := p + job + "/" + host + "/"
-				must(admin.RoleGrantPermission(ctx, role, key, clientv3.GetPrefixRangeEnd(key), clientv3.PermissionType(clientv3.PermReadWrite)))
-			}
-		}
-		must(admin.UserAdd(ctx, host, host+"-secret"))
-		must(admin.UserGrantRole(ctx, host, role))
-	}
-	must(admin.AuthEnable(ctx))
 }
 
 // Issue 12, acceptance 3: with etcd authentication on, a worker on host
@@ -79,10 +125,10 @@ func TestEtcdAuthScopedPerHost(t *testing.T) {
 	}
 	e := &env{t: t, dir: dir, logs: logs, targets: filepath.Join(dir, "targets.json")}
 	startProc(t, logs, "sdwriter", filepath.Join(bin, "sdwriter"), "--etcd.endpoints="+etcd.Endpoint(),
-		"--etcd.username=sdwriter", "--etcd.password-file="+secret("sdwriter.pw", "sdwriter-secret"),
+		"--etcd.username=sdwriter", "--etcd.password-file="+secret("sdwriter.pw", sdwriterPassword),
 		"--output.file="+e.targets, "--web.listen-address="+etcdtest.FreeAddr(t))
 	w := startProc(t, logs, "worker", filepath.Join(bin, "demoworker"), "--etcd.endpoints="+etcd.Endpoint(),
-		"--etcd.username=web-1", "--etcd.password-file="+secret("web-1.pw", "web-1-secret"),
+		"--etcd.username=web-1", "--etcd.password-file="+secret("web-1.pw", hostPassword("web-1")),
 		"--job=demo", "--host=web-1", "--ttl=2s", "--listen-address=127.0.0.1:0", "--final-scrape-timeout=0s")
 	addr, err := w.waitLine("listening on", 30*time.Second)
 	if err != nil {
@@ -100,7 +146,7 @@ func TestEtcdAuthScopedPerHost(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	web1, reader := client("web-1", "web-1-secret"), client("sdwriter", "sdwriter-secret")
+	web1, reader := client("web-1", hostPassword("web-1")), client("sdwriter", sdwriterPassword)
 	for _, tc := range []struct {
 		who string
 		cli *clientv3.Client

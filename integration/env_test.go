@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,8 +34,10 @@ import (
 
 const prefix = "/workersd/v1/"
 
-// env is one scenario's world: a 3-member etcd cluster, sdwriter writing
-// the targets file, Prometheus reading it with the example configuration.
+// env is one scenario's world: a 3-member etcd cluster with authentication
+// on as docs/ETCD.md sets it up (each host's workers write with that host's
+// user, sdwriter reads with a read-only user), sdwriter writing the targets
+// file, Prometheus reading it with the example configuration.
 type env struct {
 	t       *testing.T
 	prom    promSetup
@@ -89,11 +92,12 @@ func newEnvWith(t *testing.T, prom promSetup) *env {
 	}
 	start := time.Now()
 	e.cluster = startCluster(e, 3)
+	e.cluster.enableAuth()
 	clusterUp := time.Since(start)
 	e.startSdwriter()
 	e.waitSdwriterReady(30 * time.Second)
 	e.startPrometheus()
-	t.Logf("environment up in %s (3-member etcd cluster %s, binaries built in %s, Prometheus %s)", time.Since(start).Round(time.Millisecond), clusterUp.Round(time.Millisecond), build.took.Round(time.Millisecond), prom.name)
+	t.Logf("environment up in %s (3-member etcd cluster with authentication %s, binaries built in %s, Prometheus %s)", time.Since(start).Round(time.Millisecond), clusterUp.Round(time.Millisecond), build.took.Round(time.Millisecond), prom.name)
 	return e
 }
 
@@ -111,6 +115,10 @@ type cluster struct {
 	members []*member
 	initial string
 	token   string
+
+	mu      sync.Mutex
+	admin   *clientv3.Client // as root, once authentication is on
+	granted map[[2]string]bool
 }
 
 // startCluster starts n members at once (a member of a multi-member
@@ -162,15 +170,51 @@ func (c *cluster) endpoints() []string {
 	return eps
 }
 
-// client returns a client of the whole cluster, closed when the test ends.
+// client returns a client of the whole cluster as root, closed when the
+// test ends.
 func (c *cluster) client() *clientv3.Client {
 	c.e.t.Helper()
-	cli, err := etcdclient.New(c.endpoints(), clientv3.Config{})
+	return c.clientAs("root", rootPassword)
+}
+
+func (c *cluster) clientAs(user, password string) *clientv3.Client {
+	c.e.t.Helper()
+	cli, err := etcdclient.New(c.endpoints(), clientv3.Config{Username: user, Password: password})
 	if err != nil {
 		c.e.t.Fatal(err)
 	}
 	c.e.t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// enableAuth adds root and sdwriter's read-only user and turns
+// authentication on; hosts' users come with their first worker (grantHost).
+func (c *cluster) enableAuth() {
+	c.e.t.Helper()
+	open := c.clientAs("", "")
+	authUsers(c.e.t, open)
+	authEnable(c.e.t, open)
+	c.admin = c.client()
+	c.granted = map[[2]string]bool{}
+}
+
+// grantHost lets host's user write job's registrations on host, as an
+// admin would before deploying job there, and returns the user and the
+// file holding its password.
+func (c *cluster) grantHost(job, host string) (user, passwordFile string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	passwordFile = filepath.Join(c.e.dir, "etcd-"+host+".password")
+	if !c.granted[[2]string{job, host}] {
+		if err := authGrantHost(c.admin, job, host); err != nil {
+			return "", "", err
+		}
+		if err := os.WriteFile(passwordFile, []byte(hostPassword(host)+"\n"), 0o600); err != nil {
+			return "", "", err
+		}
+		c.granted[[2]string{job, host}] = true
+	}
+	return host, passwordFile, nil
 }
 
 // leader asks the running members who leads and returns its index, once
@@ -231,12 +275,25 @@ func registrations(ctx context.Context, cli *clientv3.Client, job string) (map[s
 
 func (e *env) startSdwriter() {
 	e.t.Helper()
+	pw := e.sdwriterPasswordFile()
 	e.sdw = startProc(e.t, e.logs, "sdwriter", filepath.Join(binDir, "sdwriter"),
 		"--etcd.endpoints="+strings.Join(e.cluster.endpoints(), ","),
+		"--etcd.username=sdwriter", "--etcd.password-file="+pw,
 		"--output.file="+e.targets,
 		"--web.listen-address="+e.sdwAddr,
 		"--log.level=debug",
 	)
+}
+
+// sdwriterPasswordFile holds the password of sdwriter's read-only etcd
+// user.
+func (e *env) sdwriterPasswordFile() string {
+	e.t.Helper()
+	pw := filepath.Join(e.dir, "etcd-sdwriter.password")
+	if err := os.WriteFile(pw, []byte(sdwriterPassword+"\n"), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return pw
 }
 
 func (e *env) waitSdwriterReady(timeout time.Duration) {
@@ -471,8 +528,13 @@ func (e *env) startWorkerErr(o workerOpts) (*worker, error) {
 	if o.idle {
 		jobs, rate = 1, 0.0001 // the first unit would come after hours
 	}
+	user, pw, err := e.cluster.grantHost(o.job, o.host)
+	if err != nil {
+		return nil, err
+	}
 	p, err := startProcErr(e.t, e.logs, "worker-"+o.job+"-"+o.host, filepath.Join(binDir, "demoworker"),
 		"--etcd.endpoints="+strings.Join(e.cluster.endpoints(), ","),
+		"--etcd.username="+user, "--etcd.password-file="+pw,
 		"--job="+o.job, "--host="+o.host, "--ttl="+o.ttl.String(),
 		"--listen-address=127.0.0.1:0",
 		"--jobs="+strconv.Itoa(jobs), "--rate="+strconv.FormatFloat(rate, 'f', -1, 64),

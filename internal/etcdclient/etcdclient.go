@@ -23,9 +23,21 @@ import (
 // MaxReconnectDelay caps gRPC's reconnect backoff.
 const MaxReconnectDelay = time.Second
 
+// unauthenticated is the token a client with a user and password starts
+// with (see New): no etcd member issues it.
+const unauthenticated = "workersd-not-authenticated-yet"
+
 // New returns a client for endpoints. It does not block: with etcd down the
 // client is returned and calls wait (bounded by their contexts) until it
 // answers. cfg may carry TLS and auth; its endpoints are replaced.
+//
+// With a user and password, clientv3.New authenticates before it returns
+// and fails when etcd cannot be reached, so a worker started during an
+// etcd outage would not start at all. New starts the client with a token
+// no member accepts instead, then gives it the user and password: the
+// first call is refused (ErrInvalidAuthToken, or ErrUserEmpty), upon which
+// the client authenticates and retries, as it does whenever a member
+// forgets its token.
 func New(endpoints []string, cfg clientv3.Config) (*clientv3.Client, error) {
 	if len(endpoints) == 0 {
 		return nil, fmt.Errorf("etcd client: no endpoints")
@@ -51,9 +63,18 @@ func New(endpoints []string, cfg clientv3.Config) (*clientv3.Client, error) {
 		},
 		MinConnectTimeout: 2 * time.Second,
 	}))
+	user, password := cfg.Username, cfg.Password
+	lazy := user != "" && password != "" && cfg.Token == ""
+	if lazy {
+		cfg.Username, cfg.Password, cfg.Token = "", "", unauthenticated
+	}
 	c, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+	}
+	if lazy {
+		// No call has been made yet: nothing reads these concurrently.
+		c.Token, c.Username, c.Password = "", user, password
 	}
 	return c, nil
 }
