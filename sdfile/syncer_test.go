@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 
+	"github.com/workersd/workersd/internal/atomicfile"
 	"github.com/workersd/workersd/internal/filetest"
 	"github.com/workersd/workersd/internal/metrictest"
 )
@@ -174,8 +175,8 @@ func TestSyncerRetriesFailedWrites(t *testing.T) {
 		}
 	}
 	filetest.Check(t, path, string(want), FileMode)
-	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
-		t.Errorf("failed writes left %v", ents)
+	if tmp := atomicfile.Temporaries(filepath.Dir(path)); len(tmp) != 0 {
+		t.Errorf("failed writes left %v", tmp)
 	}
 }
 

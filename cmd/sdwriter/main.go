@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/alecthomas/units"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -47,6 +49,9 @@ const (
 	defaultWebAddress = ":9850"
 	metricsPrefix     = "workersd_sdwriter_"
 	shutdownTimeout   = 5 * time.Second
+	// maxShards bounds --output.shards: more Prometheus servers than this
+	// behind one sdwriter is a typo, not a setup.
+	maxShards = 1024
 )
 
 func main() {
@@ -65,6 +70,8 @@ type flags struct {
 	embedPublic bool
 	sd          etcdsd.SDConfig
 	outputFile  string
+	shards      int
+	writeRate   units.Base2Bytes
 	web         *web.FlagConfig
 	log         *cliflags.Log
 }
@@ -89,11 +96,21 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &f.sd.TLSConfig, Username: &f.sd.Username, PasswordFile: &f.sd.PasswordFile})
 	app.Flag("output.file", "file_sd JSON file to keep up to date: a regular file (replaced atomically) or a symbolic link to one (the file it points to is replaced, the link stays). Empty: write no file (http_sd on /sd only).").
 		Default("workersd.json").StringVar(&f.outputFile)
+	app.Flag("output.shards", "Split the targets into this many files (and /sd?shard=k), as hashmod on the instance label splits them, one per Prometheus server of a sharded setup: --output.file workersd.json gives workersd-0-of-N.json to workersd-<N-1>-of-N.json (examples/prometheus.yml).").
+		Default("1").IntVar(&f.shards)
+	app.Flag("output.write-rate", "While targets keep changing, write large outputs at most at this rate: after writing n bytes over 1MiB, wait (n - 1MiB) / rate (at most 5s) and write every change of the wait at once. Prometheus parses the whole file after each write and hands targets on every 5s. 0: write every change at once.").
+		Default("8MiB").BytesVar(&f.writeRate)
 	f.web = kingpinflag.AddFlags(app, defaultWebAddress)
 	f.log = cliflags.AddLog(app)
 
 	if _, err := app.Parse(args); err != nil {
 		return nil, err
+	}
+	if f.shards < 1 || f.shards > maxShards {
+		return nil, fmt.Errorf("--output.shards=%d: want 1 to %d", f.shards, maxShards)
+	}
+	if f.writeRate < 0 {
+		return nil, fmt.Errorf("--output.write-rate=%s: want a size per second, 0 to write every change at once", f.writeRate)
 	}
 	if err := registrar.ValidatePrefix(f.sd.Prefix); err != nil {
 		return nil, fmt.Errorf("--etcd.prefix: %w", err)
@@ -139,10 +156,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	logger.Info("starting", "version", version.Info(), "build", version.BuildContext())
-	if f.outputFile != "" {
-		// Refused at start rather than at the first write: a device, FIFO
-		// or directory there is a mistake, and replacing it would break
-		// the system (/dev/null).
+	// Refused at start rather than at the first write: a device, FIFO or
+	// directory there is a mistake, and replacing it would break the
+	// system (/dev/null).
+	switch {
+	case f.outputFile == "":
+	case f.shards == 1:
 		out, err := atomicfile.Resolve(f.outputFile)
 		if err != nil {
 			return fmt.Errorf("--output.file: %w", err)
@@ -151,6 +170,17 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 			logger.Info("--output.file is a symbolic link: writing the file it points to, in its directory", "link", f.outputFile, "file", out)
 		}
 		f.outputFile = out
+	default:
+		for k := range f.shards {
+			file := sdfile.ShardFile(f.outputFile, k, f.shards)
+			out, err := atomicfile.Resolve(file)
+			if err != nil {
+				return fmt.Errorf("--output.file, shard %d: %w", k, err)
+			}
+			if out != file {
+				return fmt.Errorf("--output.file, shard %d: %s is a symbolic link; with --output.shards, point --output.file into the directory instead", k, file)
+			}
+		}
 	}
 	ctx, cancelCause := context.WithCancelCause(ctx)
 	cancel := func() { cancelCause(nil) }
@@ -204,10 +234,20 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	if err != nil {
 		return err
 	}
-	syncer := sdfile.New(sdfile.Options{File: f.outputFile, Logger: logger.Named("sdfile"), Metrics: fileMetrics})
-	if f.outputFile == "" {
-		logger.Info("no --output.file: targets are served on /sd only")
-	} else {
+	rate := int64(f.writeRate)
+	if rate == 0 {
+		rate = -1 // every change at once
+	}
+	syncer := sdfile.New(sdfile.Options{File: f.outputFile, Shards: f.shards, WriteRate: rate, Logger: logger.Named("sdfile"), Metrics: fileMetrics})
+	switch {
+	case f.outputFile == "":
+		logger.Info("no --output.file: targets are served on /sd only", "shards", f.shards)
+	case f.shards > 1:
+		logger.Info("writing targets in shards", "files", syncer.Files())
+		if _, err := os.Stat(f.outputFile); err == nil {
+			logger.Warn("--output.file exists but is no longer written: with --output.shards each shard has its own file; remove it, or a Prometheus reading *.json reads its targets twice", "file", f.outputFile)
+		}
+	default:
 		logger.Info("writing targets", "file", f.outputFile)
 	}
 
@@ -242,6 +282,9 @@ func handler(reg *prometheus.Registry, syncer *sdfile.Syncer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.Handle("/sd", syncer)
+	// As in Prometheus: profiles of a running sdwriter (docs/PROFILING.md).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "sdwriter is healthy.\n")
 	})

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/sdfile"
 )
 
 // Acceptance 1: registrations appear in the file and at /sd with exactly the
@@ -358,6 +362,9 @@ func TestFlagErrors(t *testing.T) {
 		// every interface was accepted without a word.
 		{"--etcd.embed.listen-address=0.0.0.0:2379"},
 		{"--etcd.embed.peer-address=192.0.2.1:2380"},
+		{"--output.shards=0"},
+		{"--output.shards=100000"},
+		{"--output.write-rate=fast"},
 	} {
 		var stderr bytes.Buffer
 		if code := run(context.Background(), args, &stderr); code != 2 {
@@ -396,4 +403,41 @@ func TestEtcdAuth(t *testing.T) {
 	startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint(), "--etcd.username=root", "--etcd.password-file="+pw)
 	putReg(t, cli, "api/a/0", "h:1")
 	waitFile(t, file, "h:1")
+}
+
+// Issue 13: --output.shards=3 writes one file per shard, each holding the
+// targets whose instance (host/slot) hashes to it, served as /sd?shard=k
+// too; the three together hold every registration once.
+func TestShardedOutput(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "workersd.json")
+	in := startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint(), "--output.shards=3")
+	cli := etcd.Client(t)
+	want := make([][]string, 3)
+	for i := range 30 {
+		host, slot := fmt.Sprintf("h%d", i/5), i%5
+		addr := fmt.Sprintf("10.0.0.%d:9100", i+1)
+		putReg(t, cli, fmt.Sprintf("api/%s/%d", host, slot), addr)
+		k := sdfile.Shard(fmt.Sprintf("%s/%d", host, slot), 3)
+		want[k] = append(want[k], addr)
+	}
+	for k := range 3 {
+		slices.Sort(want[k])
+		shardFile := filepath.Join(dir, fmt.Sprintf("workersd-%d-of-3.json", k))
+		poll.Until(t, 10*time.Second, func() bool {
+			b, err := os.ReadFile(shardFile)
+			return err == nil && slices.Equal(slices.Sorted(slices.Values(addresses(t, b))), want[k])
+		}, "%s holding %v", shardFile, want[k])
+		code, _, body := httpGet(fmt.Sprintf("http://%s/sd?shard=%d", in.web, k))
+		if b, _ := os.ReadFile(shardFile); code != http.StatusOK || !bytes.Equal(body, b) {
+			t.Errorf("/sd?shard=%d: %d, not the file: %q", k, code, body)
+		}
+	}
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s written with --output.shards: %v", file, err)
+	}
+	if code, _, body := httpGet("http://" + in.web + "/sd"); code != http.StatusBadRequest {
+		t.Errorf("/sd without a shard: %d %q, want 400", code, body)
+	}
 }

@@ -11,13 +11,22 @@ import (
 	"path/filepath"
 )
 
+// TempDir is the directory, beside the file written, where Write writes
+// its temporary file. Not the file's own directory: Prometheus' file_sd
+// watches that directory and reads every file of its glob again on each
+// event there, even for a file that does not match the glob; a temporary
+// file beside the output gave three or four such events (create, write,
+// rename) per write, so Prometheus parsed a 30 MB output up to four times
+// per write. Only the rename into place is seen now.
+const TempDir = ".atomicfile"
+
 // Write replaces the file at path by data with the given mode. It writes a
-// temporary file in the same directory, named ".<name>.tmp-<random>" so that
-// a glob such as *.json never matches it, fsyncs it, sets mode (not subject
-// to the umask), renames it over path and fsyncs the directory. The
-// directory is created (0755) when missing. On error before the rename the
-// previous file is left as it was and the temporary file is removed; an
-// error after it is a *NotDurableError.
+// temporary file in TempDir under the file's directory (same file system,
+// so the rename is atomic; a glob such as *.json never matches it), fsyncs
+// it, sets mode (not subject to the umask), renames it over path and fsyncs
+// the directory. The directories are created (0755) when missing. On error
+// before the rename the previous file is left as it was and the temporary
+// file is removed; an error after it is a *NotDurableError.
 //
 // It replaces only a regular file: a directory, device, socket, FIFO or
 // symbolic link at path is an error (callers that follow links resolve them
@@ -33,10 +42,10 @@ func Write(path string, data []byte, mode os.FileMode) (err error) {
 	if dir == "" {
 		dir = "."
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, TempDir), 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	f, err := os.CreateTemp(filepath.Join(dir, TempDir), name+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -67,6 +76,17 @@ func Write(path string, data []byte, mode os.FileMode) (err error) {
 		return &NotDurableError{err}
 	}
 	return nil
+}
+
+// Temporaries lists the temporary files Write left in dir: none, unless
+// a process died between creating one and renaming it.
+func Temporaries(dir string) []string {
+	ents, _ := os.ReadDir(filepath.Join(dir, TempDir))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
 }
 
 // replaceable checks that path is a regular file or nothing.

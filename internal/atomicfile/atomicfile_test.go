@@ -9,7 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/workersd/workersd/internal/filetest"
 )
 
@@ -26,25 +28,61 @@ func TestWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	filetest.Check(t, path, "[1]\n", 0o644)
-	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
-		t.Errorf("directory holds %v, want only the file", ents)
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 || ents[0].Name() != TempDir || ents[1].Name() != "targets.json" {
+		t.Errorf("directory holds %v, want the file and %s", ents, TempDir)
+	}
+	if tmp := Temporaries(dir); len(tmp) != 0 {
+		t.Errorf("temporary files left: %v", tmp)
 	}
 	if err := Write(dir+"/", nil, 0o644); err == nil {
 		t.Error("WriteFile to a directory name succeeded")
 	}
 }
 
-// The temporary file must never match the glob Prometheus watches.
-func TestTempFileNameDoesNotMatchJSONGlob(t *testing.T) {
+// The temporary file must never match the glob Prometheus watches, and
+// writing it must not touch the watched directory: file_sd reads every
+// file again on each event there. One write is one event, the rename.
+func TestWriteIsOneEventInTheDirectory(t *testing.T) {
 	dir := t.TempDir()
-	f, err := os.CreateTemp(dir, ".targets.json.tmp-*") // the pattern Write uses
+	path := filepath.Join(dir, "targets.json")
+	if err := Write(path, []byte("[]\n"), 0o644); err != nil { // creates TempDir
+		t.Fatal(err)
+	}
+	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	for _, glob := range []string{"*.json", "*.yml", "*.yaml", "targets*.json"} {
-		if m, _ := filepath.Glob(filepath.Join(dir, glob)); len(m) != 0 {
-			t.Errorf("%s matches %v", glob, m)
+	defer w.Close()
+	if err := w.Add(dir); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := Write(path, bytes.Repeat([]byte("x"), 1<<20+i), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sentinel"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var events []fsnotify.Event
+	for {
+		select {
+		case ev := <-w.Events:
+			if filepath.Base(ev.Name) == "sentinel" {
+				// inotify may merge the renames of writes in quick succession.
+				if len(events) == 0 || len(events) > 3 {
+					t.Errorf("3 writes gave %d events in the directory, want 1 to 3 (the renames): %v", len(events), events)
+				}
+				return
+			}
+			events = append(events, ev)
+			if ev.Name != path {
+				t.Errorf("event %v in the watched directory", ev)
+			}
+		case err := <-w.Errors:
+			t.Fatal(err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no sentinel event; events: %v", events)
 		}
 	}
 }
@@ -72,8 +110,8 @@ func TestWriteFailureLeavesPrevious(t *testing.T) {
 		}
 	})
 	filetest.Check(t, path, "[]\n", 0o644)
-	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
-		t.Errorf("a failed write left %v", ents)
+	if tmp := Temporaries(dir); len(tmp) != 0 {
+		t.Errorf("a failed write left %v", tmp)
 	}
 }
 
