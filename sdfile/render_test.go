@@ -3,7 +3,10 @@ package sdfile
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -165,5 +168,43 @@ func TestStore(t *testing.T) {
 	s.Apply([]*targetgroup.Group{{Source: "a"}, {Source: "never-seen"}})
 	if got := string(s.Bytes()); got != "[]\n" || s.Len() != 0 || len(s.TargetsByJob()) != 0 {
 		t.Errorf("after removing all: %q, len %d, jobs %v", got, s.Len(), s.TargetsByJob())
+	}
+}
+
+// The order a Store keeps as sources come and go, one by one and in large
+// batches, renders exactly what a full render of the same groups does.
+func TestStoreOrderUnderChurn(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	s := NewStore()
+	live := map[string]*targetgroup.Group{}
+	for step := range 300 {
+		var update []*targetgroup.Group
+		n := 1 + rng.IntN(5)
+		if step%50 == 0 {
+			n = 200 // more than sortedInsertMax: the order is rebuilt
+		}
+		for range n {
+			src := fmt.Sprintf("/k/%d", rng.IntN(400))
+			var g *targetgroup.Group
+			if rng.IntN(3) == 0 {
+				g = &targetgroup.Group{Source: src} // removal
+				delete(live, src)
+			} else {
+				g = group(src, []string{fmt.Sprintf("10.0.%d.%d:9100", step%250, rng.IntN(250))}, model.LabelSet{"job": "j"})
+				live[src] = g
+			}
+			update = append(update, g)
+		}
+		s.Apply(update)
+		if step%7 != 0 {
+			continue // several updates between renders, as under a write wait
+		}
+		want := Render(slices.Collect(maps.Values(live)))
+		if got := s.Bytes(); !bytes.Equal(got, want) {
+			t.Fatalf("step %d: the Store renders\n%s\nwant\n%s", step, got, want)
+		}
+		if s.Len() != len(live) {
+			t.Fatalf("step %d: Len %d, want %d", step, s.Len(), len(live))
+		}
 	}
 }

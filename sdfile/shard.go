@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"path/filepath"
-	"strings"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
@@ -26,16 +25,21 @@ func Shard(instance string, n int) int {
 }
 
 // ShardFile is the file of shard k of n when the output is file: file
-// itself for a single shard, else file with "-<k>-of-<n>" before its
-// extension (workersd.json, shard 1 of 4: workersd-1-of-4.json). The count
-// is in the name so that files of an earlier count are never taken for
-// this one's.
+// itself for a single shard, else a file of the same name in a directory
+// of its own beside it, "shard-<k>-of-<n>"
+// (/var/lib/workersd/targets/workersd.json, shard 1 of 4:
+// /var/lib/workersd/targets/shard-1-of-4/workersd.json). A directory each,
+// because Prometheus' file_sd reads its files again on any event in the
+// directories it watches: with the shards side by side, each server would
+// parse its file after every write of every shard. The count is in the
+// name so that the files of an earlier count are never taken for this
+// one's, and a glob on the unsharded output (*.json) matches none of them.
 func ShardFile(file string, k, n int) string {
 	if n <= 1 || file == "" {
 		return file
 	}
-	ext := filepath.Ext(file)
-	return fmt.Sprintf("%s-%d-of-%d%s", strings.TrimSuffix(file, ext), k, n, ext)
+	dir, base := filepath.Split(file)
+	return filepath.Join(dir, fmt.Sprintf("shard-%d-of-%d", k, n), base)
 }
 
 // splitGroups splits each group into n, one per shard, each with the

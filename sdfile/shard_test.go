@@ -73,8 +73,8 @@ func TestShardFile(t *testing.T) {
 		want string
 	}{
 		{"/var/lib/workersd/targets/workersd.json", 0, 1, "/var/lib/workersd/targets/workersd.json"},
-		{"/var/lib/workersd/targets/workersd.json", 1, 4, "/var/lib/workersd/targets/workersd-1-of-4.json"},
-		{"out", 2, 3, "out-2-of-3"},
+		{"/var/lib/workersd/targets/workersd.json", 1, 4, "/var/lib/workersd/targets/shard-1-of-4/workersd.json"},
+		{"out", 2, 3, "shard-2-of-3/out"},
 		{"", 0, 2, ""},
 	} {
 		if got := ShardFile(tc.file, tc.k, tc.n); got != tc.want {

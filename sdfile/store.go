@@ -3,62 +3,97 @@ package sdfile
 import (
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
 
+// sortedInsertMax is how many new sources one Apply inserts one by one
+// into the sorted order; more (an initial listing) and the order is
+// rebuilt with one sort when next rendered.
+const sortedInsertMax = 64
+
 // Store holds the current target groups by source, each rendered once when
-// it arrives, so that rendering the whole set is a sort and a copy. It
-// applies updates as Prometheus' discovery manager does: a group replaces the
-// previous group of its source, and a group without targets removes it.
+// it arrives, and their order by source, kept up to date as sources come
+// and go: rendering the whole set is one copy. It applies updates as
+// Prometheus' discovery manager does: a group replaces the previous group
+// of its source, and a group without targets removes it.
 // A Store is not safe for concurrent use.
 type Store struct {
-	entries map[string]storeEntry
-	order   []string // sorted sources; nil after a source came or went
-	size    int      // bytes of all entries
+	entries map[string]*storeEntry
+	order   []*storeEntry // sorted by source; nil when it must be rebuilt
+	size    int           // bytes of all entries
 	jobs    map[string]int
 }
 
 type storeEntry struct {
-	data []byte
-	jobs []string
+	source string
+	data   []byte
+	jobs   []string
 }
 
 // NewStore returns an empty Store.
 func NewStore() *Store {
-	return &Store{entries: make(map[string]storeEntry), jobs: make(map[string]int)}
+	return &Store{entries: make(map[string]*storeEntry), order: []*storeEntry{}, jobs: make(map[string]int)}
 }
 
 // Apply applies the groups of one update.
 func (s *Store) Apply(groups []*targetgroup.Group) {
+	inserted := 0
 	for _, g := range groups {
 		if g == nil {
 			continue
 		}
-		old, had := s.entries[g.Source]
+		e, had := s.entries[g.Source]
 		if had {
-			s.uncount(old)
+			s.uncount(e)
 		}
 		data, jobs := renderGroup(g)
 		if len(data) == 0 {
 			if had {
 				delete(s.entries, g.Source)
-				s.order = nil
+				s.remove(e)
 			}
 			continue
 		}
-		s.entries[g.Source] = storeEntry{data: data, jobs: jobs}
+		if !had {
+			e = &storeEntry{source: g.Source}
+			s.entries[g.Source] = e
+			if inserted++; inserted > sortedInsertMax {
+				s.order = nil
+			}
+			s.insert(e)
+		}
+		e.data, e.jobs = data, jobs
 		s.size += len(data)
 		for _, j := range jobs {
 			s.jobs[j]++
 		}
-		if !had {
-			s.order = nil
-		}
 	}
 }
 
-func (s *Store) uncount(e storeEntry) {
+func compareSource(e *storeEntry, source string) int { return strings.Compare(e.source, source) }
+
+// insert puts e in the order, unless the order is to be rebuilt.
+func (s *Store) insert(e *storeEntry) {
+	if s.order == nil {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(s.order, e.source, compareSource)
+	s.order = slices.Insert(s.order, i, e)
+}
+
+// remove takes e out of the order, unless the order is to be rebuilt.
+func (s *Store) remove(e *storeEntry) {
+	if s.order == nil {
+		return
+	}
+	if i, found := slices.BinarySearchFunc(s.order, e.source, compareSource); found {
+		s.order = slices.Delete(s.order, i, i+1)
+	}
+}
+
+func (s *Store) uncount(e *storeEntry) {
 	s.size -= len(e.data)
 	for _, j := range e.jobs {
 		if s.jobs[j]--; s.jobs[j] == 0 {
@@ -80,15 +115,15 @@ func (s *Store) Bytes() []byte {
 		return []byte("[]\n")
 	}
 	if s.order == nil {
-		s.order = slices.Sorted(maps.Keys(s.entries))
+		s.order = slices.SortedFunc(maps.Values(s.entries), func(a, b *storeEntry) int { return strings.Compare(a.source, b.source) })
 	}
 	b := make([]byte, 0, s.size+2*len(s.order)+4)
 	b = append(b, "[\n"...)
-	for i, src := range s.order {
+	for i, e := range s.order {
 		if i > 0 {
 			b = append(b, ",\n"...)
 		}
-		b = append(b, s.entries[src].data...)
+		b = append(b, e.data...)
 	}
 	return append(b, "\n]\n"...)
 }

@@ -96,7 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &f.sd.TLSConfig, Username: &f.sd.Username, PasswordFile: &f.sd.PasswordFile})
 	app.Flag("output.file", "file_sd JSON file to keep up to date: a regular file (replaced atomically) or a symbolic link to one (the file it points to is replaced, the link stays). Empty: write no file (http_sd on /sd only).").
 		Default("workersd.json").StringVar(&f.outputFile)
-	app.Flag("output.shards", "Split the targets into this many files (and /sd?shard=k), as hashmod on the instance label splits them, one per Prometheus server of a sharded setup: --output.file workersd.json gives workersd-0-of-N.json to workersd-<N-1>-of-N.json (examples/prometheus.yml).").
+	app.Flag("output.shards", "Split the targets into this many files (and /sd?shard=k), as hashmod on the instance label splits them, one per Prometheus server of a sharded setup: --output.file /d/workersd.json gives /d/shard-0-of-N/workersd.json to /d/shard-<N-1>-of-N/workersd.json (examples/prometheus.yml).").
 		Default("1").IntVar(&f.shards)
 	app.Flag("output.write-rate", "While targets keep changing, write large outputs at most at this rate: after writing n bytes over 1MiB, wait (n - 1MiB) / rate (at most 5s) and write every change of the wait at once. Prometheus parses the whole file after each write and hands targets on every 5s. 0: write every change at once.").
 		Default("8MiB").BytesVar(&f.writeRate)

@@ -424,7 +424,7 @@ func TestShardedOutput(t *testing.T) {
 	}
 	for k := range 3 {
 		slices.Sort(want[k])
-		shardFile := filepath.Join(dir, fmt.Sprintf("workersd-%d-of-3.json", k))
+		shardFile := filepath.Join(dir, fmt.Sprintf("shard-%d-of-3", k), "workersd.json")
 		poll.Until(t, 10*time.Second, func() bool {
 			b, err := os.ReadFile(shardFile)
 			return err == nil && slices.Equal(slices.Sorted(slices.Values(addresses(t, b))), want[k])
