@@ -181,7 +181,7 @@ func TestStoreOrderUnderChurn(t *testing.T) {
 		var update []*targetgroup.Group
 		n := 1 + rng.IntN(5)
 		if step%50 == 0 {
-			n = 200 // more than sortedInsertMax: the order is rebuilt
+			n = 200 // a large batch, as in a listing
 		}
 		for range n {
 			src := fmt.Sprintf("/k/%d", rng.IntN(400))

@@ -8,20 +8,18 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
 
-// sortedInsertMax is how many new sources one Apply inserts one by one
-// into the sorted order; more (an initial listing) and the order is
-// rebuilt with one sort when next rendered.
-const sortedInsertMax = 64
-
 // Store holds the current target groups by source, each rendered once when
-// it arrives, and their order by source, kept up to date as sources come
-// and go: rendering the whole set is one copy. It applies updates as
-// Prometheus' discovery manager does: a group replaces the previous group
-// of its source, and a group without targets removes it.
+// it arrives, and their order by source: rendering the whole set is a merge
+// of the sources that came since the last render into that order, and one
+// copy. It applies updates as Prometheus' discovery manager does: a group
+// replaces the previous group of its source, and a group without targets
+// removes it.
 // A Store is not safe for concurrent use.
 type Store struct {
 	entries map[string]*storeEntry
-	order   []*storeEntry // sorted by source; nil when it must be rebuilt
+	order   []*storeEntry // sorted by source as of the last render; may hold gone entries
+	added   []*storeEntry // new since the last render, in no order
+	gone    int           // entries of order and added that went since
 	size    int           // bytes of all entries
 	jobs    map[string]int
 }
@@ -30,16 +28,16 @@ type storeEntry struct {
 	source string
 	data   []byte
 	jobs   []string
+	gone   bool
 }
 
 // NewStore returns an empty Store.
 func NewStore() *Store {
-	return &Store{entries: make(map[string]*storeEntry), order: []*storeEntry{}, jobs: make(map[string]int)}
+	return &Store{entries: make(map[string]*storeEntry), jobs: make(map[string]int)}
 }
 
 // Apply applies the groups of one update.
 func (s *Store) Apply(groups []*targetgroup.Group) {
-	inserted := 0
 	for _, g := range groups {
 		if g == nil {
 			continue
@@ -52,17 +50,15 @@ func (s *Store) Apply(groups []*targetgroup.Group) {
 		if len(data) == 0 {
 			if had {
 				delete(s.entries, g.Source)
-				s.remove(e)
+				e.gone = true
+				s.gone++
 			}
 			continue
 		}
 		if !had {
 			e = &storeEntry{source: g.Source}
 			s.entries[g.Source] = e
-			if inserted++; inserted > sortedInsertMax {
-				s.order = nil
-			}
-			s.insert(e)
+			s.added = append(s.added, e)
 		}
 		e.data, e.jobs = data, jobs
 		s.size += len(data)
@@ -72,25 +68,29 @@ func (s *Store) Apply(groups []*targetgroup.Group) {
 	}
 }
 
-func compareSource(e *storeEntry, source string) int { return strings.Compare(e.source, source) }
+func compareEntries(a, b *storeEntry) int { return strings.Compare(a.source, b.source) }
 
-// insert puts e in the order, unless the order is to be rebuilt.
-func (s *Store) insert(e *storeEntry) {
-	if s.order == nil {
+// sort brings order up to date: the entries that went are dropped and the
+// new ones merged in, in one pass over the order.
+func (s *Store) sort() {
+	if len(s.added) == 0 && s.gone == 0 {
 		return
 	}
-	i, _ := slices.BinarySearchFunc(s.order, e.source, compareSource)
-	s.order = slices.Insert(s.order, i, e)
-}
-
-// remove takes e out of the order, unless the order is to be rebuilt.
-func (s *Store) remove(e *storeEntry) {
-	if s.order == nil {
-		return
+	slices.SortFunc(s.added, compareEntries)
+	merged := make([]*storeEntry, 0, len(s.entries))
+	i, j := 0, 0
+	for i < len(s.order) || j < len(s.added) {
+		var e *storeEntry
+		if j == len(s.added) || (i < len(s.order) && compareEntries(s.order[i], s.added[j]) < 0) {
+			e, i = s.order[i], i+1
+		} else {
+			e, j = s.added[j], j+1
+		}
+		if !e.gone {
+			merged = append(merged, e)
+		}
 	}
-	if i, found := slices.BinarySearchFunc(s.order, e.source, compareSource); found {
-		s.order = slices.Delete(s.order, i, i+1)
-	}
+	s.order, s.added, s.gone = merged, nil, 0
 }
 
 func (s *Store) uncount(e *storeEntry) {
@@ -114,9 +114,7 @@ func (s *Store) Bytes() []byte {
 	if len(s.entries) == 0 {
 		return []byte("[]\n")
 	}
-	if s.order == nil {
-		s.order = slices.SortedFunc(maps.Values(s.entries), func(a, b *storeEntry) int { return strings.Compare(a.source, b.source) })
-	}
+	s.sort()
 	b := make([]byte, 0, s.size+2*len(s.order)+4)
 	b = append(b, "[\n"...)
 	for i, e := range s.order {
