@@ -2,7 +2,6 @@ package sdfile
 
 import (
 	"bytes"
-	"errors"
 	"os"
 
 	"github.com/workersd/workersd/internal/atomicfile"
@@ -12,8 +11,10 @@ import (
 // user than sdwriter and must be able to read them.
 const FileMode = 0o644
 
-// FileWriter writes one file with atomicfile.Write (mode FileMode), only
-// when the content changes.
+// FileWriter writes one file with atomicfile.Replace (mode FileMode), only
+// when the content changes: atomic for Prometheus, without fsync, because
+// sdwriter writes the file again from etcd whenever it starts and finds
+// the content different.
 // It is not safe for concurrent use.
 type FileWriter struct {
 	path  string
@@ -37,12 +38,7 @@ func (w *FileWriter) Write(data []byte) (written bool, err error) {
 	if w.known && bytes.Equal(w.last, data) {
 		return false, nil
 	}
-	if err := atomicfile.Write(w.path, data, FileMode); err != nil {
-		var renamed *atomicfile.NotDurableError
-		if errors.As(err, &renamed) {
-			w.last, w.known = data, true
-			return true, err
-		}
+	if err := atomicfile.Replace(w.path, data, FileMode); err != nil {
 		return false, err
 	}
 	w.last, w.known = data, true

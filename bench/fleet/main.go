@@ -410,11 +410,14 @@ scrape_configs:
 	wctx, wcancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		var last time.Time
+		// Each write is a new file renamed into place: its inode, time
+		// and size together tell writes apart (the modification time
+		// alone ticks in milliseconds, and a freed inode may be reused).
+		var last fileID
 		for wctx.Err() == nil || func() bool { mu.Lock(); defer mu.Unlock(); return len(pending) > 0 }() {
 			time.Sleep(10 * time.Millisecond)
 			fi, err := os.Stat(file)
-			if err != nil || fi.ModTime().Equal(last) {
+			if err != nil || idOf(fi) == last {
 				if time.Since(start) > b.window+30*time.Second {
 					return
 				}
@@ -424,14 +427,20 @@ scrape_configs:
 			waiting := len(pending) > 0
 			mu.Unlock()
 			if !waiting {
-				last = fi.ModTime()
+				last = idOf(fi)
 				continue
 			}
-			data, err := os.ReadFile(file)
+			f, err := os.Open(file)
 			if err != nil {
 				continue
 			}
-			last = fi.ModTime()
+			st, err := f.Stat()
+			data, rerr := io.ReadAll(f)
+			f.Close()
+			if err != nil || rerr != nil {
+				continue
+			}
+			last = idOf(st)
 			now := time.Now()
 			mu.Lock()
 			pending = slices.DeleteFunc(pending, func(c canary) bool {
@@ -464,6 +473,7 @@ scrape_configs:
 		})
 	}
 	rng := rand.New(rand.NewPCG(1, uint64(len(b.procs))))
+	canaries := map[string]bool{}
 	nextCanary := start
 	for done := 0; time.Since(start) < b.window && ctx.Err() == nil; {
 		due := int(time.Since(start).Seconds() * float64(b.rate))
@@ -471,7 +481,11 @@ scrape_configs:
 			time.Sleep(2 * time.Millisecond)
 			continue
 		}
+		// A canary is never restarted: it must reach the file.
 		i := rng.IntN(len(b.live))
+		for canaries[b.live[i]] {
+			i = rng.IntN(len(b.live))
+		}
 		old := b.live[i]
 		host := hostOf(old)
 		k := b.key(host)
@@ -493,6 +507,7 @@ scrape_configs:
 		if isCanary {
 			mu.Lock()
 			pending = append(pending, canary{needle: []byte(`"` + addr + `"`), put: put})
+			canaries[k] = true
 			mu.Unlock()
 			nextCanary = nextCanary.Add(time.Second)
 		}

@@ -181,3 +181,14 @@ func pctl(d []time.Duration, p float64) time.Duration {
 	}
 	return d[min(len(d)-1, int(float64(len(d))*p))]
 }
+
+// fileID tells the versions of a file apart.
+type fileID struct {
+	ino   uint64
+	mtime time.Time
+	size  int64
+}
+
+func idOf(fi os.FileInfo) fileID {
+	return fileID{fi.Sys().(*syscall.Stat_t).Ino, fi.ModTime(), fi.Size()}
+}

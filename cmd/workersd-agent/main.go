@@ -39,13 +39,20 @@ import (
 )
 
 const (
-	name            = "workersd-agent"
+	name = "workersd-agent"
+	// defaultSocket is where the agent serves its API and list asks.
+	defaultSocket   = "/run/workersd/agent.sock"
 	shutdownTimeout = 5 * time.Second
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	code := run(ctx, os.Args[1:], os.Stderr, nil)
+	var code int
+	if len(os.Args) > 1 && os.Args[1] == "list" {
+		code = list(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		code = run(ctx, os.Args[1:], os.Stderr, nil)
+	}
 	stop()
 	os.Exit(code)
 }
@@ -78,7 +85,7 @@ type flags struct {
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	f := &flags{}
-	app := kingpin.New(name, "Registers the worker processes of any language in etcd for workersd, and revokes them the moment they exit.")
+	app := kingpin.New(name, "Registers the worker processes of any language in etcd for workersd, and revokes them the moment they exit. `"+name+" list` prints the workers a running agent registered.")
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
 	app.UsageWriter(stderr)
@@ -90,7 +97,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("advertise.host", "Host (IP or name) registered for workers that give only a port. Default: the local IP used to reach the first etcd endpoint.").StringVar(&f.advertiseHost)
 	app.Flag("ttl", "Lease TTL of each registration: how long registrations outlive a stopped agent.").Default(registrar.DefaultTTL.String()).DurationVar(&f.ttl)
 	app.Flag("slot-hold", "How long a worker's slot stays taken after it exits, so its replacement writes new series until Prometheus has dropped the old target: at least the scrape interval plus 15s. 0s: reuse at once (totals may miss restarts).").Default(registrar.DefaultSlotHold.String()).DurationVar(&f.slotHold)
-	app.Flag("listen.socket", "Unix socket of the API (mode 0660). Empty: none.").Default("/run/workersd/agent.sock").StringVar(&f.socket)
+	app.Flag("listen.socket", "Unix socket of the API (mode 0660). Empty: none.").Default(defaultSocket).StringVar(&f.socket)
 	app.Flag("listen.address", "Optional loopback TCP address of the API, e.g. 127.0.0.1:9589; needs --listen.token-file.").StringVar(&f.address)
 	app.Flag("listen.token-file", "File holding the bearer token every request on --listen.address must carry (Authorization: Bearer <token>). Such a caller may act for any user.").StringVar(&f.tokenFile)
 	app.Flag("listen.allow-non-loopback", "Allow --listen.address on a non-loopback address.").BoolVar(&f.allowNonLoop)

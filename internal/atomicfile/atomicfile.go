@@ -31,7 +31,21 @@ const TempDir = ".atomicfile"
 // It replaces only a regular file: a directory, device, socket, FIFO or
 // symbolic link at path is an error (callers that follow links resolve them
 // first with Resolve), so a mistaken path never replaces /dev/null.
-func Write(path string, data []byte, mode os.FileMode) (err error) {
+func Write(path string, data []byte, mode os.FileMode) error {
+	return write(path, data, mode, true)
+}
+
+// Replace is Write without the fsyncs: readers still see the old content
+// or the new, never a mix, but a machine crash may leave the file empty or
+// old. For files derived from elsewhere and written again at start, such
+// as sdwriter's output (from etcd): each fsync of a large output is a
+// synchronous disk write of all of it, and a millisecond or more of every
+// change's latency.
+func Replace(path string, data []byte, mode os.FileMode) error {
+	return write(path, data, mode, false)
+}
+
+func write(path string, data []byte, mode os.FileMode, durable bool) (err error) {
 	dir, name := filepath.Split(path)
 	if name == "" {
 		return fmt.Errorf("write %q: not a file name", path)
@@ -59,8 +73,10 @@ func Write(path string, data []byte, mode os.FileMode) (err error) {
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: sync: %w", path, err)
+	if durable {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("write %s: sync: %w", path, err)
+		}
 	}
 	// CreateTemp uses 0600; fchmod is not subject to the umask.
 	if err := f.Chmod(mode); err != nil {
@@ -71,6 +87,9 @@ func Write(path string, data []byte, mode os.FileMode) (err error) {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if !durable {
+		return nil
 	}
 	if err := syncDir(dir); err != nil {
 		return &NotDurableError{err}

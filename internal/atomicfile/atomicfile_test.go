@@ -37,6 +37,14 @@ func TestWrite(t *testing.T) {
 	if err := Write(dir+"/", nil, 0o644); err == nil {
 		t.Error("WriteFile to a directory name succeeded")
 	}
+	// Replace: the same, without the fsyncs.
+	if err := Replace(path, []byte("[2]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	filetest.Check(t, path, "[2]\n", 0o644)
+	if tmp := Temporaries(dir); len(tmp) != 0 {
+		t.Errorf("temporary files left: %v", tmp)
+	}
 }
 
 // The temporary file must never match the glob Prometheus watches, and
