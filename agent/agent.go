@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/backoff"
 	"github.com/workersd/workersd/internal/lockfile"
 	"github.com/workersd/workersd/registrar"
 )
@@ -32,6 +33,9 @@ const (
 	// filling etcd.
 	DefaultMaxPerUser = 1024
 )
+
+// releaseBackoff paces the retries of a release on the shared lease.
+var releaseBackoff = backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // errNotWorker is why a live process cannot be a worker.
 type errNotWorker string
@@ -53,6 +57,14 @@ type Config struct {
 	// it exits. Optional, defaults to registrar.DefaultSlotHold; see
 	// registrar.Config.SlotHold.
 	SlotHold time.Duration
+	// SharedLease puts every worker's key on one lease of the agent's (and
+	// every slot hold on a second), kept alive once for the whole host,
+	// instead of a lease per worker: etcd then sees two keep-alive streams
+	// per host whatever the number of workers (docs/SCALING.md). A
+	// worker's exit deletes its key at once as before; the agent's death
+	// expires them all after the TTL, as before. Optional, defaults to a
+	// lease per worker.
+	SharedLease bool
 	// AdvertiseHost is the host part of the address registered for a
 	// request that gives only a port. Default: the local IP this host uses
 	// to reach the client's first endpoint, as package worker does.
@@ -105,6 +117,9 @@ type Agent struct {
 
 	saveMu      sync.Mutex
 	releaseLock func() // the state file's lock, from Start to Close
+
+	// With Config.SharedLease: the leases of every key and every hold.
+	lease, holdLease *registrar.SharedLease
 }
 
 // entry is one registered process.
@@ -203,12 +218,87 @@ func (a *Agent) Start(ctx context.Context) error {
 		if err != nil {
 			st = a.recoverState(err)
 		}
+		a.startSharedLeases(st.SharedLease, st.SharedHoldLease)
 		for _, se := range st.Workers {
 			a.restore(se)
 		}
+		a.sweep()
 		a.persist()
+		return nil
 	}
+	a.startSharedLeases(0, 0)
 	return nil
+}
+
+// startSharedLeases starts keeping the shared leases alive (with
+// Config.SharedLease), resuming those of an earlier agent process.
+func (a *Agent) startSharedLeases(lease, hold clientv3.LeaseID) {
+	if !a.cfg.SharedLease {
+		return
+	}
+	a.lease = registrar.NewSharedLease(a.cfg.Client, a.cfg.TTL, lease, a.log.Named("lease"))
+	a.wg.Go(func() { a.lease.Run(a.ctx) })
+	if a.slotHold() > 0 {
+		a.holdLease = registrar.NewSharedLease(a.cfg.Client, registrar.HoldWindow(a.cfg.TTL, a.slotHold()), hold, a.log.Named("hold_lease"))
+		a.wg.Go(func() { a.holdLease.Run(a.ctx) })
+	}
+}
+
+// slotHold is the registrations' SlotHold, 0 when holds are off.
+func (a *Agent) slotHold() time.Duration {
+	switch {
+	case a.cfg.SlotHold < 0:
+		return 0
+	case a.cfg.SlotHold == 0:
+		return registrar.DefaultSlotHold
+	}
+	return a.cfg.SlotHold
+}
+
+// sweep releases the keys and holds on the resumed shared leases that no
+// adopted registration owns: those of workers whose removal an earlier
+// agent process could not finish. Left alone they would live as long as
+// the shared lease, that is for ever.
+func (a *Agent) sweep() {
+	if a.lease == nil || a.lease.ID() == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
+	defer cancel()
+	lease, hold := a.lease.ID(), clientv3.LeaseID(0)
+	if a.holdLease != nil {
+		hold = a.holdLease.ID()
+	}
+	a.mu.Lock()
+	owned := map[string]bool{}
+	for _, e := range a.byID {
+		owned[e.key] = true
+	}
+	a.mu.Unlock()
+	for _, p := range []string{a.cfg.Prefix, registrar.HoldPrefix(a.cfg.Prefix)} {
+		resp, err := a.cfg.Client.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			a.log.Warn("cannot look for registrations left on the shared lease", "error", err)
+			return
+		}
+		for _, kv := range resp.Kvs {
+			key := string(kv.Key)
+			if p != a.cfg.Prefix {
+				if hold == 0 || clientv3.LeaseID(kv.Lease) != hold {
+					continue
+				}
+				key = a.cfg.Prefix + key[len(p):] // the registration of this hold
+			} else if clientv3.LeaseID(kv.Lease) != lease {
+				continue
+			}
+			if owned[key] {
+				continue
+			}
+			owned[key] = true // once for a key and its hold
+			a.log.Info("releasing a registration left on the shared lease", "key", key)
+			a.releaseLater(key, lease, hold)
+		}
+	}
 }
 
 // restore adopts one registration of an earlier agent process.
@@ -220,21 +310,21 @@ func (a *Agent) restore(se stateEntry) {
 	if dup || !alive(se.PID, se.StartTicks) {
 		log.Info("worker exited while the agent was down; revoking its lease")
 		a.m.deregistrations.WithLabelValues("exited").Inc()
-		a.revokeLater(se.Lease)
+		a.dropLater(se.Key, se.Lease, se.HoldLease)
 		return
 	}
 	uid, err := processOwner(se.PID)
 	if err != nil {
 		log.Info("not adopting the registration: its process is gone or cannot be a worker; revoking its lease", "error", err)
 		a.m.deregistrations.WithLabelValues("exited").Inc()
-		a.revokeLater(se.Lease)
+		a.dropLater(se.Key, se.Lease, se.HoldLease)
 		return
 	}
 	proc, err := openProc(se.PID, se.StartTicks, a.cfg.PollInterval, !a.cfg.DisablePidfd)
 	if err != nil {
 		log.Info("worker exited while the agent was down; revoking its lease", "error", err)
 		a.m.deregistrations.WithLabelValues("exited").Inc()
-		a.revokeLater(se.Lease)
+		a.dropLater(se.Key, se.Lease, se.HoldLease)
 		return
 	}
 	resume := registrar.Resume{Key: se.Key, Lease: se.Lease, HoldLease: se.HoldLease}
@@ -243,14 +333,14 @@ func (a *Agent) restore(se stateEntry) {
 		// Another host name or prefix than before: the old key cannot be
 		// adopted, so it must not outlive its lease next to a new one.
 		log.Warn("cannot adopt the previous registration; registering anew", "error", err)
-		a.revokeLater(se.Lease)
+		a.dropLater(se.Key, se.Lease, se.HoldLease)
 		se.Key, se.Lease, se.HoldLease = "", 0, 0
 		reg, err = a.newRegistrar(se.Job, se.Value, registrar.Resume{})
 	}
 	if err != nil {
 		log.Error("dropping an invalid entry of the state file", "error", err)
 		proc.close()
-		a.revokeLater(se.Lease)
+		a.dropLater(se.Key, se.Lease, se.HoldLease)
 		return
 	}
 	e := &entry{
@@ -264,9 +354,16 @@ func (a *Agent) restore(se stateEntry) {
 	log.Info("adopted the registration of a live worker", "watch", e.watchMethod())
 }
 
-// revokeLater revokes the lease of a registration whose process is gone,
-// without holding up the start when etcd is down (it then expires).
-func (a *Agent) revokeLater(lease clientv3.LeaseID) {
+// dropLater ends the registration of a process that is gone, without
+// holding up the start when etcd is down: a lease of its own is revoked
+// (or expires), a key on the shared lease is released (ReleaseShared).
+func (a *Agent) dropLater(key string, lease, hold clientv3.LeaseID) {
+	if a.lease != nil {
+		if key != "" {
+			a.releaseLater(key, lease, hold)
+		}
+		return
+	}
 	if lease == 0 {
 		return
 	}
@@ -281,6 +378,28 @@ func (a *Agent) revokeLater(lease clientv3.LeaseID) {
 	}()
 }
 
+// releaseLater releases a key on a shared lease in the background, trying
+// until it succeeds or the agent closes: unlike a lease of its own, a key
+// on the shared lease does not expire while the agent lives.
+func (a *Agent) releaseLater(key string, lease, hold clientv3.LeaseID) {
+	a.wg.Go(func() {
+		for failures := 0; ; failures++ {
+			ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
+			err := registrar.ReleaseShared(ctx, a.cfg.Client, a.cfg.Prefix, key, lease, hold, a.cfg.TTL, a.slotHold())
+			cancel()
+			if err == nil || a.ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("cannot release a registration on the shared lease; retrying", "key", key, "error", err)
+			select {
+			case <-time.After(releaseBackoff.Delay(failures)):
+			case <-a.ctx.Done():
+				return
+			}
+		}
+	})
+}
+
 func (a *Agent) newRegistrar(job string, v registrar.Value, resume registrar.Resume) (*registrar.Registrar, error) {
 	return registrar.New(registrar.Config{
 		Client:     a.cfg.Client,
@@ -293,6 +412,8 @@ func (a *Agent) newRegistrar(job string, v registrar.Value, resume registrar.Res
 		Registerer: a.cfg.Registerer,
 		Logger:     a.log.Named("registrar").With("pid", v.PID),
 		Resume:     resume,
+		Lease:      a.lease,
+		HoldLease:  a.holdLease,
 	})
 }
 
@@ -357,7 +478,13 @@ func (a *Agent) revoke(ctx context.Context, e *entry) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.TTL)
 	defer cancel()
 	if err := e.reg.Deregister(ctx); err != nil {
-		a.log.Warn("revoke failed; the registration expires with its lease", "pid", e.pid, "error", err)
+		if a.lease != nil {
+			a.log.Warn("removal failed; retrying in the background", "pid", e.pid, "error", err)
+			st := e.reg.State()
+			a.releaseLater(st.Key, st.LeaseID, st.HoldLeaseID)
+		} else {
+			a.log.Warn("revoke failed; the registration expires with its lease", "pid", e.pid, "error", err)
+		}
 	}
 	e.cancel()
 	// After the revoke, so removal from etcd is not delayed by a disk

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/registrar"
 )
 
 func quiet(c *Config) { c.Logger = hclog.NewNullLogger() }
@@ -63,4 +66,44 @@ func BenchmarkExitToRemoval(b *testing.B) {
 			b.ReportMetric(float64(took[len(took)-1].Microseconds())/1000, "max-ms")
 		})
 	}
+}
+
+// Keep-alive requests etcd receives, and the CPU of this process (etcd and
+// the agent), with 500 live workers at the default TTL over 30 s: a lease
+// per worker against one lease for the host (issue 13, acceptance 5).
+//
+//	go test -run '^$' -bench KeepAlives -benchtime 1x ./agent
+func BenchmarkKeepAlives(b *testing.B) {
+	const workers, window = 500, 30 * time.Second
+	for _, mode := range []string{"per-worker", "per-host"} {
+		b.Run(mode, func(b *testing.B) {
+			h := newHarness(b, nil, func(c *Config) {
+				quiet(c)
+				c.TTL = registrar.DefaultTTL
+				c.SharedLease = mode == "per-host"
+			})
+			for i := range workers {
+				c := child(b)
+				if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "bench", "port": 10000 + i, "pid": c.Process.Pid}); code != http.StatusCreated || w["state"] != "registered" {
+					b.Fatalf("register: %d %v", code, w)
+				}
+			}
+			for b.Loop() {
+				ka0, cpu0 := etcdtest.KeepAlivesReceived(b), cpuSeconds(b)
+				time.Sleep(window) // the measurement window itself
+				ka1, cpu1 := etcdtest.KeepAlivesReceived(b), cpuSeconds(b)
+				b.ReportMetric((ka1-ka0)/window.Seconds(), "keepalives/s")
+				b.ReportMetric((cpu1-cpu0)/window.Seconds(), "cpu-cores")
+			}
+		})
+	}
+}
+
+// cpuSeconds is this process's user and system CPU time.
+func cpuSeconds(b *testing.B) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }

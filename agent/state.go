@@ -26,6 +26,10 @@ const stateVersion = 1
 type stateFile struct {
 	Version int          `json:"version"`
 	Workers []stateEntry `json:"workers"`
+	// With Config.SharedLease: the leases of every key and hold, resumed
+	// by the next agent process.
+	SharedLease     clientv3.LeaseID `json:"shared_lease,omitempty"`
+	SharedHoldLease clientv3.LeaseID `json:"shared_hold_lease,omitempty"`
 }
 
 type stateEntry struct {
@@ -117,6 +121,11 @@ func (a *Agent) recoverState(readErr error) stateFile {
 			Job: reg.Job, Value: reg.Value, Key: string(kv.Key), Lease: clientv3.LeaseID(kv.Lease),
 		})
 	}
+	if a.cfg.SharedLease && len(st.Workers) > 0 {
+		// An agent's workers share its lease: resume it. The hold lease
+		// is granted anew and the holds put back on it.
+		st.SharedLease = st.Workers[0].Lease
+	}
 	a.log.Info("rebuilt from etcd", "workers", len(st.Workers))
 	return st
 }
@@ -166,6 +175,12 @@ func (a *Agent) persistLocked() {
 		})
 	}
 	a.mu.Unlock()
+	if a.lease != nil {
+		s.SharedLease = a.lease.ID()
+	}
+	if a.holdLease != nil {
+		s.SharedHoldLease = a.holdLease.ID()
+	}
 	slices.SortFunc(s.Workers, func(x, y stateEntry) int { return x.PID - y.PID })
 	if err := writeState(a.cfg.StateFile, s); err != nil {
 		a.m.stateWriteFailures.Inc()

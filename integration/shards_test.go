@@ -114,7 +114,7 @@ func TestShardsAreHashmodShards(t *testing.T) {
 				}
 			}
 			return true
-		}, "shards as hashmod splits them: %s", &last)
+		}, "shards as hashmod splits them: %s", poll.Latest(&last))
 	}
 	check(ws)
 	before := map[string]string{} // address -> instance of h0's workers

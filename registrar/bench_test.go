@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/registrar"
 )
@@ -72,36 +70,12 @@ func BenchmarkKeepAliveLoad(b *testing.B) {
 			}
 			rs[j] = r
 		}
-		before := keepAlivesReceived(b)
+		before := etcdtest.KeepAlivesReceived(b)
 		time.Sleep(window) // the measurement window itself
-		after := keepAlivesReceived(b)
+		after := etcdtest.KeepAlivesReceived(b)
 		for _, r := range rs {
 			_ = r.Deregister(context.Background())
 		}
 		b.ReportMetric((after-before)/window.Seconds()/workers, "keepalives/s/worker")
 	}
-}
-
-// keepAlivesReceived sums etcd's gRPC server counter of LeaseKeepAlive
-// stream messages; the embedded server registers it on the default registry.
-func keepAlivesReceived(b *testing.B) float64 {
-	b.Helper()
-	mfs, err := prometheus.DefaultGatherer.Gather()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "grpc_server_msg_received_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "grpc_method" && l.GetValue() == "LeaseKeepAlive" {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	b.Fatal("etcd's grpc_server_msg_received_total{grpc_method=LeaseKeepAlive} not found")
-	return 0
 }

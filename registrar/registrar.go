@@ -68,6 +68,14 @@ type Config struct {
 	// per (job, host) are bounded by the peak number of concurrent workers
 	// plus the registrations that ended within any 1.5 x (TTL+SlotHold).
 	SlotHold time.Duration
+	// Lease, when set, is the lease the key is put on, shared with the
+	// host's other registrations and kept alive by its owner
+	// (SharedLease.Run), and HoldLease the same for slot holds: a
+	// SharedLease whose TTL is HoldWindow(TTL, SlotHold), required with
+	// Lease when holds are on. Deregister then deletes the key and moves
+	// the hold onto a lease of its own, left to expire. Optional: by
+	// default each registration has leases of its own.
+	Lease, HoldLease *SharedLease
 	// Registerer receives the registrar's metrics; nil means none. Several
 	// registrars may share one Registerer: they then share the collectors.
 	Registerer prometheus.Registerer
@@ -131,6 +139,8 @@ type Registrar struct {
 	// Owned by the run goroutine; read by Deregister only after it ended.
 	lease     clientv3.LeaseID
 	holdLease clientv3.LeaseID
+	leaseLost <-chan struct{} // with a shared Lease: closed when lease is lost
+	holdLost  <-chan struct{} // with a shared HoldLease: the same for holdLease
 	key       string
 	slot      int
 	rev       int64 // revision at which the key was last known to be ours
@@ -199,6 +209,12 @@ func New(cfg Config) (*Registrar, error) {
 	r.state.Slot = -1
 	if cfg.SlotHold > 0 {
 		r.holdTTLSec = seconds(HoldWindow(cfg.TTL, cfg.SlotHold))
+	}
+	if cfg.Lease != nil && r.holdTTLSec > 0 && cfg.HoldLease == nil {
+		return nil, fieldErr("hold_lease", "a shared lease needs a shared hold lease when slot holds are on")
+	}
+	if cfg.Lease == nil && cfg.HoldLease != nil {
+		return nil, fieldErr("lease", "a shared hold lease needs a shared lease")
 	}
 	if cfg.Resume.Key != "" {
 		k, err := ParseKey(cfg.Prefix, cfg.Resume.Key)
@@ -280,14 +296,69 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	if r.done == nil || r.lease == 0 {
 		return nil
 	}
-	lease := r.lease
-	r.lease = 0
 	rctx, rcancel := context.WithTimeout(ctx, r.cfg.TTL)
 	defer rcancel()
+	if r.cfg.Lease != nil {
+		if err := r.release(rctx); err != nil {
+			return fmt.Errorf("deregister %s: %w", r.key, err)
+		}
+		r.lease = 0
+		r.log.Debug("deregistered", "key", r.key)
+		return nil
+	}
+	lease := r.lease
+	r.lease = 0
 	if _, err := r.cfg.Client.Revoke(rctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return fmt.Errorf("deregister %s: revoke lease %x: %w", r.key, lease, err)
 	}
 	r.log.Debug("deregistered", "key", r.key)
+	return nil
+}
+
+// release ends a registration on a shared lease (ReleaseShared).
+func (r *Registrar) release(ctx context.Context) error {
+	if r.key == "" {
+		return nil
+	}
+	var hold time.Duration
+	if r.holdTTLSec > 0 {
+		hold = r.cfg.SlotHold
+	}
+	return ReleaseShared(ctx, r.cfg.Client, r.cfg.Prefix, r.key, r.lease, r.holdLease, r.cfg.TTL, hold)
+}
+
+// ReleaseShared ends a registration whose key is on a shared lease (see
+// SharedLease): the key is deleted if it is still on lease, and its slot's
+// hold, if on holdLease, is moved onto a lease of its own of TTL
+// HoldWindow(ttl, slotHold), which nobody keeps alive: the slot stays held
+// for the hold window after this, as with a lease each. slotHold 0 (holds
+// off) or holdLease 0 leaves holds alone. A failure changes nothing and
+// may be retried: until it succeeds the key lives on with the shared
+// lease.
+func ReleaseShared(ctx context.Context, cli *clientv3.Client, prefix, key string, lease, holdLease clientv3.LeaseID, ttl, slotHold time.Duration) error {
+	k, err := ParseKey(prefix, key)
+	if err != nil {
+		return fmt.Errorf("release %s: %w", key, err)
+	}
+	ours := clientv3.Compare(clientv3.LeaseValue(key), "=", lease)
+	then := []clientv3.Op{clientv3.OpDelete(key)}
+	var orElse []clientv3.Op
+	if slotHold > 0 && holdLease != 0 {
+		g, err := cli.Grant(ctx, seconds(HoldWindow(ttl, slotHold)))
+		if err != nil {
+			return fmt.Errorf("release %s: grant the hold's own lease: %w", key, err)
+		}
+		hk := k.HoldKey()
+		hput := clientv3.OpPut(hk, "", clientv3.WithLease(g.ID))
+		heldByUs := clientv3.Compare(clientv3.LeaseValue(hk), "=", holdLease)
+		then = append(then, clientv3.OpTxn([]clientv3.Cmp{heldByUs}, []clientv3.Op{hput}, nil))
+		// The key is gone already (etcd lost the lease): still release
+		// the hold.
+		orElse = append(orElse, clientv3.OpTxn([]clientv3.Cmp{heldByUs}, []clientv3.Op{hput}, nil))
+	}
+	if _, err := cli.Txn(ctx).If(ours).Then(then...).Else(orElse...).Commit(); err != nil {
+		return fmt.Errorf("release %s: %w", key, err)
+	}
 	return nil
 }
 
@@ -421,39 +492,54 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 	defer cancel()
 	cli := r.cfg.Client
 
-	if r.lease != 0 {
+	if r.cfg.Lease != nil {
+		id, lost, err := r.cfg.Lease.Acquire(ctx)
+		if err != nil {
+			return false, err
+		}
+		// A key on a lease that was lost is not held (stillHeld compares
+		// leases): a new claim follows.
+		r.lease, r.leaseLost = id, lost
+		if r.holdTTLSec > 0 {
+			if err := r.grantHold(ctx); err != nil {
+				return false, err
+			}
+		}
 		held, err := r.stillHeld(ctx)
 		if err != nil {
 			return false, err
 		}
 		if held {
-			// A registration that lives stays alive even when its hold
-			// cannot be written (etcd roles without the hold prefix): only
-			// the exactness of a later reuse of the slot is at stake.
-			if err := r.ensureHold(ctx); err != nil {
-				r.log.Warn("cannot hold the slot; a worker started within the hold after this one ends may reuse it", "key", r.key, "error", err)
-			}
+			r.keepHold(ctx)
 			return true, nil
 		}
-		// Best effort: a lease that survived on the server must not keep a
-		// second key alive next to the new claim.
-		if _, err := cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			return false, fmt.Errorf("revoke previous lease %x: %w", int64(r.lease), err)
+	} else {
+		if r.lease != 0 {
+			held, err := r.stillHeld(ctx)
+			if err != nil {
+				return false, err
+			}
+			if held {
+				r.keepHold(ctx)
+				return true, nil
+			}
+			// Best effort: a lease that survived on the server must not
+			// keep a second key alive next to the new claim.
+			if _, err := cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				return false, fmt.Errorf("revoke previous lease %x: %w", int64(r.lease), err)
+			}
+			r.lease = 0
 		}
-		r.lease = 0
-	}
-
-	grant, err := cli.Grant(ctx, r.ttlSec)
-	if err != nil {
-		return false, fmt.Errorf("grant lease: %w", err)
-	}
-	r.lease = grant.ID
-	if r.holdTTLSec > 0 && r.holdLease == 0 {
-		hold, err := cli.Grant(ctx, r.holdTTLSec)
+		grant, err := cli.Grant(ctx, r.ttlSec)
 		if err != nil {
-			return false, fmt.Errorf("grant hold lease: %w", err)
+			return false, fmt.Errorf("grant lease: %w", err)
 		}
-		r.holdLease = hold.ID
+		r.lease = grant.ID
+	}
+	if r.holdTTLSec > 0 && r.holdLease == 0 {
+		if err := r.grantHold(ctx); err != nil {
+			return false, err
+		}
 	}
 
 	if r.slot >= 0 {
@@ -513,10 +599,8 @@ func (r *Registrar) tryClaim(ctx context.Context, n int) (bool, error) {
 			Else(clientv3.OpTxn([]clientv3.Cmp{free, clientv3.Compare(clientv3.LeaseValue(hk), "=", 0)}, []clientv3.Op{put, hput}, nil))
 	}
 	resp, err := txn.Commit()
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) && r.holdLease != 0 {
-		// etcd lost the hold lease (a wiped cluster): grant one anew on
-		// the next attempt.
-		r.holdLease = 0
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		r.leaseNotFound(ctx)
 	}
 	if err != nil {
 		return false, fmt.Errorf("claim slot %d: %w", n, err)
@@ -528,6 +612,49 @@ func (r *Registrar) tryClaim(ctx context.Context, n int) (bool, error) {
 	return true, nil
 }
 
+// leaseNotFound handles etcd's "lease not found" on a put (a wiped
+// cluster): the hold lease of its own is granted anew on the next attempt;
+// a shared lease that etcd no longer has is dropped by its SharedLease,
+// for every registration on it.
+func (r *Registrar) leaseNotFound(ctx context.Context) {
+	if r.cfg.Lease == nil {
+		r.holdLease = 0
+		return
+	}
+	r.cfg.Lease.Check(ctx, r.lease)
+	if r.cfg.HoldLease != nil {
+		r.cfg.HoldLease.Check(ctx, r.holdLease)
+	}
+}
+
+// keepHold is ensureHold for a registration that lives: it stays alive
+// even when its hold cannot be written (etcd roles without the hold
+// prefix), as only the exactness of a later reuse of the slot is at stake.
+func (r *Registrar) keepHold(ctx context.Context) {
+	if err := r.ensureHold(ctx); err != nil {
+		r.log.Warn("cannot hold the slot; a worker started within the hold after this one ends may reuse it", "key", r.key, "error", err)
+	}
+}
+
+// grantHold sets holdLease: the shared hold lease, or a new lease of its
+// own.
+func (r *Registrar) grantHold(ctx context.Context) error {
+	if r.cfg.HoldLease != nil {
+		id, lost, err := r.cfg.HoldLease.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		r.holdLease, r.holdLost = id, lost
+		return nil
+	}
+	hold, err := r.cfg.Client.Grant(ctx, r.holdTTLSec)
+	if err != nil {
+		return fmt.Errorf("grant hold lease: %w", err)
+	}
+	r.holdLease = hold.ID
+	return nil
+}
+
 // ensureHold puts the hold of a kept registration's slot on this
 // registrar's hold lease (granted when lost), so the slot is held after
 // the registration ends.
@@ -537,11 +664,9 @@ func (r *Registrar) ensureHold(ctx context.Context) error {
 	}
 	cli := r.cfg.Client
 	if r.holdLease == 0 {
-		grant, err := cli.Grant(ctx, r.holdTTLSec)
-		if err != nil {
-			return fmt.Errorf("grant hold lease: %w", err)
+		if err := r.grantHold(ctx); err != nil {
+			return err
 		}
-		r.holdLease = grant.ID
 	}
 	// The registration of this slot is ours, so is its hold: put it on our
 	// lease even over a predecessor's (an adopted slot), whose lease nobody
@@ -549,7 +674,7 @@ func (r *Registrar) ensureHold(ctx context.Context) error {
 	hk := r.holdPrefix + strconv.Itoa(r.slot)
 	if _, err := cli.Put(ctx, hk, "", clientv3.WithLease(r.holdLease)); err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			r.holdLease = 0
+			r.leaseNotFound(ctx)
 		}
 		return fmt.Errorf("hold slot %d: %w", r.slot, err)
 	}
@@ -608,17 +733,20 @@ func (r *Registrar) hold(ctx context.Context) error {
 	defer cancel()
 	cli := r.cfg.Client
 
-	ka, err := cli.KeepAlive(ctx, r.lease)
-	if err != nil {
-		r.m.keepaliveFailures.Inc()
-		return r.lost("keepalive_failed", err.Error())
-	}
-	// The hold's keep-alive: nil (never ready) when holds are off.
-	var kh <-chan *clientv3.LeaseKeepAliveResponse
-	if r.holdLease != 0 {
-		if kh, err = cli.KeepAlive(ctx, r.holdLease); err != nil {
+	// Keep-alives of leases of its own; with shared leases, their owner
+	// keeps them alive and these stay nil (never ready).
+	var ka, kh <-chan *clientv3.LeaseKeepAliveResponse
+	var err error
+	if r.cfg.Lease == nil {
+		if ka, err = cli.KeepAlive(ctx, r.lease); err != nil {
 			r.m.keepaliveFailures.Inc()
 			return r.lost("keepalive_failed", err.Error())
+		}
+		if r.holdLease != 0 {
+			if kh, err = cli.KeepAlive(ctx, r.holdLease); err != nil {
+				r.m.keepaliveFailures.Inc()
+				return r.lost("keepalive_failed", err.Error())
+			}
 		}
 	}
 	watch := func() clientv3.WatchChan {
@@ -629,6 +757,15 @@ func (r *Registrar) hold(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-r.leaseLost:
+			r.m.keepaliveFailures.Inc()
+			return r.lost("lease_expired", fmt.Sprintf("shared lease %x expired or etcd unreachable for a TTL", int64(r.lease)))
+		case <-r.holdLost:
+			// The registration may live on; claim keeps it and puts the
+			// hold back on the hold lease granted anew.
+			r.m.keepaliveFailures.Inc()
+			r.holdLease, r.holdLost = 0, nil
+			return r.lost("hold_lost", "the shared hold lease expired or etcd was unreachable")
 		case resp, ok := <-ka:
 			if !ok || resp == nil {
 				r.m.keepaliveFailures.Inc()

@@ -51,7 +51,7 @@ func TestList(t *testing.T) {
 		}
 		out = stdout.String()
 		return strings.HasSuffix(out, "2 workers\n")
-	}, "list showing the 2 live workers, not the exited one: %q", &out)
+	}, "list showing the 2 live workers, not the exited one: %s", poll.Latest(&out))
 	t.Logf("workersd-agent list:\n%s", out)
 
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")

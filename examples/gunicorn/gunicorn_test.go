@@ -516,7 +516,16 @@ func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
 		if started.Before(began.Add(2 * time.Second)) {
 			continue // forked in the same second as the master imported the app
 		}
-		for name, created := range createdTimestamps(t, tg.Targets[0]) {
+		// A worker registers in post_fork, before gunicorn imports the
+		// app into it (without preload_app): its app metrics may not
+		// exist yet for a moment.
+		var ts map[string]float64
+		var body string
+		poll.Until(t, 10*time.Second, func() bool {
+			ts, body = createdTimestamps(t, tg.Targets[0])
+			return len(ts) > 0
+		}, "%s: no created timestamps in:\n%s", tg.Targets[0], poll.Latest(&body))
+		for name, created := range ts {
 			checked++
 			if created < float64(started.Unix()) {
 				t.Errorf("worker %s (started %s): %s = %s, before the worker started",
@@ -530,8 +539,8 @@ func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
 }
 
 // createdTimestamps reads the app's counters' created timestamps from a
-// worker's OpenMetrics exposition, by series.
-func createdTimestamps(t *testing.T, addr string) map[string]float64 {
+// worker's OpenMetrics exposition, by series, and the exposition.
+func createdTimestamps(t *testing.T, addr string) (map[string]float64, string) {
 	t.Helper()
 	req, err := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
 	if err != nil {
@@ -562,10 +571,7 @@ func createdTimestamps(t *testing.T, addr string) map[string]float64 {
 		}
 		out[name] = v
 	}
-	if len(out) == 0 {
-		t.Fatalf("%s: no created timestamps in:\n%s", addr, b)
-	}
-	return out
+	return out, string(b)
 }
 
 func readLog(t *testing.T, path string) string {

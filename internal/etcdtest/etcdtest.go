@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/embedetcd"
@@ -140,4 +141,30 @@ func (s *Server) Wipe() {
 	}
 	s.epoch++
 	s.start()
+}
+
+// KeepAlivesReceived is etcd's count of LeaseKeepAlive stream messages
+// received (grpc_server_msg_received_total): the keep-alive requests of
+// every client of the members embedded in this process, which register
+// their metrics on the default registry.
+func KeepAlivesReceived(tb testing.TB) float64 {
+	tb.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "grpc_server_msg_received_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "grpc_method" && l.GetValue() == "LeaseKeepAlive" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	tb.Fatal("etcd's grpc_server_msg_received_total{grpc_method=LeaseKeepAlive} not found")
+	return 0
 }

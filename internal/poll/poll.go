@@ -3,6 +3,7 @@
 package poll
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -25,3 +26,12 @@ func Until(t testing.TB, timeout time.Duration, cond func() bool, format string,
 		time.Sleep(Interval)
 	}
 }
+
+// Latest formats as the string s points to when it is formatted: pass it
+// to Until for a message that shows what cond saw last, e.g.
+// poll.Until(t, d, cond, "last seen: %s", poll.Latest(&last)).
+func Latest(s *string) fmt.Stringer { return latest{s} }
+
+type latest struct{ s *string }
+
+func (l latest) String() string { return *l.s }

@@ -1,0 +1,119 @@
+//go:build linux
+
+package agent
+
+import (
+	"context"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/registrar"
+)
+
+// Issue 13, acceptance 5: with SharedLease, every worker's key is on the
+// agent's one lease and every hold on its one hold lease; kill -9 of a
+// worker still removes its key within 200 ms and moves its hold onto a
+// lease of its own; an agent restart adopts the live workers (same keys,
+// same lease, no duplicate) and releases the worker that died meanwhile;
+// a stopped agent's keys expire with the TTL.
+func TestSharedLeaseAgent(t *testing.T) {
+	h := newHarness(t, nil, func(c *Config) { c.SharedLease = true; c.SlotHold = time.Second })
+	var cs []*exec.Cmd
+	for i := range 3 {
+		c := child(t)
+		if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9100 + i, "pid": c.Process.Pid}); code != 201 || w["state"] != "registered" {
+			t.Fatalf("register: %d %v", code, w)
+		}
+		cs = append(cs, c)
+	}
+	shared := h.agent.lease.ID()
+	for k, l := range h.leases() {
+		if clientv3.LeaseID(l) != shared {
+			t.Fatalf("%s on lease %x, want the shared %x", k, l, shared)
+		}
+	}
+	holds := func() map[string]int64 {
+		resp, err := h.cli.Get(context.Background(), registrar.HoldPrefix(prefix), clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]int64{}
+		for _, kv := range resp.Kvs {
+			m[string(kv.Key)] = kv.Lease
+		}
+		return m
+	}
+	for k, l := range holds() {
+		if clientv3.LeaseID(l) != h.agent.holdLease.ID() {
+			t.Fatalf("hold %s on lease %x, want the shared hold lease %x", k, l, h.agent.holdLease.ID())
+		}
+	}
+
+	// kill -9 of the first worker.
+	var key string
+	for _, w := range h.agent.List() {
+		if w.PID == cs[0].Process.Pid {
+			key = w.Key
+		}
+	}
+	gone := watchDelete(t, h.cli, key)
+	killed := time.Now()
+	cs[0].Process.Signal(syscall.SIGKILL)
+	select {
+	case at := <-gone:
+		took := at.Sub(killed)
+		t.Logf("key removed %s after SIGKILL", took)
+		if took > 200*time.Millisecond {
+			t.Errorf("key removed %s after SIGKILL, goal 200ms", took)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("key not removed 5s after SIGKILL")
+	}
+	k, _ := registrar.ParseKey(prefix, key)
+	if l := holds()[k.HoldKey()]; l == 0 || clientv3.LeaseID(l) == h.agent.holdLease.ID() {
+		t.Errorf("the dead worker's hold is on lease %x, want one of its own", l)
+	}
+	if n := len(h.leases()); n != 2 {
+		t.Fatalf("%d keys, want the 2 live workers'", n)
+	}
+
+	// Restart, with the second worker dying while the agent is down.
+	before := h.leases()
+	h.stop()
+	cs[1].Process.Kill()
+	cs[1].Wait()
+	h.start()
+	if h.agent.lease.ID() != shared {
+		t.Fatalf("the restarted agent holds lease %x, want the shared %x resumed", h.agent.lease.ID(), shared)
+	}
+	poll.Until(t, 5*time.Second, func() bool { return len(h.leases()) == 1 }, "the key of the worker that died during the restart released")
+	deadline := time.Now().Add(h.cfg.TTL + time.Second)
+	for time.Now().Before(deadline) {
+		got := h.leases()
+		if len(got) != 1 {
+			t.Fatalf("after restart: %v", got)
+		}
+		for k, l := range got {
+			if before[k] != l || clientv3.LeaseID(l) != shared {
+				t.Fatalf("after restart %s on %x, want the adopted key on the shared lease %x", k, l, shared)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if ws := h.agent.List(); len(ws) != 1 || ws[0].PID != cs[2].Process.Pid {
+		t.Fatalf("adopted: %+v", ws)
+	}
+	st, err := readState(h.cfg.StateFile)
+	if err != nil || st.SharedLease != shared || st.SharedHoldLease == 0 {
+		t.Fatalf("state file: %+v, %v; want the shared leases", st, err)
+	}
+
+	// The agent stops for good: the key expires with the TTL.
+	h.stop()
+	poll.Until(t, 3*h.cfg.TTL, func() bool { return len(h.leases()) == 0 }, "keys expiring with the shared lease")
+}
