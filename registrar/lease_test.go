@@ -35,8 +35,8 @@ func sharedRegistrar(t *testing.T, cli *clientv3.Client, port int, lease, hold *
 	t.Helper()
 	r, err := registrar.New(registrar.Config{
 		Client: cli, Job: "api", Host: "web-1", TTL: testTTL, SlotHold: time.Second,
-		Value:  registrar.Value{Address: fmt.Sprintf("127.0.0.1:%d", port), PID: os.Getpid(), StartedAt: time.Unix(1e9, 0)},
-		Lease:  lease, HoldLease: hold, Resume: resume,
+		Value: registrar.Value{Address: fmt.Sprintf("127.0.0.1:%d", port), PID: os.Getpid(), StartedAt: time.Unix(1e9, 0)},
+		Lease: lease, HoldLease: hold, Resume: resume,
 	})
 	if err != nil {
 		t.Fatal(err)
