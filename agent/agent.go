@@ -269,10 +269,14 @@ func (a *Agent) sweep() {
 	if a.holdLease != nil {
 		hold = a.holdLease.ID()
 	}
+	// Start calls this before the API serves: no registration can come
+	// meanwhile. A restored one may claim a new slot concurrently, hence
+	// its registrar's key as well as the recorded one.
 	a.mu.Lock()
 	owned := map[string]bool{}
 	for _, e := range a.byID {
 		owned[e.key] = true
+		owned[e.reg.State().Key] = true
 	}
 	a.mu.Unlock()
 	for _, p := range []string{a.cfg.Prefix, registrar.HoldPrefix(a.cfg.Prefix)} {
