@@ -13,11 +13,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/etcdsd"
+	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 	"github.com/workersd/workersd/worker"
@@ -420,12 +420,12 @@ func runKeepAlive(ctx context.Context, etcd *etcdMember, n int, window time.Dura
 		}
 	}
 	res.KARegisterSec = time.Since(t0).Seconds()
-	before, err := keepAlivesReceived()
+	before, err := embedetcd.KeepAlivesReceived()
 	if err != nil {
 		return err
 	}
 	time.Sleep(window) // the measurement window itself
-	after, err := keepAlivesReceived()
+	after, err := embedetcd.KeepAlivesReceived()
 	if err != nil {
 		return err
 	}
@@ -433,24 +433,4 @@ func runKeepAlive(ctx context.Context, etcd *etcdMember, n int, window time.Dura
 	res.KAPerSecond = (after - before) / window.Seconds()
 	res.KAPerWorkerS = res.KAPerSecond / float64(n)
 	return nil
-}
-
-func keepAlivesReceived() (float64, error) {
-	mfs, err := prometheus.DefaultGatherer.Gather()
-	if err != nil {
-		return 0, err
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "grpc_server_msg_received_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "grpc_method" && l.GetValue() == "LeaseKeepAlive" {
-					return m.GetCounter().GetValue(), nil
-				}
-			}
-		}
-	}
-	return 0, fmt.Errorf("etcd's grpc_server_msg_received_total{grpc_method=LeaseKeepAlive} not found")
 }
