@@ -110,3 +110,46 @@ func TestOutputPathIsOneAndTheSame(t *testing.T) {
 		}
 	}
 }
+
+// Issue 15: every alert of examples/rules.yml links its section of
+// docs/RUNBOOK.md, and the section exists.
+func TestEveryAlertHasARunbook(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "examples", "rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert       string            `yaml:"alert"`
+				Annotations map[string]string `yaml:"annotations"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatal(err)
+	}
+	runbook, err := os.ReadFile(filepath.Join("..", "docs", "RUNBOOK.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const base = "https://github.com/workersd/workersd/blob/main/docs/RUNBOOK.md#"
+	alerts := 0
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			alerts++
+			if want := base + strings.ToLower(r.Alert); r.Annotations["runbook_url"] != want {
+				t.Errorf("%s: runbook_url %q, want %q", r.Alert, r.Annotations["runbook_url"], want)
+			}
+			if !regexp.MustCompile(`(?m)^## ` + regexp.QuoteMeta(r.Alert) + `$`).Match(runbook) {
+				t.Errorf("docs/RUNBOOK.md has no section %q", "## "+r.Alert)
+			}
+		}
+	}
+	if alerts == 0 {
+		t.Fatal("no alert found in examples/rules.yml")
+	}
+}
