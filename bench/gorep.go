@@ -76,6 +76,21 @@ var goRows = []goRow{
 			}
 			return fmt.Sprintf("register p50 %s ms, p99 %s ms, max %s ms; deregister p50 %s ms, p99 %s ms", f1(p50), f1(p99), f1(mx), f1(d50), f1(d99)), ok(p99 <= 5 && d99 <= 5)
 		}},
+	{"sdwriter", "status page and `/api/v1/status` at 100,000 registrations (issue 15): whole, and a job's page of 1,000 at offset 5,000", "statuspage", "≤ 200 ms",
+		func(_ string, b map[string]map[string][]float64) (string, *bool) {
+			var parts []string
+			all := true
+			for _, n := range []string{"html", "json", "html-job-page-1000", "json-job-page-1000"} {
+				p50, found := bval(b, "BenchmarkStatusPage/"+n, "serve-p50-ms")
+				mx, _ := bval(b, "BenchmarkStatusPage/"+n, "serve-max-ms")
+				if !found {
+					return "", nil
+				}
+				parts = append(parts, fmt.Sprintf("%s p50 %s ms, max %s ms", n, f1(p50), f1(mx)))
+				all = all && mx <= 200
+			}
+			return strings.Join(parts, "; "), ok(all)
+		}},
 	{"sdwriter", "initial sync, 10,000 / 100,000 registrations", "sync", "≤ 1 s / ≤ 10 s",
 		func(_ string, b map[string]map[string][]float64) (string, *bool) {
 			a, f1ok := bval(b, "BenchmarkInitialSync/10000", "ns/op")
@@ -159,6 +174,17 @@ var goRows = []goRow{
 				return "", nil
 			}
 			return fmt.Sprintf("p50 %s ms, max %s ms / p50 %s ms, max %s ms", f1(p50), f1(mx), f1(q50), f1(qmx)), ok(mx <= 200 && qmx <= 200)
+		}},
+	{"host agent", "etcd keep-alive requests and this process's CPU (etcd and agent) with 500 live workers, TTL 10 s, over 30 s: a lease per worker / one lease for the host (`--lease=per-host`; issue 13)", "keepalives", "at least 50 times fewer",
+		func(_ string, b map[string]map[string][]float64) (string, *bool) {
+			w, found := bval(b, "BenchmarkKeepAlives/per-worker", "keepalives/s")
+			wc, _ := bval(b, "BenchmarkKeepAlives/per-worker", "cpu-cores")
+			h, _ := bval(b, "BenchmarkKeepAlives/per-host", "keepalives/s")
+			hc, _ := bval(b, "BenchmarkKeepAlives/per-host", "cpu-cores")
+			if !found || h == 0 {
+				return "", nil
+			}
+			return fmt.Sprintf("%s /s, %.4f cores / %s /s (%.0f times fewer), %.4f cores", f1(w), wc, f1(h), w/h, hc), ok(w/h >= 50)
 		}},
 	{"host agent", "API register + deregister round trip over the Unix socket", "agentapi", "—",
 		func(_ string, b map[string]map[string][]float64) (string, *bool) {

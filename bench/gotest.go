@@ -41,11 +41,13 @@ var goRuns = []GoRun{
 	{ID: "regfile", Args: "-run '^$' -bench RegistrationToFile -benchtime 1000x ./cmd/sdwriter"},
 	{ID: "sync", Args: "-run '^$' -bench 'InitialSync|SdwriterRSS' -benchtime 1x ./cmd/sdwriter"},
 	{ID: "render", Args: "-run '^$' -bench . -benchtime 3s ./etcdsd ./sdfile"},
+	{ID: "statuspage", Args: "-run '^$' -bench StatusPage -benchtime 20x ./cmd/sdwriter"},
 	{ID: "churn", Env: "SDWRITER_CHURN_SECONDS=30", Args: "-run '^$' -bench Churn -benchtime 1x ./cmd/sdwriter"},
 	{ID: "workerstart", Args: "-run '^$' -bench 'StartToRegistered|MetricsLatency' -benchtime 3s ./worker"},
 	{ID: "workerrss", Args: "-run '^$' -bench RSS -benchtime 1x ./worker"},
 	{ID: "agentexit", Args: "-run '^$' -bench ExitToRemoval -benchtime 100x ./agent"},
 	{ID: "agentapi", Args: "-run '^$' -bench RegisterDeregister -benchtime 100x ./agent"},
+	{ID: "keepalives", Args: "-run '^$' -bench KeepAlives -benchtime 1x ./agent"},
 }
 
 // runGoTests runs each command through the shell (so the quoting shown in

@@ -81,6 +81,11 @@ type Discoverer struct {
 	synced    chan struct{}
 	reachable atomic.Bool
 
+	// mu guards st: the Run goroutine changes it under the write lock,
+	// Status reads it under the read lock.
+	mu sync.RWMutex
+	st *state
+
 	// Owned by the Run goroutine.
 	invalidLog, dupLog *limiter
 }
@@ -161,6 +166,9 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 	st := newState(d.opts.Prefix, d.m)
 	st.onError = d.logInvalid
 	st.onDup = d.logDuplicate
+	d.mu.Lock()
+	d.st = st
+	d.mu.Unlock()
 	bo := backoff.Policy{Base: d.opts.MinBackoff, Max: d.opts.MaxBackoff}
 	failures := 0 // waits since a watch last lasted
 	var cluster uint64
@@ -194,8 +202,10 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 				"old_cluster_id", fmt.Sprintf("%x", cluster), "cluster_id", fmt.Sprintf("%x", hdr.ClusterId))
 		}
 		cluster = hdr.ClusterId
+		d.mu.Lock()
 		st.relist(kvs, fresh)
 		groups := st.flush()
+		d.mu.Unlock()
 		if first {
 			d.log.Info("listed registrations", "prefix", d.opts.Prefix, "revision", hdr.Revision,
 				"registrations", len(st.entries), "targets", len(st.shown), "invalid", len(st.invalid), "took", seen.Sub(start))
@@ -303,6 +313,7 @@ func (d *Discoverer) watch(ctx context.Context, st *state, sink Sink, rev int64,
 			return &watchEnd{err: err}
 		}
 		d.setReachable(true, nil)
+		d.mu.Lock()
 		for _, ev := range resp.Events {
 			switch ev.Type {
 			case clientv3.EventTypePut:
@@ -311,11 +322,15 @@ func (d *Discoverer) watch(ctx context.Context, st *state, sink Sink, rev int64,
 				st.del(string(ev.Kv.Key))
 			}
 		}
+		d.mu.Unlock()
 		lastRev = max(lastRev, resp.Header.GetRevision())
 		return nil
 	}
 	emit := func(seen time.Time) {
-		if groups := st.flush(); len(groups) > 0 {
+		d.mu.Lock()
+		groups := st.flush()
+		d.mu.Unlock()
+		if len(groups) > 0 {
 			sink.Update(groups, seen)
 		}
 	}

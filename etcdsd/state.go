@@ -14,6 +14,7 @@ import (
 // entry is one valid registration.
 type entry struct {
 	key       string
+	reg       registrar.Registration // as decoded, for Status
 	addr      string
 	createRev int64
 	modRev    int64
@@ -36,6 +37,7 @@ func (e *entry) newer(o *entry) bool {
 type invalidEntry struct {
 	createRev, modRev int64
 	reason            string
+	err               string // the exact error, for Status
 }
 
 // state mirrors the registrations under the prefix and what the sink was
@@ -58,6 +60,12 @@ type state struct {
 
 	touchedKeys  map[string]struct{}
 	touchedAddrs map[string]struct{}
+
+	// For Status, kept as entries come and go so that it costs no pass
+	// over them: registrations by job and host, and the addresses that
+	// more than one registration names.
+	jobHosts map[string]map[string]int
+	dupAddrs map[string]struct{}
 }
 
 func newState(prefix string, m *Metrics) *state {
@@ -72,6 +80,8 @@ func newState(prefix string, m *Metrics) *state {
 		shown:        make(map[string]*targetgroup.Group),
 		touchedKeys:  make(map[string]struct{}),
 		touchedAddrs: make(map[string]struct{}),
+		jobHosts:     make(map[string]map[string]int),
+		dupAddrs:     make(map[string]struct{}),
 	}
 }
 
@@ -106,9 +116,18 @@ func (s *state) put(kv *mvccpb.KeyValue) {
 	}
 	s.clearInvalid(key)
 	s.removeEntry(key)
-	e := &entry{key: key, addr: r.Address, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r)}
+	e := &entry{key: key, reg: r, addr: r.Address, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r)}
 	s.entries[key] = e
 	s.byAddr[e.addr] = append(s.byAddr[e.addr], e)
+	if len(s.byAddr[e.addr]) > 1 {
+		s.dupAddrs[e.addr] = struct{}{}
+	}
+	hosts := s.jobHosts[r.Job]
+	if hosts == nil {
+		hosts = make(map[string]int)
+		s.jobHosts[r.Job] = hosts
+	}
+	hosts[r.Host]++
 	s.touchedKeys[key] = struct{}{}
 	s.touchedAddrs[e.addr] = struct{}{}
 }
@@ -164,6 +183,17 @@ func (s *state) removeEntry(key string) {
 	} else {
 		s.byAddr[e.addr] = list
 	}
+	if len(list) < 2 {
+		delete(s.dupAddrs, e.addr)
+	}
+	if hosts := s.jobHosts[e.reg.Job]; hosts != nil {
+		if hosts[e.reg.Host]--; hosts[e.reg.Host] <= 0 {
+			delete(hosts, e.reg.Host)
+		}
+		if len(hosts) == 0 {
+			delete(s.jobHosts, e.reg.Job)
+		}
+	}
 	s.touchedKeys[key] = struct{}{}
 	s.touchedAddrs[e.addr] = struct{}{}
 }
@@ -174,7 +204,7 @@ func (s *state) setInvalid(key string, createRev, modRev int64, err error) {
 	if seen {
 		s.m.Invalid.WithLabelValues(old.reason).Dec()
 	}
-	s.invalid[key] = invalidEntry{createRev: createRev, modRev: modRev, reason: r}
+	s.invalid[key] = invalidEntry{createRev: createRev, modRev: modRev, reason: r, err: err.Error()}
 	s.m.Invalid.WithLabelValues(r).Inc()
 	s.m.InvalidSkipped.WithLabelValues(r).Inc()
 	s.onError(key, modRev, r, err)

@@ -86,8 +86,40 @@ type Syncer struct {
 	mu   sync.Mutex // guards the stores, dirty flags and seen
 	seen time.Time  // arrival of the oldest change not rendered yet
 
-	doneMu sync.Mutex
-	done   chan struct{} // closed after each completed sync
+	doneMu      sync.Mutex
+	done        chan struct{} // closed after each completed sync
+	lastWrite   time.Time     // the files last found or made up to date
+	lastError   error         // of the last failed write, nil after a success
+	lastErrorAt time.Time
+}
+
+// SyncStatus is what the Syncer did last, for sdwriter's status page.
+type SyncStatus struct {
+	Files []string `json:"files,omitempty"`
+	// LastWrite is when the files were last made (or found) up to date.
+	LastWrite time.Time `json:"last_write,omitzero"`
+	// LastError is why the last write failed; empty once one succeeds.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// Bytes is the size of the output, all shards together.
+	Bytes int `json:"bytes"`
+}
+
+// Status reports the last write and the last error.
+func (s *Syncer) Status() SyncStatus {
+	st := SyncStatus{Files: s.Files()}
+	for _, sh := range s.shards {
+		if p := sh.out.Load(); p != nil {
+			st.Bytes += len(*p)
+		}
+	}
+	s.doneMu.Lock()
+	defer s.doneMu.Unlock()
+	st.LastWrite, st.LastErrorAt = s.lastWrite, s.lastErrorAt
+	if s.lastError != nil {
+		st.LastError = s.lastError.Error()
+	}
+	return st
 }
 
 // shard is one output: the whole one, or one of Options.Shards.
@@ -275,6 +307,9 @@ func (s *Syncer) Run(ctx context.Context) {
 			failing = true
 			next = time.Now().Add(s.opts.RetryInterval)
 			wake.Reset(s.opts.RetryInterval)
+			s.doneMu.Lock()
+			s.lastError, s.lastErrorAt = err, time.Now()
+			s.doneMu.Unlock()
 			s.finish()
 			continue
 		}
@@ -287,6 +322,9 @@ func (s *Syncer) Run(ctx context.Context) {
 			pending = time.Time{}
 		}
 		next = start.Add(s.writeWait(rendered))
+		s.doneMu.Lock()
+		s.lastWrite, s.lastError = time.Now(), nil
+		s.doneMu.Unlock()
 		s.finish()
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -347,5 +349,53 @@ func churn(b *testing.B, cli *clientv3.Client, syncer *sdfile.Syncer, d time.Dur
 			}
 		}
 		lags = append(lags, lag)
+	}
+}
+
+// The status page and its JSON at 100,000 registrations (issue 15: served
+// in 200 ms at most): the handler's time for / and /api/v1/status with the
+// default page of 100, and for a job's page of 1,000.
+//
+//	go test -run '^$' -bench StatusPage -benchtime 20x ./cmd/sdwriter
+func BenchmarkStatusPage(b *testing.B) {
+	const n = 100_000
+	etcd := etcdtest.Start(b)
+	cli := etcd.Client(b)
+	populate(b, cli, n)
+	disc, err := etcdsd.New(cli, etcdsd.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	syncer := sdfile.New(sdfile.Options{File: filepath.Join(b.TempDir(), "workersd.json")})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { syncer.Run(ctx) })
+	wg.Go(func() { disc.RunSink(ctx, syncer) })
+	defer func() { cancel(); wg.Wait() }()
+	waitOutput(b, syncer, func(o []byte) bool { return bytes.Count(o, []byte("targets")) == n })
+	st := &status{disc: disc, syncer: syncer, endpoints: []string{etcd.Endpoint()}, prefix: prefix}
+	for _, tc := range []struct{ name, url string }{
+		{"html", "/"},
+		{"json", "/api/v1/status"},
+		{"html-job-page-1000", "/?job=job-3&offset=5000&limit=1000"},
+		{"json-job-page-1000", "/api/v1/status?job=job-3&offset=5000&limit=1000"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := http.HandlerFunc(st.serveHTML)
+			if strings.HasPrefix(tc.url, "/api/") {
+				h = st.serveJSON
+			}
+			var took []time.Duration
+			for b.Loop() {
+				rec := httptest.NewRecorder()
+				start := time.Now()
+				h.ServeHTTP(rec, httptest.NewRequest("GET", tc.url, nil))
+				took = append(took, time.Since(start))
+				if rec.Code != http.StatusOK || rec.Body.Len() == 0 {
+					b.Fatalf("%s: %d", tc.url, rec.Code)
+				}
+			}
+			reportLatency(b, "serve", took)
+		})
 	}
 }

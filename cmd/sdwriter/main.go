@@ -186,7 +186,8 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	cancel := func() { cancelCause(nil) }
 	defer cancel()
 
-	if len(f.sd.Endpoints) == 0 {
+	embedded := len(f.sd.Endpoints) == 0
+	if embedded {
 		logger.Info("no --etcd.endpoints: starting an embedded single-member etcd; workers on this host reach it with no flags",
 			"listen_address", f.embedListen, "peer_address", f.embedPeer, "data_dir", f.embedDir)
 		if f.embedPublic {
@@ -257,7 +258,8 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	wg.Go(func() { syncer.Run(ctx) })
 	wg.Go(func() { disc.RunSink(ctx, syncer) })
 
-	server := &http.Server{Handler: handler(reg, syncer), ReadHeaderTimeout: 10 * time.Second}
+	st := &status{disc: disc, syncer: syncer, endpoints: f.sd.Endpoints, embedded: embedded, prefix: f.sd.Prefix}
+	server := &http.Server{Handler: handler(reg, syncer, st), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- web.ListenAndServe(server, f.web, hclogslog.New(logger.Named("web"))) }()
 	select {
@@ -278,7 +280,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 }
 
 // handler serves sdwriter's web endpoints.
-func handler(reg *prometheus.Registry, syncer *sdfile.Syncer) http.Handler {
+func handler(reg *prometheus.Registry, syncer *sdfile.Syncer, st *status) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.Handle("/sd", syncer)
@@ -295,17 +297,9 @@ func handler(reg *prometheus.Registry, syncer *sdfile.Syncer) http.Handler {
 		}
 		io.WriteString(w, "sdwriter is ready.\n")
 	})
-	if landing, err := web.NewLandingPage(web.LandingConfig{
-		Name:        name,
-		Description: "workersd registrations in etcd as Prometheus targets",
-		Version:     version.Info(),
-		Links: []web.LandingLinks{
-			{Address: "/sd", Text: "Targets (http_sd)"},
-			{Address: "/metrics", Text: "Metrics"},
-			{Address: "/-/ready", Text: "Readiness"},
-		},
-	}); err == nil {
-		mux.Handle("/", landing)
-	}
+	// The status page replaces the exporter landing page: the same
+	// links, and what sdwriter sees (docs/STATUS.md).
+	mux.HandleFunc("/", st.serveHTML)
+	mux.HandleFunc("/api/v1/status", st.serveJSON)
 	return mux
 }

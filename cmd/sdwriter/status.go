@@ -1,0 +1,207 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/common/version"
+
+	"github.com/workersd/workersd/etcdsd"
+	"github.com/workersd/workersd/sdfile"
+)
+
+// status serves what sdwriter sees: the page at / and the same data as
+// JSON at /api/v1/status, for "why is my worker not scraped?".
+type status struct {
+	disc      *etcdsd.Discoverer
+	syncer    *sdfile.Syncer
+	endpoints []string
+	embedded  bool
+	prefix    string
+}
+
+// report is /api/v1/status.
+type report struct {
+	Version string `json:"version"`
+	Etcd    struct {
+		Endpoints []string `json:"endpoints"`
+		Embedded  bool     `json:"embedded"`
+		Prefix    string   `json:"prefix"`
+		Reachable bool     `json:"reachable"`
+	} `json:"etcd"`
+	Output    sdfile.SyncStatus `json:"output"`
+	Discovery etcdsd.Status     `json:"discovery"`
+	Query     etcdsd.Query      `json:"query"`
+}
+
+// query reads the page's selection; a bad parameter is an error naming it.
+func query(r *http.Request) (etcdsd.Query, error) {
+	v := r.URL.Query()
+	q := etcdsd.Query{Job: v.Get("job"), Host: v.Get("host"), Limit: 100}
+	for name, dst := range map[string]*int{"offset": &q.Offset, "limit": &q.Limit} {
+		s := v.Get(name)
+		if s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 || (name == "limit" && (n == 0 || n > etcdsd.MaxPage)) {
+			return q, fmt.Errorf("%s=%q: want a whole number (limit: 1 to %d)", name, s, etcdsd.MaxPage)
+		}
+		*dst = n
+	}
+	return q, nil
+}
+
+func (s *status) report(q etcdsd.Query) report {
+	var r report
+	r.Version = version.Info()
+	r.Etcd.Endpoints, r.Etcd.Embedded, r.Etcd.Prefix = s.endpoints, s.embedded, s.prefix
+	r.Output = s.syncer.Status()
+	r.Discovery = s.disc.Status(q)
+	r.Etcd.Reachable = r.Discovery.Reachable
+	r.Query = q
+	return r
+}
+
+func (s *status) serveJSON(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r)
+	if err != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(s.report(q))
+}
+
+func (s *status) serveHTML(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" {
+		http.NotFound(w, r)
+		return
+	}
+	q, err := query(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	rep := s.report(q)
+	page := struct {
+		report
+		Now        time.Time
+		Prev, Next string
+		First      int
+	}{report: rep, Now: time.Now(), First: q.Offset + 1}
+	link := func(offset int) string {
+		v := url.Values{}
+		if q.Job != "" {
+			v.Set("job", q.Job)
+		}
+		if q.Host != "" {
+			v.Set("host", q.Host)
+		}
+		v.Set("offset", strconv.Itoa(offset))
+		v.Set("limit", strconv.Itoa(q.Limit))
+		return "/?" + v.Encode()
+	}
+	if q.Offset > 0 {
+		page.Prev = link(max(0, q.Offset-q.Limit))
+	}
+	if q.Offset+q.Limit < rep.Discovery.Matching {
+		page.Next = link(q.Offset + q.Limit)
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := statusTemplate.Execute(w, page); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
+}
+
+var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
+	"age": func(now, t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return now.Sub(t).Round(time.Second).String()
+	},
+	"when": func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return t.UTC().Format(time.RFC3339)
+	},
+	"add": func(a, b int) int { return a + b },
+}).Parse(`<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>sdwriter</title>
+<style>
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; font-size: 90%; }
+th { background: #f0f0f0; }
+.bad { color: #b00; font-weight: bold; }
+.good { color: #070; font-weight: bold; }
+.dup td { color: #888; }
+code { font-size: 90%; }
+</style>
+</head>
+<body>
+<h1>sdwriter</h1>
+<p>workersd registrations in etcd as Prometheus targets. <a href="/metrics">Metrics</a> · <a href="/sd">Targets (http_sd)</a> · <a href="/api/v1/status">This page as JSON</a> · <a href="/-/ready">Readiness</a></p>
+<p><small>{{.Version}}</small></p>
+
+<h2 id="etcd">etcd</h2>
+<table>
+<tr><th>endpoints</th><td>{{range $i, $e := .Etcd.Endpoints}}{{if $i}}, {{end}}<code>{{$e}}</code>{{end}}{{if .Etcd.Embedded}} (embedded){{end}}</td></tr>
+<tr><th>prefix</th><td><code>{{.Etcd.Prefix}}</code></td></tr>
+<tr><th>reachable</th><td id="etcd-reachable">{{if .Etcd.Reachable}}<span class="good">yes</span>{{else}}<span class="bad">no</span>: the targets already written stay as they are{{end}}</td></tr>
+<tr><th>first listing</th><td>{{if .Discovery.Synced}}done{{else}}<span class="bad">not done yet</span>{{end}}</td></tr>
+</table>
+
+<h2 id="output">Output</h2>
+<table>
+<tr><th>files</th><td>{{range .Output.Files}}<code>{{.}}</code> {{else}}none (http_sd on /sd only){{end}}</td></tr>
+<tr><th>last write</th><td id="last-write">{{when .Output.LastWrite}}</td></tr>
+<tr><th>last error</th><td id="last-error">{{if .Output.LastError}}<span class="bad">{{.Output.LastError}}</span> at {{when .Output.LastErrorAt}}{{else}}none{{end}}</td></tr>
+<tr><th>size</th><td>{{.Output.Bytes}} bytes</td></tr>
+</table>
+
+<h2 id="jobs">Registrations by job</h2>
+<p>{{.Discovery.Registrations}} registrations, {{.Discovery.Targets}} targets.</p>
+<table>
+<tr><th>job</th><th>registrations</th><th>hosts</th></tr>
+{{range .Discovery.Jobs}}<tr><td><a href="/?job={{.Job}}">{{.Job}}</a></td><td>{{.Registrations}}</td><td>{{.Hosts}}</td></tr>
+{{end}}</table>
+
+<h2 id="registrations">Registrations{{if .Query.Job}} of job {{.Query.Job}}{{end}}{{if .Query.Host}} on host {{.Query.Host}}{{end}}</h2>
+<form method="get" action="/">job <input name="job" value="{{.Query.Job}}"> host <input name="host" value="{{.Query.Host}}"> <button>show</button></form>
+<p>{{if .Discovery.Page}}{{.First}} to {{add .First (len .Discovery.Page) | add -1}} of {{.Discovery.Matching}}{{else}}none of {{.Discovery.Matching}}{{end}}{{if .Prev}} · <a href="{{.Prev}}">previous</a>{{end}}{{if .Next}} · <a href="{{.Next}}">next</a>{{end}}</p>
+<table>
+<tr><th>job</th><th>host</th><th>slot</th><th>address</th><th>pid</th><th>started</th><th>age</th><th>labels</th><th>target</th><th>key</th></tr>
+{{range .Discovery.Page}}<tr class="registration{{if not .Shown}} dup{{end}}"><td>{{.Job}}</td><td>{{.Host}}</td><td>{{.Slot}}</td><td><code>{{.Address}}</code></td><td>{{if .PID}}{{.PID}}{{end}}</td><td>{{if not .StartedAt.IsZero}}{{when .StartedAt}}{{end}}</td><td>{{age $.Now .StartedAt}}</td><td>{{range $k, $v := .Labels}}{{$k}}="{{$v}}" {{end}}</td><td>{{if .Shown}}yes{{else}}no: duplicate{{end}}</td><td><code>{{.Key}}</code></td></tr>
+{{end}}</table>
+
+<h2 id="rejected">Rejected keys ({{.Discovery.RejectedTotal}})</h2>
+<p>Keys under the prefix that are not valid registrations: skipped, never written.</p>
+<table>
+<tr><th>key</th><th>reason</th><th>error</th></tr>
+{{range .Discovery.Rejected}}<tr class="rejected"><td><code>{{.Key}}</code></td><td>{{.Reason}}</td><td>{{.Error}}</td></tr>
+{{end}}</table>
+
+<h2 id="duplicates">Dropped duplicates ({{.Discovery.DuplicatesTotal}})</h2>
+<p>Registrations naming an address another registration names too: only the one created last is a target.</p>
+<table>
+<tr><th>address</th><th>dropped</th><th>target</th></tr>
+{{range .Discovery.Duplicates}}<tr class="duplicate"><td><code>{{.Address}}</code></td><td><code>{{.Dropped}}</code></td><td><code>{{.Winner}}</code></td></tr>
+{{end}}</table>
+</body>
+</html>
+`))
