@@ -505,23 +505,13 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 				return false, err
 			}
 		}
-		held, err := r.stillHeld(ctx)
-		if err != nil {
-			return false, err
-		}
-		if held {
-			r.keepHold(ctx)
-			return true, nil
+		if kept, err := r.keepIfHeld(ctx); err != nil || kept {
+			return kept, err
 		}
 	} else {
 		if r.lease != 0 {
-			held, err := r.stillHeld(ctx)
-			if err != nil {
-				return false, err
-			}
-			if held {
-				r.keepHold(ctx)
-				return true, nil
+			if kept, err := r.keepIfHeld(ctx); err != nil || kept {
+				return kept, err
 			}
 			// Best effort: a lease that survived on the server must not
 			// keep a second key alive next to the new claim.
@@ -625,6 +615,18 @@ func (r *Registrar) leaseNotFound(ctx context.Context) {
 	if r.cfg.HoldLease != nil {
 		r.cfg.HoldLease.Check(ctx, r.holdLease)
 	}
+}
+
+// keepIfHeld keeps the current key if it still holds this registration
+// (etcd restarted with its data, a lease adopted with Resume), with its
+// slot's hold.
+func (r *Registrar) keepIfHeld(ctx context.Context) (bool, error) {
+	held, err := r.stillHeld(ctx)
+	if err != nil || !held {
+		return false, err
+	}
+	r.keepHold(ctx)
+	return true, nil
 }
 
 // keepHold is ensureHold for a registration that lives: it stays alive
