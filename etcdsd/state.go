@@ -14,7 +14,7 @@ import (
 // entry is one valid registration.
 type entry struct {
 	key       string
-	reg       registrar.Registration // as decoded, for Status
+	job, host string // for Status; the rest it shows is in group
 	addr      string
 	createRev int64
 	modRev    int64
@@ -116,7 +116,7 @@ func (s *state) put(kv *mvccpb.KeyValue) {
 	}
 	s.clearInvalid(key)
 	s.removeEntry(key)
-	e := &entry{key: key, reg: r, addr: r.Address, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r)}
+	e := &entry{key: key, job: r.Job, host: r.Host, addr: r.Address, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r)}
 	s.entries[key] = e
 	s.byAddr[e.addr] = append(s.byAddr[e.addr], e)
 	if len(s.byAddr[e.addr]) > 1 {
@@ -186,12 +186,12 @@ func (s *state) removeEntry(key string) {
 	if len(list) < 2 {
 		delete(s.dupAddrs, e.addr)
 	}
-	if hosts := s.jobHosts[e.reg.Job]; hosts != nil {
-		if hosts[e.reg.Host]--; hosts[e.reg.Host] <= 0 {
-			delete(hosts, e.reg.Host)
+	if hosts := s.jobHosts[e.job]; hosts != nil {
+		if hosts[e.host]--; hosts[e.host] <= 0 {
+			delete(hosts, e.host)
 		}
 		if len(hosts) == 0 {
-			delete(s.jobHosts, e.reg.Job)
+			delete(s.jobHosts, e.job)
 		}
 	}
 	s.touchedKeys[key] = struct{}{}

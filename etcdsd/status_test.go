@@ -62,10 +62,10 @@ func TestStatusAgreesWithTheRegistrations(t *testing.T) {
 		s := d.Status(Query{Limit: MaxPage})
 		jobs := map[string]map[string]int{}
 		for _, e := range st.entries {
-			if jobs[e.reg.Job] == nil {
-				jobs[e.reg.Job] = map[string]int{}
+			if jobs[e.job] == nil {
+				jobs[e.job] = map[string]int{}
 			}
-			jobs[e.reg.Job][e.reg.Host]++
+			jobs[e.job][e.host]++
 		}
 		var want []JobSummary
 		for _, j := range slices.Sorted(maps.Keys(jobs)) {

@@ -89,6 +89,10 @@ func TestStatusJSON(t *testing.T) {
 	if len(d.Duplicates) != 1 || d.Duplicates[0].Dropped != prefix+"api/web-2/0" || d.Duplicates[0].Winner != prefix+"batch/web-2/1" || d.Duplicates[0].Address != "10.0.0.2:9100" {
 		t.Errorf("duplicates %+v", d.Duplicates)
 	}
+	if p := d.Page[0]; p.Key != prefix+"api/web-1/0" || p.Job != "api" || p.Host != "web-1" || p.Slot != 0 || p.Address != "10.0.0.1:9100" ||
+		p.PID != 4100 || time.Since(p.StartedAt) < 7*time.Minute || p.Labels["version"] != "1.4.2" || len(p.Labels) != 1 {
+		t.Errorf("first registration %+v", p)
+	}
 	for _, reg := range d.Page {
 		if reg.Shown != (reg.Key != prefix+"api/web-2/0") {
 			t.Errorf("%s shown = %v", reg.Key, reg.Shown)
