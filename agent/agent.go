@@ -286,15 +286,19 @@ func (a *Agent) sweep() {
 			return
 		}
 		for _, kv := range resp.Kvs {
-			key := string(kv.Key)
+			k, err := registrar.ParseKey(p, string(kv.Key))
+			if err != nil {
+				continue // not a slot's key: nothing a registrar wrote
+			}
 			if p != a.cfg.Prefix {
 				if hold == 0 || clientv3.LeaseID(kv.Lease) != hold {
 					continue
 				}
-				key = a.cfg.Prefix + key[len(p):] // the registration of this hold
+				k.Prefix = a.cfg.Prefix // the registration of this hold
 			} else if clientv3.LeaseID(kv.Lease) != lease {
 				continue
 			}
+			key := k.String()
 			if owned[key] {
 				continue
 			}

@@ -153,7 +153,13 @@ func (h *harness) keys() map[string]registrar.Registration {
 // leases maps every registration's key to its lease.
 func (h *harness) leases() map[string]int64 {
 	h.t.Helper()
-	resp, err := h.cli.Get(context.Background(), prefix, clientv3.WithPrefix())
+	return h.leasesUnder(prefix)
+}
+
+// leasesUnder maps every key under p to its lease.
+func (h *harness) leasesUnder(p string) map[string]int64 {
+	h.t.Helper()
+	resp, err := h.cli.Get(context.Background(), p, clientv3.WithPrefix())
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -3,7 +3,6 @@
 package agent
 
 import (
-	"context"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -37,17 +36,7 @@ func TestSharedLeaseAgent(t *testing.T) {
 			t.Fatalf("%s on lease %x, want the shared %x", k, l, shared)
 		}
 	}
-	holds := func() map[string]int64 {
-		resp, err := h.cli.Get(context.Background(), registrar.HoldPrefix(prefix), clientv3.WithPrefix())
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := map[string]int64{}
-		for _, kv := range resp.Kvs {
-			m[string(kv.Key)] = kv.Lease
-		}
-		return m
-	}
+	holds := func() map[string]int64 { return h.leasesUnder(registrar.HoldPrefix(prefix)) }
 	for k, l := range holds() {
 		if clientv3.LeaseID(l) != h.agent.holdLease.ID() {
 			t.Fatalf("hold %s on lease %x, want the shared hold lease %x", k, l, h.agent.holdLease.ID())

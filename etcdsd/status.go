@@ -84,8 +84,9 @@ type Duplicate struct {
 }
 
 // Status returns what the Discoverer knows now; q selects the page of
-// registrations. Its cost is a pass over the registrations (no copy of
-// them), and a sort of those q selects.
+// registrations. Its cost is a pass over the registrations' pointers and
+// the ordering of the page alone; the summaries are kept as registrations
+// change.
 func (d *Discoverer) Status(q Query) Status {
 	if q.Limit <= 0 {
 		q.Limit = 100

@@ -236,8 +236,11 @@ func (b *bench) key(host int) string {
 }
 
 func hostOf(key string) int {
-	i := strings.Index(key, "/host-")
-	h, _ := strconv.Atoi(key[i+6 : i+11])
+	k, err := registrar.ParseKey(prefix, key)
+	if err != nil {
+		panic(err)
+	}
+	h, _ := strconv.Atoi(strings.TrimPrefix(k.Host, "host-"))
 	return h
 }
 
@@ -321,8 +324,11 @@ func (b *bench) inShard0(shards int) int {
 
 // instanceOf is the instance label sdwriter gives key: host/slot.
 func instanceOf(key string) string {
-	parts := strings.Split(key, "/")
-	return parts[len(parts)-2] + "/" + parts[len(parts)-1]
+	k, err := registrar.ParseKey(prefix, key)
+	if err != nil {
+		panic(err) // the harness writes only slot keys
+	}
+	return k.Instance()
 }
 
 func (b *bench) churn(ctx context.Context, bin, mode string, shards int, flag string) (*result, error) {
