@@ -22,6 +22,7 @@ import (
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/internal/servertest"
 	"github.com/workersd/workersd/registrar"
 )
 
@@ -33,61 +34,6 @@ const (
 	// workers recycle 5 or 6 times during the test.
 	maxRequests = 30
 )
-
-// proc is a child process in its own process group, logged to a file that
-// is printed if the test fails.
-type proc struct {
-	cmd *exec.Cmd
-	log string
-}
-
-func start(t *testing.T, dir, name string, env []string, bin string, args ...string) *proc {
-	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	f.Close()
-	p := &proc{cmd: cmd, log: logPath}
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("--- %s log:\n%s", name, b)
-		}
-	})
-	return p
-}
-
-type target struct {
-	Targets []string          `json:"targets"`
-	Labels  map[string]string `json:"labels"`
-}
-
-func readTargets(t *testing.T, path string) []target {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ts []target
-	if err := json.Unmarshal(b, &ts); err != nil {
-		t.Fatalf("targets file: %v: %s", err, b)
-	}
-	return ts
-}
 
 // Real gunicorn, 4 workers recycling through max_requests, registered
 // through the agent, discovered by sdwriter, scraped by Prometheus 3 with
@@ -264,11 +210,11 @@ func (env gunicornEnv) run(t *testing.T, c gunicornRun) gunicornResult {
 	} else {
 		etcd := etcdtest.Start(t)
 		sock := filepath.Join(dir, "agent.sock")
-		start(t, dir, "agent", nil, filepath.Join(env.bin, "workersd-agent"),
+		servertest.Run(t, dir, "agent", nil, filepath.Join(env.bin, "workersd-agent"),
 			"--etcd.endpoints="+etcd.Endpoint(), "--host=test-host", "--ttl="+agentTTL.String(),
 			"--slot-hold="+slotHold.String(),
 			"--listen.socket="+sock, "--state.file="+filepath.Join(dir, "agent.json"), "--log.level=debug")
-		start(t, dir, "sdwriter", nil, filepath.Join(env.bin, "sdwriter"),
+		servertest.Run(t, dir, "sdwriter", nil, filepath.Join(env.bin, "sdwriter"),
 			"--etcd.endpoints="+etcd.Endpoint(), "--output.file="+targets,
 			"--web.listen-address="+etcdtest.FreeAddr(t))
 		gunicornEnv = append(gunicornEnv, "WORKERSD_METRICS_HOST=127.0.0.1", "WORKERSD_AGENT_SOCKET="+sock)
@@ -284,7 +230,7 @@ scrape_configs:
 `+sd), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	start(t, dir, "prometheus", nil, c.prom, append([]string{"--config.file=" + promCfg,
+	servertest.Run(t, dir, "prometheus", nil, c.prom, append([]string{"--config.file=" + promCfg,
 		"--storage.tsdb.path=" + filepath.Join(dir, "tsdb"), "--web.listen-address=" + promAddr}, c.promFlags...)...)
 	promURL := "http://" + promAddr
 	poll.Until(t, 60*time.Second, func() bool {
@@ -296,7 +242,7 @@ scrape_configs:
 	}, "Prometheus not ready")
 
 	began := time.Now()
-	start(t, dir, "gunicorn", gunicornEnv, env.gunicorn, "--config", "gunicorn.conf.py", "app:app")
+	servertest.Run(t, dir, "gunicorn", gunicornEnv, env.gunicorn, "--config", "gunicorn.conf.py", "app:app")
 	if c.multiproc {
 		poll.Until(t, 30*time.Second, func() bool {
 			resp, err := http.Get("http://" + bind + "/metrics")
@@ -306,7 +252,7 @@ scrape_configs:
 			return err == nil && resp.StatusCode == 200
 		}, "gunicorn does not serve /metrics")
 	} else {
-		poll.Until(t, 30*time.Second, func() bool { return len(readTargets(t, targets)) == numWorkers },
+		poll.Until(t, 30*time.Second, func() bool { return len(servertest.ReadTargets(t, targets)) == numWorkers },
 			"%d workers not in the targets file", numWorkers)
 	}
 
@@ -327,7 +273,7 @@ scrape_configs:
 				case <-time.After(20 * time.Millisecond):
 				}
 				b, err := os.ReadFile(targets)
-				var ts []target
+				var ts []servertest.Target
 				if err != nil || json.Unmarshal(b, &ts) != nil {
 					continue
 				}
@@ -349,7 +295,7 @@ scrape_configs:
 		})
 	}
 
-	ok, notFound := driveRequests(t, bind, requestEvery)
+	ok, notFound := servertest.DriveRequests(t, bind, requests, requestEvery)
 	t.Logf("%d requests (%d 200, %d 404) in %s", requests, ok, notFound, time.Since(began).Round(time.Second))
 
 	// Every count of the live workers reaches Prometheus at its next
@@ -360,7 +306,7 @@ scrape_configs:
 	poll.Until(t, 40*time.Second, func() bool {
 		want := 1
 		if !c.multiproc {
-			want = len(readTargets(t, targets))
+			want = len(servertest.ReadTargets(t, targets))
 		}
 		ss, err := promtest.RawSamples(promURL, fmt.Sprintf(`up{job=%q}`, job), time.Now().Add(-2*time.Second), time.Now())
 		if err != nil || len(ss) != want {
@@ -420,55 +366,11 @@ scrape_configs:
 		if bound := registrar.MaxSlots(numWorkers, ends, agentTTL, slotHold); len(instances) > bound {
 			t.Errorf("%d instances in the targets file, above the stated bound %d", len(instances), bound)
 		}
-		if strings.Contains(readLog(t, filepath.Join(dir, "gunicorn.log")), "registration failed") {
-			t.Error("a worker failed to register; see the gunicorn log")
+		if log := readLog(t, filepath.Join(dir, "gunicorn.log")); strings.Contains(log, "workersd: registration of pid") || strings.Contains(log, "workersd: agent unreachable") {
+			t.Error("a worker failed to register at once; see the gunicorn log")
 		}
 	}
 	return r
-}
-
-// driveRequests sends the requests at a steady pace, each on a new
-// connection; one in five asks for a missing page (a 404, the per-status
-// counter's low-rate series).
-func driveRequests(t *testing.T, bind string, every time.Duration) (ok, notFound int) {
-	t.Helper()
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var reqErr error
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for i := range requests {
-		<-tick.C
-		path := "/"
-		if i%5 == 4 {
-			path = "/missing"
-		}
-		wg.Go(func() {
-			resp, err := client.Get("http://" + bind + path)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				reqErr = err
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			switch resp.StatusCode {
-			case 200:
-				ok++
-			case 404:
-				notFound++
-			default:
-				reqErr = fmt.Errorf("GET %s: status %d", path, resp.StatusCode)
-			}
-		})
-	}
-	wg.Wait()
-	if reqErr != nil {
-		t.Fatalf("request failed: %v", reqErr)
-	}
-	return ok, notFound
 }
 
 // checkKillAndCreated kills one worker with SIGKILL (once every count is
@@ -481,7 +383,7 @@ func driveRequests(t *testing.T, bind string, every time.Duration) (ok, notFound
 // timestamp on a reused slot.
 func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
 	t.Helper()
-	victim := readTargets(t, targets)[0]
+	victim := servertest.ReadTargets(t, targets)[0]
 	pid, err := strconv.Atoi(victim.Labels["__meta_workersd_pid"])
 	if err != nil {
 		t.Fatalf("no pid in %+v", victim)
@@ -491,7 +393,7 @@ func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
 		t.Fatal(err)
 	}
 	poll.Until(t, time.Second, func() bool {
-		for _, tg := range readTargets(t, targets) {
+		for _, tg := range servertest.ReadTargets(t, targets) {
 			if tg.Labels["__meta_workersd_pid"] == victim.Labels["__meta_workersd_pid"] {
 				return false
 			}
@@ -499,16 +401,16 @@ func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
 		return true
 	}, "worker %d still in the targets file 1s after kill -9", pid)
 	t.Logf("kill -9 of worker %d: gone from the targets file after %s (polled every %s)", pid, time.Since(killed), poll.Interval)
-	poll.Until(t, 20*time.Second, func() bool { return len(readTargets(t, targets)) == numWorkers },
+	poll.Until(t, 20*time.Second, func() bool { return len(servertest.ReadTargets(t, targets)) == numWorkers },
 		"no replacement for the killed worker")
-	for _, tg := range readTargets(t, targets) {
+	for _, tg := range servertest.ReadTargets(t, targets) {
 		if tg.Labels["instance"] == victim.Labels["instance"] {
 			t.Errorf("the replacement took the killed worker's instance %s while it was held", victim.Labels["instance"])
 		}
 	}
 
 	checked := 0
-	for _, tg := range readTargets(t, targets) {
+	for _, tg := range servertest.ReadTargets(t, targets) {
 		started, err := time.Parse(time.RFC3339, tg.Labels["__meta_workersd_started_at"])
 		if err != nil {
 			t.Fatalf("started_at of %+v: %v", tg, err)
@@ -578,11 +480,6 @@ func readLog(t *testing.T, path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
 }
-
-// deref prints a value as it is when the message is formatted.
-type deref struct{ p *float64 }
-
-func (d deref) String() string { return strconv.FormatFloat(*d.p, 'g', -1, 64) }
 
 // interpreter is the Python that runs gunicorn (its #! line): the one that
 // must have prometheus_client.

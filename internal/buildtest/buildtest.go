@@ -87,3 +87,27 @@ func missing(t testing.TB, msg string) {
 	}
 	t.Skip(msg + "; skipping")
 }
+
+// Python returns a Python 3 that can import every one of modules (Debian's
+// /usr/bin/python3 where scripts/test installs python3-prometheus-client
+// and the like, or the first python3 on PATH that has them). Missing, it
+// skips the test, but fails it in CI.
+func Python(t testing.TB, modules ...string) string {
+	t.Helper()
+	var candidates []string
+	if p, err := exec.LookPath("python3"); err == nil {
+		candidates = append(candidates, p)
+	}
+	candidates = append(candidates, "/usr/bin/python3")
+	script := "import " + strings.Join(append([]string{"sys"}, modules...), ", ")
+	var last string
+	for _, p := range candidates {
+		out, err := exec.Command(p, "-c", script).CombinedOutput()
+		if err == nil {
+			return p
+		}
+		last = fmt.Sprintf("%s: %v: %s", p, err, out)
+	}
+	missing(t, fmt.Sprintf("no python3 can import %s (%s)", strings.Join(modules, ", "), last))
+	return ""
+}

@@ -1,0 +1,92 @@
+"""The worker's own /metrics, on an ephemeral port."""
+
+import socket
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from socketserver import ThreadingMixIn
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def prometheus_client_app(registry=None):
+    """A WSGI app serving prometheus_client's registry (the default one
+    unless given), in the format the scraper asks for: Prometheus 3 asks for
+    OpenMetrics, which carries each counter's created timestamp."""
+    from prometheus_client import REGISTRY
+    from prometheus_client.exposition import make_wsgi_app
+
+    return make_wsgi_app(registry if registry is not None else REGISTRY)
+
+
+class MetricsEndpoint:
+    """Serves app (a WSGI app; default: prometheus_client's registry) on
+    host, port 0, in a daemon thread, and counts the scrapes that begin after
+    the worker began to exit, so that the exit can wait for one: everything
+    counted before it then reaches Prometheus.
+
+    before_scrape callables run before each scrape is rendered (a Tracer's
+    collect, which accounts work still in flight)."""
+
+    def __init__(self, host="0.0.0.0", app=None, before_scrape=()):
+        self._cond = threading.Condition()
+        self._exit_began = None
+        self._final_scrapes = 0
+        metrics = app if app is not None else prometheus_client_app()
+        hooks = tuple(before_scrape)
+
+        def serve(environ, start_response):
+            began = time.monotonic()
+            for hook in hooks:
+                hook()
+            return _Counted(metrics(environ, start_response), self, began)
+
+        class Server(_ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self._server = make_server(host, 0, serve, Server, handler_class=_Quiet)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="workersd-metrics", daemon=True)
+        self._thread.start()
+
+    def _served(self, began):
+        with self._cond:
+            if self._exit_began is not None and began >= self._exit_began:
+                self._final_scrapes += 1
+                self._cond.notify_all()
+
+    def wait_final_scrape(self, timeout):
+        """Waits up to timeout seconds for a scrape that begins from now on
+        and is fully sent; returns whether one was."""
+        with self._cond:
+            if self._exit_began is None:
+                self._exit_began = time.monotonic()
+            return self._cond.wait_for(lambda: self._final_scrapes > 0, timeout)
+
+    def close(self):
+        """Stops serving and frees the port."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _Counted:
+    """The response body; wsgiref calls close() once it has been sent."""
+
+    def __init__(self, body, endpoint, began):
+        self._body, self._endpoint, self._began = body, endpoint, began
+
+    def __iter__(self):
+        return iter(self._body)
+
+    def close(self):
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+        self._endpoint._served(self._began)

@@ -1,0 +1,98 @@
+import logging
+import os
+import threading
+import time
+import unittest
+import urllib.request
+
+from workersd import Worker, agent
+
+from agentproc import Agent, until
+
+
+def app(environ, start_response):
+    body = b"# TYPE test_requests counter\ntest_requests_total 7\n"
+    start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def scrape(worker):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % worker.endpoint.port, timeout=5) as r:
+        return r.read().decode()
+
+
+class WorkerTest(unittest.TestCase):
+    def setUp(self):
+        self.agent = Agent()
+        self.addCleanup(self.agent.close)
+
+    def worker(self, **kw):
+        kw.setdefault("job", "py-unit")
+        kw.setdefault("host", "127.0.0.1")
+        kw.setdefault("app", app)
+        kw.setdefault("socket_path", self.agent.socket)
+        w = Worker(**kw)
+        self.addCleanup(lambda: w.endpoint and w.endpoint.close())
+        return w
+
+    def test_registers_and_serves(self):
+        self.agent.start()
+        w = self.worker(labels={"pool": "a"}).start()
+        self.assertTrue(w.wait_registered(5), "not registered")
+        self.assertEqual(w.registration["labels"], {"pool": "a"})
+        self.assertTrue(w.registration["address"].endswith(":%d" % w.endpoint.port))
+        self.assertIn("test_requests_total 7", scrape(w))
+        threading.Timer(0.3, scrape, [w]).start()
+        w.stop()
+        self.assertEqual(agent.workers(path=self.agent.socket), [])
+
+    def test_start_does_not_wait_for_the_agent(self):
+        began = time.monotonic()
+        w = self.worker().start()
+        self.assertLess(time.monotonic() - began, 0.5, "start() waited for the absent agent")
+        self.assertFalse(w.registered)
+        time.sleep(0.5)  # a few attempts fail meanwhile
+        back = time.monotonic()
+        self.agent.start()
+        self.assertTrue(w.wait_registered(5), "not registered after the agent came back")
+        # The backoff is bounded at 1 s: registered within it of the return.
+        self.assertLess(time.monotonic() - back, 1.5)
+        w.backoff_max = 0
+        threading.Timer(0.2, scrape, [w]).start()
+        w.stop()
+
+    def test_stop_without_registration_returns_at_once(self):
+        w = self.worker(final_scrape_timeout=30).start()
+        began = time.monotonic()
+        w.stop()
+        self.assertLess(time.monotonic() - began, 1, "stop() waited for a scrape that cannot come")
+
+    def test_refused_registration_is_not_retried(self):
+        self.agent.start()
+        with self.assertLogs("workersd", logging.ERROR) as logs:
+            w = self.worker(job="bad job").start()
+            w._thread.join(5)
+        self.assertFalse(w._thread.is_alive())
+        self.assertFalse(w.registered)
+        self.assertIn("refused", logs.output[0])
+
+    def test_final_scrape_must_begin_after_stop(self):
+        self.agent.start()
+        w = self.worker(final_scrape_timeout=0.3).start()
+        self.assertTrue(w.wait_registered(5))
+        scrape(w)  # before the exit began: does not count
+        began = time.monotonic()
+        self.assertFalse(w.endpoint.wait_final_scrape(0.3))
+        self.assertGreaterEqual(time.monotonic() - began, 0.29)
+        threading.Timer(0.1, scrape, [w]).start()
+        self.assertTrue(w.endpoint.wait_final_scrape(5))
+
+    def test_job_is_required(self):
+        env = os.environ.pop("WORKERSD_JOB", None)
+        self.addCleanup(lambda: env is not None and os.environ.__setitem__("WORKERSD_JOB", env))
+        with self.assertRaises(ValueError):
+            Worker(socket_path=self.agent.socket)
+
+
+if __name__ == "__main__":
+    unittest.main()
