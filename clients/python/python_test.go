@@ -1,10 +1,12 @@
 //go:build linux
 
-// Package python runs the Python client's own unittest suite against a real
-// agent and etcd (the Go side only starts them).
+// Package python installs the Python client with pip and runs its own
+// unittest suite on the installed copy, against a real agent and etcd (the
+// Go side only starts them).
 package python
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -14,22 +16,37 @@ import (
 )
 
 func TestPythonClient(t *testing.T) {
-	py := buildtest.Python(t, "prometheus_client")
-	bin := t.TempDir()
+	py := buildtest.Python(t, "setuptools.build_meta", "pip", "prometheus_client")
+	dir := t.TempDir()
+	// pip builds in the source tree: build from a copy.
+	src := filepath.Join(dir, "src")
+	if err := os.CopyFS(src, os.DirFS(".")); err != nil {
+		t.Fatal(err)
+	}
+	site := filepath.Join(dir, "site")
+	run(t, src, nil, py, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "--no-index", "--target", site, ".")
+
+	bin := filepath.Join(dir, "bin")
 	if err := buildtest.Build(bin, "./cmd/workersd-agent"); err != nil {
 		t.Fatal(err)
 	}
 	etcd := etcdtest.Start(t)
-	cmd := exec.Command(py, "-m", "unittest", "discover", "-v", "-s", "tests")
-	cmd.Env = append(cmd.Environ(),
-		"PYTHONPATH=src:tests",
-		"WORKERSD_AGENT_BIN="+filepath.Join(bin, "workersd-agent"),
-		"WORKERSD_ETCD_ENDPOINTS="+etcd.Endpoint(),
+	run(t, "tests", []string{
+		"PYTHONPATH=" + site + ":.",
+		"WORKERSD_AGENT_BIN=" + filepath.Join(bin, "workersd-agent"),
+		"WORKERSD_ETCD_ENDPOINTS=" + etcd.Endpoint(),
 		"PYTHONDONTWRITEBYTECODE=1",
-	)
+	}, py, "-m", "unittest", "discover", "-v", "-t", ".", "-s", ".")
+}
+
+func run(t *testing.T, dir string, env []string, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(cmd.Environ(), env...)
 	out, err := cmd.CombinedOutput()
-	t.Logf("%s", out)
+	t.Logf("%s %v:\n%s", name, args, out)
 	if err != nil {
-		t.Fatalf("python -m unittest: %v", err)
+		t.Fatalf("%s %v: %v", name, args, err)
 	}
 }
