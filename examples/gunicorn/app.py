@@ -6,7 +6,7 @@ the workers (sum without (instance, worker, host) (rate(app_requests_total[5m]))
 
 With gunicorn's preload_app this module is imported once, in the master, and
 its metrics are inherited by every worker: gunicorn.conf.py's post_fork
-gives them the worker's own start (workersd_agent.reset_inherited_metrics).
+gives them the worker's own start (workersd.reset_inherited_metrics).
 """
 
 import os
