@@ -32,10 +32,23 @@ const (
 // return; then 4 workers are 4 targets on distinct slots, Prometheus 3's
 // job-wide request total is exact through every recycle, and a worker
 // killed with SIGKILL leaves the targets file within 1 s.
+//
+// Both ways of loading the app: lazy-apps (each worker imports it) and the
+// default (the master imports it, setup() registers each worker after its
+// fork through uwsgi.post_fork_hook).
 func TestUWSGI(t *testing.T) {
 	uwsgi := buildtest.RequireTool(t, "uwsgi", "apt-get install uwsgi uwsgi-plugin-python3")
 	// The plugin embeds Debian's Python, which needs prometheus_client.
 	buildtest.Python(t, "prometheus_client")
+	for _, lazy := range []bool{true, false} {
+		t.Run(fmt.Sprintf("lazy-apps=%t", lazy), func(t *testing.T) {
+			t.Parallel()
+			run(t, uwsgi, lazy)
+		})
+	}
+}
+
+func run(t *testing.T, uwsgi string, lazy bool) {
 	s := servertest.Start(t, servertest.Options{})
 	bind := etcdtest.FreeAddr(t)
 	env := append(s.Env(),
@@ -43,6 +56,7 @@ func TestUWSGI(t *testing.T) {
 		"UWSGI_BIND="+bind,
 		fmt.Sprintf("UWSGI_WORKERS=%d", numWorkers),
 		fmt.Sprintf("UWSGI_MAX_REQUESTS=%d", maxRequests),
+		fmt.Sprintf("UWSGI_LAZY_APPS=%t", lazy),
 	)
 
 	// The workers boot while the agent is away (stopped, as for an
