@@ -61,15 +61,8 @@ func TestCelery(t *testing.T) {
 	worker := servertest.Run(t, s.Dir, "celery", env, py, "-m", "celery", "-A", "tasks", "worker",
 		"--pool=prefork", "--concurrency="+strconv.Itoa(numWorkers), "--max-tasks-per-child="+strconv.Itoa(maxTasks),
 		"--loglevel=info", "--without-gossip", "--without-mingle", "--without-heartbeat")
-	var log string
-	poll.Until(t, 60*time.Second, func() bool {
-		log = worker.Log()
-		return strings.Count(log, "workersd: agent unreachable") >= numWorkers
-	}, "the %d pool processes did not try to register while the agent was away:\n%s", numWorkers, poll.Latest(&log))
-	back := time.Now()
-	s.StartAgent(t)
-	s.WaitTargets(t, numWorkers, 5*time.Second)
-	t.Logf("%d pool processes registered %s after the agent's return", numWorkers, time.Since(back).Round(time.Millisecond))
+	took := s.AgentReturns(t, worker, "workersd: agent unreachable", numWorkers)
+	t.Logf("%d pool processes registered %s after the agent's return", numWorkers, took.Round(time.Millisecond))
 
 	w := s.Watch(numWorkers)
 	send(t, py, env, tasks, taskEvery, 0)
@@ -84,7 +77,7 @@ func TestCelery(t *testing.T) {
 
 	s.WaitScraped(t, job, time.Now(), 40*time.Second)
 	victim := s.Targets(t)[0]
-	took := s.KillWorker(t, victim)
+	took = s.KillWorker(t, victim)
 	t.Logf("kill -9 of pool process %d: gone from the targets file after %s", victim.Pid(), took)
 	s.WaitTargets(t, numWorkers, 20*time.Second)
 	pids, instances := w.Stop(t, s, numWorkers)

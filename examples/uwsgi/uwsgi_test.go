@@ -11,7 +11,6 @@ import (
 
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/internal/servertest"
 )
 
@@ -64,22 +63,15 @@ func run(t *testing.T, uwsgi string, lazy bool) {
 	s.StopAgent(t)
 	from := time.Now().Add(-time.Second)
 	server := servertest.Run(t, s.Dir, "uwsgi", env, uwsgi, "--ini", "uwsgi.ini")
-	var log string
-	poll.Until(t, 30*time.Second, func() bool {
-		log = server.Log()
-		return strings.Count(log, "workersd: agent unreachable") >= numWorkers
-	}, "the %d workers did not try to register while the agent was away:\n%s", numWorkers, poll.Latest(&log))
-	back := time.Now()
-	s.StartAgent(t)
-	s.WaitTargets(t, numWorkers, 5*time.Second)
-	t.Logf("%d workers registered %s after the agent's return", numWorkers, time.Since(back).Round(time.Millisecond))
+	took := s.AgentReturns(t, server, "workersd: agent unreachable", numWorkers)
+	t.Logf("%d workers registered %s after the agent's return", numWorkers, took.Round(time.Millisecond))
 
 	w := s.Watch(numWorkers)
 	ok, notFound := servertest.DriveRequests(t, bind, requests, requestEvery)
 	s.WaitScraped(t, job, time.Now(), 40*time.Second)
 
 	victim := s.Targets(t)[0]
-	took := s.KillWorker(t, victim)
+	took = s.KillWorker(t, victim)
 	t.Logf("kill -9 of worker %d: gone from the targets file after %s", victim.Pid(), took)
 	for _, tg := range s.WaitTargets(t, numWorkers, 20*time.Second) {
 		if tg.Labels["instance"] == victim.Labels["instance"] {

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -217,6 +218,25 @@ func (s *Stack) StopAgent(t testing.TB) {
 	if !s.Agent.Stop(syscall.SIGTERM, 10*time.Second) {
 		t.Fatal("the agent did not stop within 10s of SIGTERM")
 	}
+}
+
+// AgentReturns is the end of the scenario where workers boot while the
+// agent is stopped (StopAgent, then the server started): it waits until n
+// workers of server have logged marker (each says it found the agent away
+// and keeps trying), starts the agent, and waits for the n workers in the
+// targets file, failing the test beyond 5 s; it returns how long they
+// took after the agent's return.
+func (s *Stack) AgentReturns(t testing.TB, server *Proc, marker string, n int) time.Duration {
+	t.Helper()
+	var log string
+	poll.Until(t, 60*time.Second, func() bool {
+		log = server.Log()
+		return strings.Count(log, marker) >= n
+	}, "%d workers did not log %q while the agent was away:\n%s", n, marker, poll.Latest(&log))
+	back := time.Now()
+	s.StartAgent(t)
+	s.WaitTargets(t, n, 5*time.Second)
+	return time.Since(back)
 }
 
 // Target is one target group of the file_sd file: sdwriter writes one per
