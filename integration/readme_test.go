@@ -120,12 +120,16 @@ exec %q --config.file=%q --storage.tsdb.path=%q --enable-feature=created-timesta
 				up[a.ScrapeURL] = a.Health
 			}
 		}
+		// Each at the metrics path of its own it registered.
+		scraped := 0
 		for _, addr := range addrs {
-			if up["http://"+addr+"/metrics"] != "up" {
-				return false
+			for url, health := range up {
+				if strings.HasPrefix(url, "http://"+addr+"/metrics/") && health == "up" {
+					scraped++
+				}
 			}
 		}
-		return true
+		return scraped == len(addrs)
 	}, "Prometheus does not scrape every worker")
 	t.Logf("Prometheus scrapes the 3 workers %s after they started", took.Round(time.Second))
 	if err := exec.Command("grep", "-q", "workersd-test", "/proc/self/mountinfo").Run(); err == nil {

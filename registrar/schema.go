@@ -2,6 +2,9 @@ package registrar
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -194,6 +197,25 @@ func (v Value) Validate() error {
 		return fieldErr("labels", "the registration encodes to %d bytes, at most %d allowed", len(b), MaxValueSize)
 	}
 	return nil
+}
+
+// OwnMetricsPath is a metrics path that only this process serves:
+// "/metrics/<pid>-<16 random hex digits>". Workers register it instead of
+// "/metrics" because their port is ephemeral: after a worker exits,
+// Prometheus keeps scraping its address until discovery catches up (up to
+// its 5 s throttle and a refresh), and if another process, a new worker of
+// the same job included, has been given the freed port meanwhile, a scrape
+// of "/metrics" would record that process' counters under the old
+// worker's instance and count them twice. With a path of its own, the
+// stale scrape gets a 404 and records nothing.
+func OwnMetricsPath(pid int) string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		// crypto/rand does not fail on supported platforms; the pid and
+		// the time still make a reuse unlikely.
+		binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
+	}
+	return fmt.Sprintf("%s/%d-%s", DefaultMetricsPath, pid, hex.EncodeToString(b[:]))
 }
 
 // ValidateMetricsPath checks a metrics path: empty (the default) or an

@@ -32,6 +32,7 @@ type Worker struct {
 	ln        net.Listener
 	srv       *http.Server
 	addr      string
+	path      string // the registered metrics path, this process' own
 	client    *clientv3.Client
 	ownClient bool
 	registrar *registrar.Registrar
@@ -123,16 +124,18 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		w.ownClient = true
 		cleanup = append(cleanup, func() { w.client.Close() })
 	}
+	w.path = registrar.OwnMetricsPath(os.Getpid())
 	w.registrar, err = registrar.New(registrar.Config{
 		Client: w.client,
 		Prefix: cfg.Prefix,
 		Job:    cfg.Job,
 		Host:   cfg.Host,
 		Value: registrar.Value{
-			Address: w.addr,
-			Scheme:  scheme,
-			PID:     os.Getpid(),
-			Labels:  cfg.Labels,
+			Address:     w.addr,
+			Scheme:      scheme,
+			MetricsPath: w.path,
+			PID:         os.Getpid(),
+			Labels:      cfg.Labels,
 		},
 		TTL:        cfg.TTL,
 		SlotHold:   cfg.SlotHold,
@@ -150,7 +153,10 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		ErrorLog:           log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Error}),
 		Registry:           w.reg,
 	})))
-	mux.Handle(MetricsPath, w.finalScrapeAware(metrics))
+	// Prometheus scrapes the registered path; /metrics is for people, and
+	// does not count as the final scrape.
+	mux.Handle(w.path, w.finalScrapeAware(metrics))
+	mux.Handle(MetricsPath, metrics)
 	w.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -201,6 +207,11 @@ func (w *Worker) Tracer() *Tracer { return w.tracer }
 
 // Addr is the advertised address (host:port), the one registered in etcd.
 func (w *Worker) Addr() string { return w.addr }
+
+// MetricsPath is the path the worker registered, where Prometheus scrapes
+// it (registrar.OwnMetricsPath); it also serves /metrics, whose scrapes do
+// not count as the final scrape.
+func (w *Worker) MetricsPath() string { return w.path }
 
 // ListenAddr is the address the listener is bound to.
 func (w *Worker) ListenAddr() net.Addr { return w.ln.Addr() }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -55,10 +56,11 @@ func startWorker(t testing.TB, cfg Config) *Worker {
 	return w
 }
 
-// scrape fetches /metrics from addr and returns the parsed families.
-func scrape(t testing.TB, addr string) map[string]float64 {
+// scrape fetches w's metrics, as Prometheus does (the registered path),
+// and returns the parsed families.
+func scrape(t testing.TB, w *Worker) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + MetricsPath)
+	resp, err := http.Get("http://" + w.Addr() + w.MetricsPath())
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
 	}
@@ -135,7 +137,7 @@ func TestStartServesAndRegisters(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "app_things_total", Help: "h"})
 	w.Registry().MustRegister(c)
 	c.Add(3)
-	m := scrape(t, w.Addr())
+	m := scrape(t, w)
 	for _, name := range []string{"go_goroutines", "process_cpu_seconds_total", "workersd_registrar_registrations", "workersd_tracer_units_in_flight"} {
 		if _, ok := m[name]; !ok {
 			t.Errorf("%s not served", name)
@@ -208,7 +210,7 @@ func TestFinalScrapeReadsEverything(t *testing.T) {
 	w.Registry().MustRegister(units, seconds, probe)
 
 	// A scrape before the work: what Prometheus last saw.
-	if got := scrape(t, w.Addr())["units_processed_total"]; got != 0 {
+	if got := scrape(t, w)["units_processed_total"]; got != 0 {
 		t.Fatalf("before: %v", got)
 	}
 	var wg sync.WaitGroup
@@ -231,7 +233,7 @@ func TestFinalScrapeReadsEverything(t *testing.T) {
 	}
 	probe.present.Store(0)
 	probe.absent.Store(0)
-	if got := scrape(t, w.Addr())["units_processed_total"]; got != 1000 {
+	if got := scrape(t, w)["units_processed_total"]; got != 1000 {
 		t.Fatalf("final scrape read %v, want 1000", got)
 	}
 	if probe.present.Load() != 1 || probe.absent.Load() != 0 {
@@ -320,7 +322,7 @@ func TestEtcdUnreachableAtStart(t *testing.T) {
 	w.Registry().MustRegister(c)
 	for i := 1; i <= 3; i++ {
 		c.Inc()
-		if got := scrape(t, w.Addr())["app_work_total"]; got != float64(i) {
+		if got := scrape(t, w)["app_work_total"]; got != float64(i) {
 			t.Fatalf("scrape %d: app_work_total = %v", i, got)
 		}
 	}
@@ -457,7 +459,7 @@ func TestMetricsGzipAndProcessMetrics(t *testing.T) {
 	if !resp.Uncompressed {
 		t.Fatalf("response not gzipped: headers %v", resp.Header)
 	}
-	got := scrape(t, w.Addr())
+	got := scrape(t, w)
 	for _, name := range []string{"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
 		"process_max_fds", "process_start_time_seconds", "process_virtual_memory_bytes", "go_goroutines"} {
 		if _, ok := got[name]; !ok {
@@ -469,5 +471,65 @@ func TestMetricsGzipAndProcessMetrics(t *testing.T) {
 	}
 	if got["process_resident_memory_bytes"] <= 0 || got["process_start_time_seconds"] <= 0 {
 		t.Errorf("implausible process metrics: rss %v start %v", got["process_resident_memory_bytes"], got["process_start_time_seconds"])
+	}
+}
+
+// The worker registers a metrics path of its own, so that a stale scrape of
+// its address after it exited (Prometheus is seconds behind) cannot read
+// another process that was given the port: a scrape of another worker's
+// path is a 404, /metrics still answers people, and only a scrape of the
+// registered path counts as the final scrape.
+func TestOwnMetricsPath(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	w := startWorker(t, Config{Job: "ownpath", EtcdEndpoints: []string{etcd.Endpoint()}, FinalScrapeTimeout: new(time.Minute)})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.WaitRegistered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	path := w.MetricsPath()
+	if !strings.HasPrefix(path, fmt.Sprintf("/metrics/%d-", os.Getpid())) || len(path) < len("/metrics/1-")+16 {
+		t.Fatalf("MetricsPath %q: want /metrics/<pid>-<16 hex digits>", path)
+	}
+	if other := registrar.OwnMetricsPath(os.Getpid()); other == path {
+		t.Fatalf("two calls gave the same path %q", path)
+	}
+	reg := getKey(t, cli, w.Registration().Key)
+	if reg == nil || reg.MetricsPath != path {
+		t.Fatalf("registered %+v, want metrics_path %q", reg, path)
+	}
+	for p, want := range map[string]int{path: 200, MetricsPath: 200, registrar.OwnMetricsPath(os.Getpid()): 404} {
+		resp, err := http.Get("http://" + w.Addr() + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", p, resp.StatusCode, want)
+		}
+	}
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Stop(context.Background()) }()
+	<-w.Stopping()
+	resp, err := http.Get("http://" + w.Addr() + MetricsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	select {
+	case err := <-stopped:
+		t.Fatalf("a scrape of /metrics ended Stop's wait for the final scrape (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	scrape(t, w)
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return after a scrape of the registered path")
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/registrar"
 )
 
 // The binary registers, processes exactly --jobs units, and on SIGTERM waits
@@ -42,8 +44,9 @@ func TestDemoworkerGracefulStop(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("first line %q, %v", line, err)
 	}
+	var path string // the registered metrics path, where Prometheus scrapes
 	count := func() string {
-		resp, err := http.Get("http://" + addr + "/metrics")
+		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
 			return ""
 		}
@@ -66,6 +69,17 @@ func TestDemoworkerGracefulStop(t *testing.T) {
 		return r.Count
 	}
 	poll.Until(t, 30*time.Second, func() bool { return keys() == 1 }, "demoworker never registered")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := cli.Get(ctx, "/workersd/v1/dw/", clientv3.WithPrefix())
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("the registration: %v %v", r, err)
+	}
+	var v registrar.Value
+	if err := json.Unmarshal(r.Kvs[0].Value, &v); err != nil || v.MetricsPath == "" {
+		t.Fatalf("registered %s: %v; want a metrics path of its own", r.Kvs[0].Value, err)
+	}
+	path = v.MetricsPath
 	poll.Until(t, 30*time.Second, func() bool { return count() == "1000" }, "never processed 1000 units")
 
 	cmd.Process.Signal(syscall.SIGTERM)

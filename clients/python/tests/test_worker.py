@@ -3,8 +3,10 @@ import os
 import threading
 import time
 import unittest
+import urllib.error
 import urllib.request
 
+import workersd.endpoint
 from workersd import Worker, agent
 
 from agentproc import Agent, until
@@ -16,8 +18,10 @@ def app(environ, start_response):
     return [body]
 
 
-def scrape(worker):
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % worker.endpoint.port, timeout=5) as r:
+def scrape(worker, path=None):
+    """Scrapes as Prometheus does: the registered path."""
+    url = "http://127.0.0.1:%d%s" % (worker.endpoint.port, path or worker.endpoint.path)
+    with urllib.request.urlopen(url, timeout=5) as r:
         return r.read().decode()
 
 
@@ -86,6 +90,22 @@ class WorkerTest(unittest.TestCase):
         self.assertGreaterEqual(time.monotonic() - began, 0.29)
         threading.Timer(0.1, scrape, [w]).start()
         self.assertTrue(w.endpoint.wait_final_scrape(5))
+
+    def test_own_metrics_path(self):
+        # A stale scrape of another worker's path (Prometheus still scraping
+        # a gone worker whose port this one was given) gets a 404; /metrics
+        # answers people but is not the final scrape.
+        self.agent.start()
+        w = self.worker(final_scrape_timeout=0.3).start()
+        self.assertTrue(w.wait_registered(5))
+        self.assertRegex(w.endpoint.path, r"^/metrics/%d-[0-9a-f]{16}$" % os.getpid())
+        self.assertEqual(w.registration["metrics_path"], w.endpoint.path)
+        self.assertIn("test_requests_total", scrape(w, "/metrics"))
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            scrape(w, workersd.endpoint.own_metrics_path())
+        self.assertEqual(cm.exception.code, 404)
+        threading.Timer(0.05, scrape, [w, "/metrics"]).start()
+        self.assertFalse(w.endpoint.wait_final_scrape(0.3), "a scrape of /metrics counted as the final scrape")
 
     def test_job_is_required(self):
         env = os.environ.pop("WORKERSD_JOB", None)

@@ -1,5 +1,7 @@
 """The worker's own /metrics, on an ephemeral port."""
 
+import os
+import secrets
 import socket
 import threading
 import time
@@ -26,27 +28,48 @@ def prometheus_client_app(registry=None):
     return make_wsgi_app(registry if registry is not None else REGISTRY)
 
 
+def own_metrics_path(pid=None):
+    """A metrics path only this process serves: /metrics/<pid>-<16 hex>.
+
+    Workers register it instead of /metrics because their port is
+    ephemeral: after a worker exits, Prometheus keeps scraping its address
+    for seconds (until discovery catches up), and if another process, a new
+    worker of the same job included, has been given the port meanwhile, a
+    scrape of /metrics would record that process' counters under the old
+    worker's instance and count them twice. The stale scrape of a path of
+    its own gets a 404 and records nothing. (Go's registrar.OwnMetricsPath.)"""
+    return "/metrics/%d-%s" % (pid or os.getpid(), secrets.token_hex(8))
+
+
 class MetricsEndpoint:
     """Serves app (a WSGI app; default: prometheus_client's registry) on
-    host, port 0, in a daemon thread, and counts the scrapes that begin after
-    the worker began to exit, so that the exit can wait for one: everything
-    counted before it then reaches Prometheus.
+    host, port 0, in a daemon thread, at path (default: own_metrics_path())
+    and at /metrics for people; anything else is a 404. It counts the
+    scrapes of path that begin after the worker began to exit, so that the
+    exit can wait for one: everything counted before it then reaches
+    Prometheus.
 
     before_scrape callables run before each scrape is rendered (a Tracer's
     collect, which accounts work still in flight)."""
 
-    def __init__(self, host="0.0.0.0", app=None, before_scrape=()):
+    def __init__(self, host="0.0.0.0", app=None, before_scrape=(), path=None):
         self._cond = threading.Condition()
         self._exit_began = None
         self._final_scrapes = 0
+        self.path = path or own_metrics_path()
         metrics = app if app is not None else prometheus_client_app()
         hooks = tuple(before_scrape)
 
         def serve(environ, start_response):
             began = time.monotonic()
+            at = environ.get("PATH_INFO", "")
+            if at not in (self.path, "/metrics"):
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found: this worker's metrics are at /metrics\n"]
             for hook in hooks:
                 hook()
-            return _Counted(metrics(environ, start_response), self, began)
+            body = metrics(environ, start_response)
+            return _Counted(body, self, began) if at == self.path else body
 
         class Server(_ThreadingWSGIServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -112,7 +112,10 @@ class Worker:
         away = False
         while not self._stop.is_set():
             try:
-                reg = agent.register(self.job, self.endpoint.port, pid=self.pid, labels=self.labels, path=self.socket_path)
+                reg = agent.register(
+                    self.job, self.endpoint.port, pid=self.pid, labels=self.labels,
+                    metrics_path=self.endpoint.path, path=self.socket_path,
+                )
             except agent.AgentError as e:
                 if not e.retryable:
                     self.log.error("workersd: registration of pid %d refused, not retrying: %s", self.pid, e)
