@@ -1,0 +1,128 @@
+# frozen_string_literal: true
+
+require "securerandom"
+
+module Workersd
+  # One worker process as a Prometheus target: start it once the process
+  # is forked, stop it as the process ends (gracefully).
+  #
+  # start serves /metrics on an ephemeral port, then registers with the
+  # agent from a background thread, so the worker never waits for the
+  # agent: while the agent is down or starting (no socket, refused, 503),
+  # it retries with backoff until it answers or stop is called.
+  #
+  # stop waits (bounded) for one more scrape, so that everything counted
+  # reaches Prometheus, then deregisters. A worker that dies without stop
+  # (kill -9) is removed by the agent, which watches the process.
+  class Worker
+    attr_reader :endpoint
+
+    # job: the Prometheus job. labels: extra target labels.
+    # exposition: what /metrics serves (see Endpoint); default the
+    # application's counters in Workersd.registry.
+    # final_scrape_timeout: seconds stop waits for the final scrape; above
+    # Prometheus' discovery delay (5 s) plus a scrape interval, since a
+    # young worker's first scrape comes that late.
+    # backoff_max: the longest pause between registration attempts.
+    def initialize(job:, labels: {}, exposition: Workersd.registry,
+                   final_scrape_timeout: Float(ENV.fetch("WORKERSD_FINAL_SCRAPE_TIMEOUT", "15")),
+                   backoff_max: 1.0, agent: Agent.new, log: $stderr)
+      @job = job
+      @labels = labels
+      @exposition = exposition
+      @final_scrape_timeout = final_scrape_timeout
+      @backoff_max = backoff_max
+      @agent = agent
+      @log = log
+      @mutex = Mutex.new
+      @wake = ConditionVariable.new
+      @stopping = false
+      @registered = false
+    end
+
+    # Serves /metrics and starts registering; returns at once.
+    #
+    # Prometheus is given a path of this worker's own to scrape: after the
+    # worker exits, Prometheus keeps scraping its address until its
+    # discovery catches up (up to 5 s), and another process may have bound
+    # that port meanwhile; on a path of its own the stale scrape fails
+    # instead of counting that process' metrics a second time.
+    def start
+      @exposition.reset_inherited! if @exposition.respond_to?(:reset_inherited!)
+      @endpoint = Endpoint.new(@exposition, path: "/metrics/#{Process.pid}-#{SecureRandom.hex(4)}").start
+      @thread = Thread.new { register_until_done }
+      @thread.name = "workersd register"
+      self
+    end
+
+    def registered?
+      @mutex.synchronize { @registered }
+    end
+
+    # Stops registering; if registered, waits for the final scrape and
+    # deregisters. Call it once the worker has stopped counting.
+    def stop
+      @mutex.synchronize do
+        return if @stopping
+
+        @stopping = true
+        @wake.broadcast
+      end
+      # An attempt in flight ends within the agent's answer time.
+      @thread&.join
+      if registered?
+        unless @endpoint.wait_final_scrape(@final_scrape_timeout)
+          log("no final scrape of pid #{Process.pid} within #{@final_scrape_timeout}s; its last counts may be lost")
+        end
+        begin
+          @agent.deregister(Process.pid)
+        rescue AgentError => e
+          # The agent removes it anyway once this process exits.
+          log("deregistration of pid #{Process.pid} failed: #{e.message}")
+        end
+      end
+      @endpoint&.close
+    end
+
+    private
+
+    def register_until_done
+      delay = 0.1
+      warned = false
+      until stopping?
+        begin
+          reg = @agent.register(job: @job, port: @endpoint.port, labels: @labels, metrics_path: @endpoint.path)
+          @mutex.synchronize { @registered = true }
+          log("registered pid #{Process.pid} port #{@endpoint.port}: slot #{reg["slot"]}, #{reg["state"]} #{reg["key"]}".rstrip)
+          return
+        rescue AgentError => e
+          unless e.transient?
+            log("registration failed for pid #{Process.pid}: #{e.status} #{e.detail}; it will not be scraped")
+            return
+          end
+          unless warned
+            log("agent unreachable for pid #{Process.pid} (#{[e.status, e.detail].compact.join(" ")}); retrying until it answers")
+            warned = true
+          end
+        end
+        pause(delay)
+        delay = [delay * 2, @backoff_max].min
+      end
+    end
+
+    def stopping?
+      @mutex.synchronize { @stopping }
+    end
+
+    # Sleeps delay seconds, or less if stop is called meanwhile.
+    def pause(delay)
+      @mutex.synchronize { @wake.wait(@mutex, delay) unless @stopping }
+    end
+
+    def log(msg)
+      @log.puts("workersd: #{msg}")
+    rescue IOError
+      nil
+    end
+  end
+end

@@ -1,0 +1,91 @@
+# frozen_string_literal: true
+
+require_relative "agent_helper"
+
+class TestEndpoint < Minitest::Test
+  include AgentHelper
+
+  def test_serves_the_exposition
+    registry = Workersd::Registry.new
+    registry.counter(:app_requests, docstring: "Requests.").increment(by: 3)
+    endpoint = Workersd::Endpoint.new(registry, host: "127.0.0.1").start
+    status, headers, body = http_get(endpoint.port, "/metrics", accept: "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    assert_equal 200, status
+    assert_equal Workersd::Registry::OPENMETRICS, headers["content-type"]
+    assert_includes body, "app_requests_total 3\n"
+    assert body.end_with?("# EOF\n"), body
+
+    status, headers, body = http_get(endpoint.port, "/metrics")
+    assert_equal 200, status
+    assert_equal Workersd::Registry::TEXT, headers["content-type"]
+    assert_includes body, "app_requests_total 3\n"
+    refute_includes body, "_created"
+
+    assert_equal 404, http_get(endpoint.port, "/")[0]
+  ensure
+    endpoint&.close
+  end
+
+  def test_plain_callables
+    endpoint = Workersd::Endpoint.new(-> { "x_total 1\n" }, host: "127.0.0.1").start
+    _, headers, body = http_get(endpoint.port, "/metrics")
+    assert_equal Workersd::Registry::TEXT, headers["content-type"]
+    assert_equal "x_total 1\n", body
+    endpoint.close
+
+    endpoint = Workersd::Endpoint.new(->(accept) { ["text/x-test", accept.to_s] }, host: "127.0.0.1").start
+    _, headers, body = http_get(endpoint.port, "/metrics", accept: "a/b")
+    assert_equal "text/x-test", headers["content-type"]
+    assert_equal "a/b", body
+  ensure
+    endpoint&.close
+  end
+
+  # Prometheus scrapes a path of the worker's own: a stale target (a gone
+  # worker whose port this process took) gets a 404, and a scrape of
+  # /metrics by anyone else does not count as the final one.
+  def test_own_path
+    endpoint = Workersd::Endpoint.new(-> { "x_total 1\n" }, host: "127.0.0.1", path: "/metrics/42-ab").start
+    assert_equal "/metrics/42-ab", endpoint.path
+    assert_equal 404, http_get(endpoint.port, "/metrics/41-cd")[0]
+    waiter = Thread.new { endpoint.wait_final_scrape(10) }
+    wait_until(2, "the waiter did not start") { waiter.status == "sleep" }
+    assert_equal [200, "x_total 1\n"], http_get(endpoint.port, "/metrics").values_at(0, 2)
+    assert_nil waiter.join(0.3), "a scrape of /metrics counted as final"
+    assert_equal 200, http_get(endpoint.port, "/metrics/42-ab?x=1")[0]
+    assert_equal true, waiter.value
+  ensure
+    endpoint&.close
+  end
+
+  # Only a scrape that begins after wait_final_scrape is called counts: one
+  # in progress at that moment may carry counts made before the exit.
+  def test_final_scrape_begins_after_the_call
+    entered = Queue.new
+    release = Queue.new
+    blocking = true
+    exposition = lambda do
+      if blocking
+        entered << true
+        release.pop
+      end
+      "x_total 1\n"
+    end
+    endpoint = Workersd::Endpoint.new(exposition, host: "127.0.0.1").start
+    refute endpoint.wait_final_scrape(0.1), "no scrape at all"
+
+    early = Thread.new { http_get(endpoint.port, "/metrics") }
+    entered.pop # the early scrape has begun
+    blocking = false
+    waiter = Thread.new { endpoint.wait_final_scrape(10) }
+    release << true
+    assert_equal 200, early.value[0]
+    assert_nil waiter.join(0.3), "a scrape that began before the call counted as final"
+
+    assert_equal 200, http_get(endpoint.port, "/metrics")[0]
+    assert_equal true, waiter.value
+  ensure
+    release << true
+    endpoint&.close
+  end
+end

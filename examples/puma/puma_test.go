@@ -1,0 +1,408 @@
+//go:build linux
+
+package puma
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/internal/servertest"
+)
+
+const (
+	job        = "puma"
+	numWorkers = 4
+	// A steady 40 requests a second, spread over the workers by the
+	// kernel's accept queue.
+	requestEvery = 25 * time.Millisecond
+	minRecycles  = 10
+)
+
+// Real Puma in cluster mode, 4 workers registering through the Ruby client
+// (clients/ruby) with the agent, discovered by sdwriter, scraped by
+// Prometheus 3 with created-timestamp-zero-ingestion:
+//
+//   - Puma starts, restarts its workers and serves requests while the agent
+//     is down; every worker is in the targets file, on its own instance,
+//     within 5 s of the agent's return;
+//   - through phased restarts (SIGUSR1) and SIGTERMs of single workers, at
+//     least 10 worker recycles, Prometheus' reset-aware total of the raw
+//     samples of the request counter, and of the 404 series of the
+//     per-status counter, equals what the client was answered, exactly;
+//   - a worker killed with SIGKILL leaves the targets file within 1 s.
+func TestPumaExactTotals(t *testing.T) {
+	puma := buildtest.RequireTool(t, "puma", "apt-get install puma")
+	stack := servertest.Start(t, servertest.Options{})
+	bind := etcdtest.FreeAddr(t)
+	// The client in this tree, even where a workersd gem is installed.
+	lib, err := filepath.Abs(filepath.Join("..", "..", "clients", "ruby", "lib"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(stack.Env(),
+		"RUBYLIB="+lib,
+		"PUMA_BIND=tcp://"+bind,
+		"PUMA_WORKERS="+strconv.Itoa(numWorkers),
+		"WORKERSD_JOB="+job)
+
+	// The agent is down while Puma starts and while a phased restart
+	// replaces every worker: registration must not hold a worker up (nor
+	// its exit, unregistered), and must happen once the agent is back.
+	stack.StopAgent(t)
+	began := time.Now()
+	srv := servertest.Run(t, stack.Dir, "puma", env, puma, "-C", "puma.rb")
+	waitLog(t, srv, 30*time.Second, func(log string) bool {
+		return strings.Count(log, "booted in") == numWorkers && strings.Count(log, "workersd: agent unreachable") == numWorkers
+	}, "%d Puma workers did not boot and try the agent", numWorkers)
+	if err := srv.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	phased := time.Now()
+	waitLog(t, srv, 30*time.Second, func(log string) bool {
+		return len(phase1.FindAllString(log, -1)) == numWorkers &&
+			strings.Count(log, "workersd: agent unreachable") == 2*numWorkers
+	}, "the phased restart did not replace the %d unregistered workers", numWorkers)
+	t.Logf("with the agent down: Puma started, and a phased restart replaced its %d workers in %s", numWorkers, time.Since(phased).Round(time.Millisecond))
+	// Requests answered by workers not registered yet count too: the first
+	// scrape after the registration carries them, from the counters' created
+	// timestamps. 80 of them keep the agent away for 2s, long enough for the
+	// workers' retries to reach their longest pause (1s).
+	d := startDriver(t, bind)
+	poll.Until(t, 30*time.Second, func() bool { return d.answered() >= 80 }, "Puma did not answer 80 requests")
+	back := time.Now()
+	stack.StartAgent(t)
+	first := stack.WaitTargets(t, numWorkers, 5*time.Second)
+	registeredIn := time.Since(back)
+	if registeredIn > 5*time.Second {
+		t.Fatalf("the %d workers were in the targets file %s after the agent's start, want within 5s", numWorkers, registeredIn)
+	}
+	t.Logf("all %d workers in the targets file %s after the agent's start", numWorkers, registeredIn.Round(time.Millisecond))
+	for _, tg := range first {
+		// A path of the worker's own: a scrape of a gone worker's address,
+		// which another process may have bound since, fails.
+		if want := fmt.Sprintf("/metrics/%d-", tg.Pid()); !strings.HasPrefix(tg.Labels["__metrics_path__"], want) {
+			t.Errorf("worker %d: metrics path %q, want %s<random>", tg.Pid(), tg.Labels["__metrics_path__"], want)
+		}
+	}
+
+	watch := stack.Watch(numWorkers)
+
+	// Worker recycles while requests flow: Puma has no max-requests, so
+	// a phased restart replaces every worker one by one, and a SIGTERM
+	// replaces one.
+	live := pids(first)
+	recycles := 0
+	recycleStart := time.Now()
+	for _, step := range []string{"phased", "term", "term", "phased", "term", "term"} {
+		var gone []int
+		switch step {
+		case "phased":
+			if err := srv.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+				t.Fatal(err)
+			}
+			gone = keys(live)
+		case "term":
+			victim := keys(live)[0]
+			if err := syscall.Kill(victim, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			gone = []int{victim}
+		}
+		stepStart := time.Now()
+		live = waitReplaced(t, stack, gone, 60*time.Second)
+		recycles += len(gone)
+		t.Logf("%s: %d worker(s) replaced in %s", step, len(gone), time.Since(stepStart).Round(time.Millisecond))
+	}
+	ok, notFound, failed := d.stop()
+	lastRequest := time.Now()
+	t.Logf("%d worker recycles in %s; %d requests answered (%d 200, %d 404), %d failed in transport",
+		recycles, time.Since(recycleStart).Round(time.Millisecond), ok+notFound, ok, notFound, len(failed))
+	if recycles < minRecycles {
+		t.Errorf("%d worker recycles, want at least %d", recycles, minRecycles)
+	}
+	// A connection Puma accepts as a worker stops, before the request's
+	// bytes arrive, is closed unanswered (Puma's reactor at shutdown): the
+	// application never saw it, so it is not in the truth. More than a few
+	// would be something else.
+	if len(failed) > (ok+notFound)/100 {
+		t.Errorf("%d requests failed: %v", len(failed), failed)
+	} else if len(failed) > 0 {
+		t.Logf("failed: %v", failed)
+	}
+
+	// Every count of the live workers reaches Prometheus at its next
+	// scrape; the kill -9 comes after, so the victim's counts are known.
+	stack.WaitScraped(t, job, lastRequest, 30*time.Second)
+	victim := stack.Targets(t)[0]
+	gone := stack.KillWorker(t, victim)
+	t.Logf("kill -9 of worker %d: gone from the targets file after %s (polled every %s)", victim.Pid(), gone.Round(time.Millisecond), poll.Interval)
+	for _, tg := range stack.WaitTargets(t, numWorkers, 30*time.Second) {
+		if tg.Labels["instance"] == victim.Labels["instance"] {
+			t.Errorf("the killed worker's replacement took its instance %s while it was held", victim.Labels["instance"])
+		}
+	}
+	checkCreated(t, stack, began)
+	end := time.Now()
+	workers, instances := watch.Stop(t, stack, numWorkers)
+	t.Logf("%d workers on %d instances", workers, instances)
+
+	for _, c := range []struct {
+		sel   string
+		truth int
+	}{
+		{fmt.Sprintf(`app_requests_total{job=%q}`, job), ok + notFound},
+		{fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, job), notFound},
+		{fmt.Sprintf(`app_responses_total{job=%q,code="200"}`, job), ok},
+	} {
+		got := stack.Total(t, c.sel, began.Add(-5*time.Second), end)
+		t.Logf("%-45s truth %5d  reset-aware total of the raw samples %6.0f", c.sel, c.truth, got)
+		if got != float64(c.truth) {
+			t.Errorf("%s: Prometheus' total %v, want exactly %d", c.sel, got, c.truth)
+			logSeries(t, stack, c.sel, began, end)
+		}
+	}
+	log := srv.Log()
+	for _, bad := range []string{"registration failed", "no final scrape", "deregistration of"} {
+		if strings.Contains(log, "workersd: "+bad) {
+			t.Errorf("the Puma log says %q", bad)
+		}
+	}
+}
+
+// phase1 is Puma's line for a worker booted by the first phased restart.
+var phase1 = regexp.MustCompile(`booted in [0-9.]+s, phase: 1\b`)
+
+// waitLog polls the process' log until cond holds.
+func waitLog(t *testing.T, p *servertest.Proc, timeout time.Duration, cond func(string) bool, format string, args ...any) {
+	t.Helper()
+	var log string
+	poll.Until(t, timeout, func() bool {
+		log = p.Log()
+		return cond(log)
+	}, format+"; log:\n%s", append(args, poll.Latest(&log))...)
+}
+
+// waitReplaced waits until none of the gone workers is in the targets file
+// and numWorkers are, and returns the live workers' pids.
+func waitReplaced(t *testing.T, stack *servertest.Stack, gone []int, timeout time.Duration) map[int]bool {
+	t.Helper()
+	var live map[int]bool
+	var seen string
+	poll.Until(t, timeout, func() bool {
+		ts := stack.Targets(t)
+		live = pids(ts)
+		seen = fmt.Sprint(ts)
+		if len(live) != numWorkers {
+			return false
+		}
+		for _, pid := range gone {
+			if live[pid] {
+				return false
+			}
+		}
+		return true
+	}, "workers %v not replaced; targets: %s", gone, poll.Latest(&seen))
+	return live
+}
+
+func pids(ts []servertest.Target) map[int]bool {
+	m := map[int]bool{}
+	for _, tg := range ts {
+		m[tg.Pid()] = true
+	}
+	return m
+}
+
+func keys(m map[int]bool) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// driver sends requests at a steady pace, each on a new connection, until
+// stopped; one in five asks for a missing page (a 404, the per-status
+// counter's low-rate series). The truth is what Puma answered.
+type driver struct {
+	t        *testing.T
+	done     chan struct{}
+	halt     sync.Once
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	ok, nf   int
+	failed   []string
+	unwanted error
+}
+
+func startDriver(t *testing.T, bind string) *driver {
+	d := &driver{t: t, done: make(chan struct{})}
+	// A test that fails before stop leaves no requests behind.
+	t.Cleanup(d.end)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	d.wg.Go(func() {
+		tick := time.NewTicker(requestEvery)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-d.done:
+				return
+			case <-tick.C:
+			}
+			path := "/"
+			if i%5 == 4 {
+				path = "/missing"
+			}
+			d.wg.Go(func() { d.get(client, "http://"+bind+path) })
+		}
+	})
+	return d
+}
+
+func (d *driver) get(client *http.Client, url string) {
+	resp, err := client.Get(url)
+	if err == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case err != nil:
+		d.failed = append(d.failed, fmt.Sprintf("GET %s: %v", url, err))
+	case resp.StatusCode == http.StatusOK:
+		d.ok++
+	case resp.StatusCode == http.StatusNotFound:
+		d.nf++
+	default:
+		d.unwanted = errors.Join(d.unwanted, fmt.Errorf("GET %s: status %s", url, resp.Status))
+	}
+}
+
+// answered is the number of requests answered so far.
+func (d *driver) answered() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ok + d.nf
+}
+
+// end stops sending and waits for the answers to the requests in flight.
+func (d *driver) end() {
+	d.halt.Do(func() { close(d.done) })
+	d.wg.Wait()
+}
+
+// stop ends the requests and returns what Puma answered.
+func (d *driver) stop() (ok, notFound int, failed []string) {
+	d.end()
+	if d.unwanted != nil {
+		d.t.Fatalf("Puma answered with an unexpected status: %v", d.unwanted)
+	}
+	return d.ok, d.nf, d.failed
+}
+
+// checkCreated reads each live worker's created timestamps from its
+// OpenMetrics exposition: a counter that started before its worker did
+// (created in the master and inherited) would make Prometheus drop the
+// zero sample that marks the worker's restart on a reused instance.
+func checkCreated(t *testing.T, stack *servertest.Stack, began time.Time) {
+	t.Helper()
+	for _, tg := range stack.Targets(t) {
+		started, err := time.Parse(time.RFC3339, tg.Labels["__meta_workersd_started_at"])
+		if err != nil {
+			t.Fatalf("started_at of %+v: %v", tg, err)
+		}
+		// A worker registers as it boots, before Puma loads the
+		// application into it: its counters may not exist yet for a moment.
+		var body string
+		var created map[string]float64
+		poll.Until(t, 10*time.Second, func() bool {
+			body = openMetrics(t, tg.Targets[0])
+			created = createdTimestamps(t, body)
+			return len(created) == 3
+		}, "worker %d: want the created timestamps of 3 app_ series in:\n%s", tg.Pid(), poll.Latest(&body))
+		for name, ts := range created {
+			// started_at has whole seconds.
+			if ts < float64(started.Unix()) || ts < float64(began.Unix()) {
+				t.Errorf("worker %d (started %s): %s %.3f, before the worker started", tg.Pid(), started, name, ts)
+			}
+		}
+	}
+}
+
+// createdTimestamps are the app_ series' created timestamps in an
+// OpenMetrics exposition, by series.
+func createdTimestamps(t *testing.T, body string) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	for line := range strings.SplitSeq(body, "\n") {
+		name, value, found := strings.Cut(line, " ")
+		if !found || !strings.HasPrefix(name, "app_") || !strings.Contains(name, "_created") {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		out[name] = v
+	}
+	return out
+}
+
+func openMetrics(t *testing.T, addr string) string {
+	t.Helper()
+	req, err := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/openmetrics-text") {
+		t.Errorf("scrape %s: Content-Type %q, want OpenMetrics", addr, ct)
+	}
+	return string(b)
+}
+
+// logSeries shows what Prometheus stored of sel, by instance, each value
+// change with its time since began: where a count was lost.
+func logSeries(t *testing.T, stack *servertest.Stack, sel string, began, end time.Time) {
+	t.Helper()
+	ss, err := promtest.RawSamples(stack.PromURL, sel, began.Add(-5*time.Second), end)
+	if err != nil {
+		t.Logf("raw samples of %s: %v", sel, err)
+		return
+	}
+	for _, s := range ss {
+		var b strings.Builder
+		prev := -1.0
+		for _, p := range s.Samples {
+			if p.V != prev {
+				fmt.Fprintf(&b, " %.0f@%.1f", p.V, p.T-float64(began.UnixNano())/1e9)
+				prev = p.V
+			}
+		}
+		t.Logf("series %s:%s", s.Metric["instance"], b.String())
+	}
+}
