@@ -751,10 +751,20 @@ func (r *Registrar) hold(ctx context.Context) error {
 			}
 		}
 	}
-	watch := func() clientv3.WatchChan {
-		return cli.Watch(clientv3.WithRequireLeader(ctx), r.key, clientv3.WithRev(r.rev+1))
+	// cli.Watch blocks until it has a watch stream, that is while etcd is
+	// unreachable when the old stream broke: called here, it would stop
+	// this loop from seeing the keep-alive end and keep the registration
+	// "registered" through a whole outage. So it runs aside, and its
+	// channel arrives on watchReady; it returns when ctx ends.
+	watchReady := make(chan clientv3.WatchChan, 1)
+	watch := func() {
+		rev := r.rev
+		go func() {
+			watchReady <- cli.Watch(clientv3.WithRequireLeader(ctx), r.key, clientv3.WithRev(rev+1))
+		}()
 	}
-	wch := watch()
+	var wch clientv3.WatchChan // nil until the watch is there
+	watch()
 	for {
 		select {
 		case <-ctx.Done():
@@ -788,6 +798,7 @@ func (r *Registrar) hold(ctx context.Context) error {
 				r.holdLease = 0
 				return r.lost("hold_lost", "the slot hold's lease expired or etcd was unreachable")
 			}
+		case wch = <-watchReady:
 		case wr, ok := <-wch:
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -808,7 +819,8 @@ func (r *Registrar) hold(ctx context.Context) error {
 				if err := r.recheck(ctx); err != nil {
 					return err
 				}
-				wch = watch()
+				wch = nil
+				watch()
 			}
 		}
 	}

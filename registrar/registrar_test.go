@@ -365,14 +365,16 @@ func TestSurvivesEtcdRestartAndWipe(t *testing.T) {
 		// several times its cores (scripts/stress beside a cold build) it
 		// took over 20s twice in 90 runs; the deadline bounds a hang, not
 		// the speed...
+		var states string
 		poll.Until(t, 60*time.Second, func() bool {
+			states = ""
 			for _, r := range rs {
-				if r.State().Registered {
-					return false
+				if st := r.State(); st.Registered {
+					states += fmt.Sprintf("\n%+v", st)
 				}
 			}
-			return true
-		}, "%s: a registrar still claims to be registered without etcd", tc.name)
+			return states == ""
+		}, "%s: registrars still claim to be registered without etcd:%s", tc.name, poll.Latest(&states))
 		// ...and the outage itself is the scenario: three TTLs in all.
 		if rest := 3*testTTL - time.Since(stopped); rest > 0 {
 			time.Sleep(rest)

@@ -90,9 +90,7 @@ func run(t *testing.T, uwsgi string, lazy bool) {
 		fmt.Sprintf(`app_requests_total{job=%q}`, job):             ok + notFound,
 		fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, job): notFound,
 	} {
-		if got := s.Total(t, sel, from, end); got != float64(truth) {
-			t.Errorf("%s: Prometheus' total %v, want exactly %d", sel, got, truth)
-		}
+		s.CheckTotal(t, sel, from, end, float64(truth))
 	}
 	// The recycled workers ran uwsgi.atexit: final scrape, then DELETE
 	// (the agent logs "worker exited" for the one killed).

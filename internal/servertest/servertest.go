@@ -346,6 +346,34 @@ func (s *Stack) Total(t testing.TB, sel string, start, end time.Time) float64 {
 	return raw
 }
 
+// CheckTotal fails the test unless Total is exactly truth, and then logs
+// every series of sel, compressed to its changes (value@seconds since
+// start), to show where a count was lost or doubled.
+func (s *Stack) CheckTotal(t testing.TB, sel string, start, end time.Time, truth float64) {
+	t.Helper()
+	got := s.Total(t, sel, start, end)
+	if got == truth {
+		return
+	}
+	t.Errorf("%s: Prometheus' total %v, want exactly %v", sel, got, truth)
+	ss, err := promtest.RawSamples(s.PromURL, sel, start, end)
+	if err != nil {
+		t.Log(err)
+		return
+	}
+	for _, x := range ss {
+		var b strings.Builder
+		prev := -1.0
+		for _, p := range x.Samples {
+			if p.V != prev {
+				fmt.Fprintf(&b, " %g@%.2f", p.V, p.T-float64(start.UnixNano())/1e9)
+				prev = p.V
+			}
+		}
+		t.Logf("series %v:%s", x.Metric, b.String())
+	}
+}
+
 // Watch follows the targets file every 20 ms in the background: every
 // instance it ever held, when each registration left it, and whether it
 // ever held more than max targets.
