@@ -344,19 +344,7 @@ scrape_configs:
 	r.missedFinal = strings.Count(log, "no final scrape within")
 	t.Logf("%d worker lifetimes on %d instances; %d workers exited without a final scrape", r.lifetimes, len(instances), r.missedFinal)
 	if r.requests.raw != r.requests.truth {
-		// What was lost, and where: each series' samples, compressed.
-		ss, _ := promtest.RawSamples(promURL, r.requests.sel, began.Add(-5*time.Second), end)
-		for _, s := range ss {
-			var b strings.Builder
-			prev := -1.0
-			for _, p := range s.Samples {
-				if p.V != prev {
-					fmt.Fprintf(&b, " %.0f@%.1f", p.V, p.T-float64(began.Unix()))
-					prev = p.V
-				}
-			}
-			t.Logf("series %s:%s", s.Metric["instance"], b.String())
-		}
+		servertest.LogSeries(t, promURL, r.requests.sel, began.Add(-5*time.Second), end)
 	}
 
 	if c.check {

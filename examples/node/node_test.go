@@ -160,7 +160,7 @@ func TestNodeCluster(t *testing.T) {
 		t.Logf("%-44s truth %4.0f  raw samples %5.0f  sum(increase) %8.2f (%+.2f %%)", f.sel, f.truth, f.raw, f.inc, 100*(f.inc-f.truth)/f.truth)
 		if f.raw != f.truth {
 			t.Errorf("%s: reset-aware total of the raw samples %v, want exactly %v", f.sel, f.raw, f.truth)
-			logSeries(t, stack, f.sel, from, end)
+			servertest.LogSeries(t, stack.PromURL, f.sel, from, end)
 		}
 	}
 
@@ -240,28 +240,6 @@ func requireModules(t *testing.T) {
 	want, err2 := filepath.Abs(filepath.Join("..", "..", "clients", "node"))
 	if err != nil || err2 != nil || link != want {
 		t.Fatalf("node_modules/workersd is %q (%v), not a link to %s: run npm ci in examples/node", link, err, want)
-	}
-}
-
-// logSeries logs every series of sel compressed to its changes
-// (value@seconds since from), to show where a count was lost or doubled.
-func logSeries(t *testing.T, stack *servertest.Stack, sel string, from, end time.Time) {
-	t.Helper()
-	ss, err := promtest.RawSamples(stack.PromURL, sel, from, end)
-	if err != nil {
-		t.Log(err)
-		return
-	}
-	for _, x := range ss {
-		var b strings.Builder
-		prev := -1.0
-		for _, p := range x.Samples {
-			if p.V != prev {
-				fmt.Fprintf(&b, " %g@%.2f", p.V, p.T-float64(from.UnixNano())/1e9)
-				prev = p.V
-			}
-		}
-		t.Logf("series %v:%s", x.Metric, b.String())
 	}
 }
 

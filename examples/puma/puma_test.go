@@ -19,7 +19,6 @@ import (
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
-	"github.com/workersd/workersd/internal/promtest"
 	"github.com/workersd/workersd/internal/servertest"
 )
 
@@ -172,7 +171,7 @@ func TestPumaExactTotals(t *testing.T) {
 		t.Logf("%-45s truth %5d  reset-aware total of the raw samples %6.0f", c.sel, c.truth, got)
 		if got != float64(c.truth) {
 			t.Errorf("%s: Prometheus' total %v, want exactly %d", c.sel, got, c.truth)
-			logSeries(t, stack, c.sel, began, end)
+			servertest.LogSeries(t, stack.PromURL, c.sel, began.Add(-5*time.Second), end)
 		}
 	}
 	log := srv.Log()
@@ -383,26 +382,4 @@ func openMetrics(t *testing.T, addr string) string {
 		t.Errorf("scrape %s: Content-Type %q, want OpenMetrics", addr, ct)
 	}
 	return string(b)
-}
-
-// logSeries shows what Prometheus stored of sel, by instance, each value
-// change with its time since began: where a count was lost.
-func logSeries(t *testing.T, stack *servertest.Stack, sel string, began, end time.Time) {
-	t.Helper()
-	ss, err := promtest.RawSamples(stack.PromURL, sel, began.Add(-5*time.Second), end)
-	if err != nil {
-		t.Logf("raw samples of %s: %v", sel, err)
-		return
-	}
-	for _, s := range ss {
-		var b strings.Builder
-		prev := -1.0
-		for _, p := range s.Samples {
-			if p.V != prev {
-				fmt.Fprintf(&b, " %.0f@%.1f", p.V, p.T-float64(began.UnixNano())/1e9)
-				prev = p.V
-			}
-		}
-		t.Logf("series %s:%s", s.Metric["instance"], b.String())
-	}
 }

@@ -347,16 +347,25 @@ func (s *Stack) Total(t testing.TB, sel string, start, end time.Time) float64 {
 }
 
 // CheckTotal fails the test unless Total is exactly truth, and then logs
-// every series of sel, compressed to its changes (value@seconds since
-// start), to show where a count was lost or doubled.
+// every series of sel (LogSeries); with WORKERSD_DUMP_SERIES set it logs
+// them always.
 func (s *Stack) CheckTotal(t testing.TB, sel string, start, end time.Time, truth float64) {
 	t.Helper()
 	got := s.Total(t, sel, start, end)
-	if got == truth {
-		return
+	if got != truth {
+		t.Errorf("%s: Prometheus' total %v, want exactly %v", sel, got, truth)
 	}
-	t.Errorf("%s: Prometheus' total %v, want exactly %v", sel, got, truth)
-	ss, err := promtest.RawSamples(s.PromURL, sel, start, end)
+	if got != truth || os.Getenv("WORKERSD_DUMP_SERIES") != "" {
+		LogSeries(t, s.PromURL, sel, start, end)
+	}
+}
+
+// LogSeries logs every series of sel in the Prometheus at promURL,
+// compressed to its changes (value@seconds since start), to show where a
+// count was lost or doubled.
+func LogSeries(t testing.TB, promURL, sel string, start, end time.Time) {
+	t.Helper()
+	ss, err := promtest.RawSamples(promURL, sel, start, end)
 	if err != nil {
 		t.Log(err)
 		return
