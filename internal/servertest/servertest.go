@@ -36,7 +36,6 @@ type Proc struct {
 	Cmd *exec.Cmd
 	// LogPath is the file its stdout and stderr go to.
 	LogPath string
-	name    string
 	waited  chan struct{}
 }
 
@@ -57,7 +56,7 @@ func Run(t testing.TB, dir, name string, env []string, bin string, args ...strin
 		t.Fatalf("start %s: %v", name, err)
 	}
 	f.Close()
-	p := &Proc{Cmd: cmd, LogPath: logPath, name: name, waited: make(chan struct{})}
+	p := &Proc{Cmd: cmd, LogPath: logPath, waited: make(chan struct{})}
 	go func() {
 		cmd.Wait()
 		close(p.waited)
@@ -126,7 +125,6 @@ type Stack struct {
 	opts  Options
 	bin   string
 	etcd  *etcdtest.Server
-	n     int // agents started
 }
 
 // Start builds workersd-agent and sdwriter and starts the stack; it skips
@@ -202,7 +200,6 @@ func (s *Stack) Env() []string {
 // state file holds) and waits for its socket.
 func (s *Stack) StartAgent(t testing.TB) {
 	t.Helper()
-	s.n++
 	s.Agent = Run(t, s.Dir, "agent", nil, filepath.Join(s.bin, "workersd-agent"),
 		"--etcd.endpoints="+s.etcd.Endpoint(), "--host=test-host", "--ttl="+s.opts.TTL.String(),
 		"--slot-hold="+s.opts.SlotHold.String(),

@@ -23,6 +23,7 @@ kwargs are Worker's (job, labels, ...); the job defaults to $WORKERSD_JOB,
 else the Celery app's main name.
 """
 
+import os
 import threading
 
 from celery import signals
@@ -72,7 +73,7 @@ def setup(app, registry=None, **kwargs):
     """Connects the signals for app; returns the TaskMetrics."""
     metrics = TaskMetrics(registry)
     kwargs.setdefault("before_scrape", (metrics.tracer.collect,))
-    if "job" not in kwargs and not _env_job():
+    if "job" not in kwargs and not os.environ.get("WORKERSD_JOB"):
         kwargs["job"] = app.main
 
     def on_init(**_):
@@ -104,8 +105,3 @@ def setup(app, registry=None, **kwargs):
     signals.task_revoked.connect(on_revoked, weak=False)
     return metrics
 
-
-def _env_job():
-    import os
-
-    return os.environ.get("WORKERSD_JOB")
