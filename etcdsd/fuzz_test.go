@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -66,7 +65,7 @@ func FuzzDecodeRender(f *testing.F) {
 		}
 		want := map[model.LabelName]string{
 			"job": r.Job, "instance": r.Host + "/" + strconv.Itoa(r.Slot), "host": r.Host,
-			"worker": strconv.Itoa(r.Slot), MetaKey: key,
+			"worker": strconv.Itoa(r.Slot),
 		}
 		for name, v := range want {
 			if got := string(g.Labels[name]); got != v {
@@ -78,7 +77,7 @@ func FuzzDecodeRender(f *testing.F) {
 				t.Fatalf("invalid label %q=%q", name, v)
 			}
 			if _, user := r.Labels[string(name)]; !user && want[name] == "" &&
-				!strings.HasPrefix(string(name), MetaLabelPrefix) && name != model.SchemeLabel && name != model.MetricsPathLabel {
+				name != model.SchemeLabel && name != model.MetricsPathLabel {
 				t.Fatalf("label %q set by nobody", name)
 			}
 		}

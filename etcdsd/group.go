@@ -1,9 +1,7 @@
 package etcdsd
 
 import (
-	"net"
 	"strconv"
-	"time"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
@@ -11,17 +9,16 @@ import (
 	"github.com/workersd/workersd/registrar"
 )
 
-// Labels that TargetGroup sets besides the user labels. The meta labels carry
-// the volatile facts of a registration: available to relabelling, dropped
-// before storage unless a relabel rule keeps them.
+// Labels that TargetGroup sets besides job, instance and the user labels.
+//
+// No meta labels: Prometheus parses every byte of the output at each write,
+// and at 100,000 targets each byte per target is 100 kB more to parse every
+// few seconds. The facts they used to carry are elsewhere: the port in
+// __address__, the pid in the worker's own metrics path, the etcd key in
+// job/host/worker, and all of them on sdwriter's status page.
 const (
-	LabelHost       = "host"
-	LabelWorker     = "worker"
-	MetaLabelPrefix = model.MetaLabelPrefix + "workersd_"
-	MetaPID         = MetaLabelPrefix + "pid"
-	MetaPort        = MetaLabelPrefix + "port"
-	MetaKey         = MetaLabelPrefix + "key"
-	MetaStartedAt   = MetaLabelPrefix + "started_at"
+	LabelHost   = "host"
+	LabelWorker = "worker"
 )
 
 // TargetGroup turns one decoded registration into the target group
@@ -33,7 +30,7 @@ const (
 // user labels are then valid and can override none of the labels set here.
 func TargetGroup(r registrar.Registration) *targetgroup.Group {
 	key := r.Key.String()
-	labels := make(model.LabelSet, len(r.Labels)+9)
+	labels := make(model.LabelSet, len(r.Labels)+6)
 	for name, value := range r.Labels {
 		labels[model.LabelName(name)] = model.LabelValue(value)
 	}
@@ -46,16 +43,6 @@ func TargetGroup(r registrar.Registration) *targetgroup.Group {
 	}
 	if p := r.MetricsPathOrDefault(); p != registrar.DefaultMetricsPath {
 		labels[model.MetricsPathLabel] = model.LabelValue(p)
-	}
-	labels[MetaKey] = model.LabelValue(key)
-	if _, port, err := net.SplitHostPort(r.Address); err == nil {
-		labels[MetaPort] = model.LabelValue(port)
-	}
-	if r.PID > 0 {
-		labels[MetaPID] = model.LabelValue(strconv.Itoa(r.PID))
-	}
-	if !r.StartedAt.IsZero() {
-		labels[MetaStartedAt] = model.LabelValue(r.StartedAt.UTC().Format(time.RFC3339))
 	}
 	return &targetgroup.Group{
 		Source:  key,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -14,8 +15,10 @@ import (
 // entry is one valid registration.
 type entry struct {
 	key       string
-	job, host string // for Status; the rest it shows is in group
+	job, host string // for Status, with pid and startedAt; the rest it shows is in group
 	addr      string
+	pid       int
+	startedAt time.Time
 	createRev int64
 	modRev    int64
 	group     *targetgroup.Group // built once, never modified after
@@ -116,7 +119,7 @@ func (s *state) put(kv *mvccpb.KeyValue) {
 	}
 	s.clearInvalid(key)
 	s.removeEntry(key)
-	e := &entry{key: key, job: r.Job, host: r.Host, addr: r.Address, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r)}
+	e := &entry{key: key, job: r.Job, host: r.Host, addr: r.Address, pid: r.PID, startedAt: r.StartedAt, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r)}
 	s.entries[key] = e
 	s.byAddr[e.addr] = append(s.byAddr[e.addr], e)
 	if len(s.byAddr[e.addr]) > 1 {

@@ -64,8 +64,6 @@ func TestTargetGroup(t *testing.T) {
 		Labels: model.LabelSet{
 			"job": "api", "instance": "web-1/3", "host": "web-1", "worker": "3", "version": "1.4.2",
 			"__scheme__": "https", "__metrics_path__": "/m",
-			"__meta_workersd_pid": "4242", "__meta_workersd_port": "40211",
-			"__meta_workersd_key": "/workersd/v1/api/web-1/3", "__meta_workersd_started_at": "2026-11-21T09:00:00Z",
 		},
 	}
 	if got := TargetGroup(r); !reflect.DeepEqual(got, want) {
@@ -77,7 +75,6 @@ func TestTargetGroup(t *testing.T) {
 	got := TargetGroup(r)
 	wantLabels := model.LabelSet{
 		"job": "api", "instance": "web-1/3", "host": "web-1", "worker": "3",
-		"__meta_workersd_port": "9", "__meta_workersd_key": "/workersd/v1/api/web-1/3",
 	}
 	if !reflect.DeepEqual(got.Labels, wantLabels) {
 		t.Errorf("labels with defaults = %v, want %v", got.Labels, wantLabels)

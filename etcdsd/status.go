@@ -168,10 +168,8 @@ func (d *Discoverer) Status(q Query) Status {
 // was 100 MB of sdwriter's memory).
 func (e *entry) view(shown bool) Registration {
 	l := e.group.Labels
-	r := Registration{Key: e.key, Job: e.job, Host: e.host, Address: e.addr, Shown: shown}
+	r := Registration{Key: e.key, Job: e.job, Host: e.host, Address: e.addr, PID: e.pid, StartedAt: e.startedAt, Shown: shown}
 	r.Slot, _ = strconv.Atoi(string(l[LabelWorker]))
-	r.PID, _ = strconv.Atoi(string(l[MetaPID]))
-	r.StartedAt, _ = time.Parse(time.RFC3339, string(l[MetaStartedAt]))
 	for name, value := range l {
 		switch {
 		case name == model.JobLabel, name == model.InstanceLabel, name == LabelHost, name == LabelWorker,

@@ -9,19 +9,18 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
 
-// benchGroups are n groups shaped like sdwriter's: one target, 10 labels.
+// benchGroups are n groups shaped like sdwriter's: one target, 8 labels.
 func benchGroups(n int) []*targetgroup.Group {
 	groups := make([]*targetgroup.Group, n)
 	for i := range groups {
 		key := fmt.Sprintf("/workersd/v1/job-%d/host-%d/%d", i%10, i/100, i%100)
-		port := fmt.Sprint(20000 + i%40000)
 		groups[i] = &targetgroup.Group{
 			Source:  key,
-			Targets: []model.LabelSet{{model.AddressLabel: model.LabelValue(fmt.Sprintf("10.%d.%d.%d:%s", i>>16&255, i>>8&255, i&255, port))}},
+			Targets: []model.LabelSet{{model.AddressLabel: model.LabelValue(fmt.Sprintf("10.%d.%d.%d:%d", i>>16&255, i>>8&255, i&255, 20000+i%40000))}},
 			Labels: model.LabelSet{
 				"job": model.LabelValue(fmt.Sprintf("job-%d", i%10)), "instance": model.LabelValue(fmt.Sprintf("host-%d/%d", i/100, i%100)),
 				"host": model.LabelValue(fmt.Sprintf("host-%d", i/100)), "worker": model.LabelValue(fmt.Sprint(i % 100)),
-				"version": "1.4.2", "__meta_workersd_key": model.LabelValue(key), "__meta_workersd_port": model.LabelValue(port),
+				"version": "1.4.2", "__metrics_path__": model.LabelValue(fmt.Sprintf("/metrics/%d-%016x", 1000+i, uint64(i)*0x9e3779b97f4a7c15)),
 				"__meta_workersd_pid": model.LabelValue(fmt.Sprint(1000 + i)), "__meta_workersd_started_at": "2026-11-21T10:00:00Z",
 			},
 		}

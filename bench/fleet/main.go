@@ -53,6 +53,8 @@ func main() {
 		seconds = flag.Int("seconds", 60, "duration of the churn")
 		out     = flag.String("out", "", "write the markdown table here")
 		profile = flag.String("profile", "", "save a CPU profile of sdwriter during the second churn here")
+		only    = flag.String("only", "before,after,shards", "the runs to make, of before, after and shards")
+		extra   = flag.String("sdwriter-flag", "", "one more sdwriter flag for the after and shards runs (to try a setting)")
 	)
 	flag.Parse()
 	if *prom == "" {
@@ -60,7 +62,8 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	b := &bench{repo: *repo, prom: *prom, n: *n, rate: *rate, window: time.Duration(*seconds) * time.Second, profile: *profile}
+	b := &bench{repo: *repo, prom: *prom, n: *n, rate: *rate, window: time.Duration(*seconds) * time.Second, profile: *profile,
+		only: strings.Split(*only, ","), extra: *extra}
 	table, err := b.run(ctx, *big)
 	b.cleanup()
 	if err != nil {
@@ -88,6 +91,8 @@ type bench struct {
 	n, rate    int
 	window     time.Duration
 	profile    string
+	only       []string
+	extra      string
 
 	tmp   string
 	procs []*exec.Cmd
@@ -154,15 +159,22 @@ func (b *bench) run(ctx context.Context, big int) (string, error) {
 
 	var results []*result
 	for _, mode := range []struct {
-		name   string
-		shards int
-		flag   string
+		id, name string
+		shards   int
+		flags    []string
 	}{
-		{"before: every change written (--output.write-rate=0)", 1, "--output.write-rate=0"},
-		{"after: default (--output.write-rate=8MiB)", 1, ""},
-		{fmt.Sprintf("after, --output.shards=%d: the Prometheus of shard 0", shards), shards, fmt.Sprintf("--output.shards=%d", shards)},
+		{"before", "before: every change written (--output.write-rate=0)", 1, []string{"--output.write-rate=0"}},
+		{"after", "after: default", 1, nil},
+		{"shards", fmt.Sprintf("after, --output.shards=%d: the Prometheus of shard 0", shards), shards, []string{fmt.Sprintf("--output.shards=%d", shards)}},
 	} {
-		r, err := b.churn(ctx, bin, mode.name, mode.shards, mode.flag)
+		if !slices.Contains(b.only, mode.id) {
+			continue
+		}
+		if b.extra != "" && mode.id != "before" {
+			mode.name += " " + b.extra
+			mode.flags = append(mode.flags, b.extra)
+		}
+		r, err := b.churn(ctx, bin, mode.name, mode.shards, mode.flags)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", mode.name, err)
 		}
@@ -179,7 +191,7 @@ func (b *bench) run(ctx context.Context, big int) (string, error) {
 		}
 		logf("%d registrations in etcd after %s", len(b.live), time.Since(t0).Round(time.Millisecond))
 		dir := filepath.Join(b.tmp, "big")
-		sdw, ready, rss, size, err := b.startSdwriter(ctx, bin, dir, 1, "")
+		sdw, ready, rss, size, err := b.startSdwriter(ctx, bin, dir, 1)
 		if err != nil {
 			return "", err
 		}
@@ -268,16 +280,14 @@ func (b *bench) populate(ctx context.Context, count int) error {
 // startSdwriter starts sdwriter writing dir/workersd.json (or its shard
 // files) and waits until the files hold every registration; size is that
 // of the first file.
-func (b *bench) startSdwriter(ctx context.Context, bin, dir string, shards int, flag string) (cmd *exec.Cmd, ready time.Duration, rssMB float64, size int, err error) {
+func (b *bench) startSdwriter(ctx context.Context, bin, dir string, shards int, flags ...string) (cmd *exec.Cmd, ready time.Duration, rssMB float64, size int, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, 0, 0, 0, err
 	}
 	file := filepath.Join(dir, "workersd.json")
 	args := []string{"--etcd.endpoints=" + b.cli.Endpoints()[0], "--output.file=" + file,
 		"--web.listen-address=" + freeAddr(), "--log.level=warn"}
-	if flag != "" {
-		args = append(args, flag)
-	}
+	args = append(args, flags...)
 	cmd = exec.Command(filepath.Join(bin, "sdwriter"), args...)
 	start := time.Now()
 	if _, err := b.start(cmd, ""); err != nil {
@@ -331,10 +341,10 @@ func instanceOf(key string) string {
 	return k.Instance()
 }
 
-func (b *bench) churn(ctx context.Context, bin, mode string, shards int, flag string) (*result, error) {
+func (b *bench) churn(ctx context.Context, bin, mode string, shards int, flags []string) (*result, error) {
 	r := &result{mode: mode, shards: shards}
 	dir := filepath.Join(b.tmp, fmt.Sprintf("targets-%d", len(b.procs)))
-	sdw, ready, rss, size, err := b.startSdwriter(ctx, bin, dir, shards, flag)
+	sdw, ready, rss, size, err := b.startSdwriter(ctx, bin, dir, shards, flags...)
 	if err != nil {
 		return nil, err
 	}
@@ -460,7 +470,7 @@ scrape_configs:
 		}
 	})
 
-	if b.profile != "" && flag == "" {
+	if b.profile != "" && shards == 1 && !slices.Contains(flags, "--output.write-rate=0") {
 		wg.Go(func() {
 			secs := int(b.window.Seconds()) * 2 / 3
 			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", sdwWeb, secs))

@@ -178,6 +178,21 @@ func addresses(t *testing.T, b []byte) []string {
 	return out
 }
 
+// registrations returns the set of "<job>/<instance>" (the key without
+// its prefix) of the targets in b.
+func registrations(t *testing.T, b []byte) map[string]bool {
+	t.Helper()
+	groups, err := parseTargets(b)
+	if err != nil {
+		t.Fatalf("invalid targets: %v\n%s", err, b)
+	}
+	out := map[string]bool{}
+	for _, g := range groups {
+		out[string(g.Labels[model.JobLabel]+"/"+g.Labels[model.InstanceLabel])] = true
+	}
+	return out
+}
+
 // waitFile waits until the file holds exactly the given addresses (in
 // order: the output is sorted by key).
 func waitFile(t *testing.T, path string, want ...string) []byte {

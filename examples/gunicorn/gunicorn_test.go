@@ -191,6 +191,7 @@ func (env gunicornEnv) run(t *testing.T, c gunicornRun) gunicornResult {
 		gunicornEnv = append(gunicornEnv, "GUNICORN_PRELOAD=1")
 	}
 	targets := filepath.Join(dir, "targets.json")
+	var sdwriterURL string
 	sd := `    file_sd_configs:
       - files: ["` + targets + `"]
         refresh_interval: 1s
@@ -214,9 +215,11 @@ func (env gunicornEnv) run(t *testing.T, c gunicornRun) gunicornResult {
 			"--etcd.endpoints="+etcd.Endpoint(), "--host=test-host", "--ttl="+agentTTL.String(),
 			"--slot-hold="+slotHold.String(),
 			"--listen.socket="+sock, "--state.file="+filepath.Join(dir, "agent.json"), "--log.level=debug")
+		sdwAddr := etcdtest.FreeAddr(t)
+		sdwriterURL = "http://" + sdwAddr
 		servertest.Run(t, dir, "sdwriter", nil, filepath.Join(env.bin, "sdwriter"),
 			"--etcd.endpoints="+etcd.Endpoint(), "--output.file="+targets,
-			"--web.listen-address="+etcdtest.FreeAddr(t))
+			"--web.listen-address="+sdwAddr)
 		gunicornEnv = append(gunicornEnv, "WORKERSD_METRICS_HOST=127.0.0.1", "WORKERSD_AGENT_SOCKET="+sock)
 	}
 
@@ -265,7 +268,7 @@ scrape_configs:
 	var ends []time.Time
 	if !c.multiproc {
 		watchWG.Go(func() {
-			live := map[string]bool{}
+			live := map[int]bool{}
 			for {
 				select {
 				case <-stopWatch:
@@ -280,10 +283,10 @@ scrape_configs:
 				if len(ts) > numWorkers && watchErr == nil {
 					watchErr = fmt.Errorf("%d targets in the file: %s", len(ts), b)
 				}
-				now := map[string]bool{}
+				now := map[int]bool{}
 				for _, tg := range ts {
 					instances[tg.Labels["instance"]] = true
-					now[tg.Labels["__meta_workersd_pid"]] = true
+					now[tg.Pid()] = true
 				}
 				for pid := range live {
 					if !now[pid] {
@@ -321,7 +324,7 @@ scrape_configs:
 	}, "Prometheus did not scrape every worker after the last request")
 
 	if c.check {
-		checkKillAndCreated(t, targets, began)
+		checkKillAndCreated(t, targets, sdwriterURL, began)
 	}
 	close(stopWatch)
 	watchWG.Wait()
@@ -369,12 +372,12 @@ scrape_configs:
 // started with the worker, not before (preload_app creates them in the
 // master): otherwise Prometheus drops the zero sample of its created
 // timestamp on a reused slot.
-func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
+func checkKillAndCreated(t *testing.T, targets, sdwriterURL string, began time.Time) {
 	t.Helper()
 	victim := servertest.ReadTargets(t, targets)[0]
-	pid, err := strconv.Atoi(victim.Labels["__meta_workersd_pid"])
-	if err != nil {
-		t.Fatalf("no pid in %+v", victim)
+	pid := victim.Pid()
+	if pid == 0 {
+		t.Fatalf("no pid in the metrics path of %+v", victim)
 	}
 	killed := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -382,7 +385,7 @@ func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
 	}
 	poll.Until(t, time.Second, func() bool {
 		for _, tg := range servertest.ReadTargets(t, targets) {
-			if tg.Labels["__meta_workersd_pid"] == victim.Labels["__meta_workersd_pid"] {
+			if tg.Pid() == pid {
 				return false
 			}
 		}
@@ -398,10 +401,11 @@ func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
 	}
 
 	checked := 0
+	startedAt := servertest.Started(t, sdwriterURL)
 	for _, tg := range servertest.ReadTargets(t, targets) {
-		started, err := time.Parse(time.RFC3339, tg.Labels["__meta_workersd_started_at"])
-		if err != nil {
-			t.Fatalf("started_at of %+v: %v", tg, err)
+		started, ok := startedAt[tg.Targets[0]]
+		if !ok {
+			t.Fatalf("sdwriter's status has no start for %+v", tg)
 		}
 		if started.Before(began.Add(2 * time.Second)) {
 			continue // forked in the same second as the master imported the app
@@ -418,8 +422,8 @@ func checkKillAndCreated(t *testing.T, targets string, began time.Time) {
 		for name, created := range ts {
 			checked++
 			if created < float64(started.Unix()) {
-				t.Errorf("worker %s (started %s): %s = %s, before the worker started",
-					tg.Labels["__meta_workersd_pid"], started, name, time.Unix(int64(created), 0).UTC())
+				t.Errorf("worker %d (started %s): %s = %s, before the worker started",
+					tg.Pid(), started, name, time.Unix(int64(created), 0).UTC())
 			}
 		}
 	}

@@ -111,7 +111,7 @@ func TestNodeCluster(t *testing.T) {
 			t.Errorf("the replacement took the killed worker's instance %s while it was held", victim.Labels["instance"])
 		}
 	}
-	checkCreated(t, replaced, began)
+	checkCreated(t, stack, replaced, began)
 	// The aggregator scraped after the replacement registered.
 	afterKill := time.Now()
 	stack.WaitScraped(t, job, afterKill, 30*time.Second)
@@ -265,13 +265,14 @@ func lastValue(t *testing.T, stack *servertest.Stack, sel string, at time.Time) 
 // series of the app's counters has a created timestamp, no earlier than
 // the worker's start (what Prometheus writes its zero sample at, so that
 // a reused slot's new lifetime counts from 0).
-func checkCreated(t *testing.T, ts []servertest.Target, began time.Time) {
+func checkCreated(t *testing.T, stack *servertest.Stack, ts []servertest.Target, began time.Time) {
 	t.Helper()
 	checked := 0
+	startedAt := servertest.Started(t, stack.SdwriterURL)
 	for _, tg := range ts {
-		started, err := time.Parse(time.RFC3339, tg.Labels["__meta_workersd_started_at"])
-		if err != nil {
-			t.Fatalf("started_at of %+v: %v", tg, err)
+		started, ok := startedAt[tg.Targets[0]]
+		if !ok {
+			t.Fatalf("sdwriter's status has no start for %+v", tg)
 		}
 		req, _ := http.NewRequest("GET", "http://"+tg.Targets[0]+"/metrics", nil)
 		req.Header.Set("Accept", "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2")

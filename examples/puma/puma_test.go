@@ -320,10 +320,11 @@ func (d *driver) stop() (ok, notFound int, failed []string) {
 // zero sample that marks the worker's restart on a reused instance.
 func checkCreated(t *testing.T, stack *servertest.Stack, began time.Time) {
 	t.Helper()
+	startedAt := servertest.Started(t, stack.SdwriterURL)
 	for _, tg := range stack.Targets(t) {
-		started, err := time.Parse(time.RFC3339, tg.Labels["__meta_workersd_started_at"])
-		if err != nil {
-			t.Fatalf("started_at of %+v: %v", tg, err)
+		started, ok := startedAt[tg.Targets[0]]
+		if !ok {
+			t.Fatalf("sdwriter's status has no start for %+v", tg)
 		}
 		// A worker registers as it boots, before Puma loads the
 		// application into it: its counters may not exist yet for a moment.

@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/model"
+	"github.com/workersd/workersd/etcdsd"
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
@@ -118,8 +120,8 @@ type Stack struct {
 	Socket string
 	// TargetsFile is sdwriter's output.
 	TargetsFile string
-	// PromURL is Prometheus' base URL.
-	PromURL string
+	// PromURL is Prometheus' base URL; SdwriterURL sdwriter's.
+	PromURL, SdwriterURL string
 	// Agent is the running agent; StopAgent and StartAgent replace it.
 	Agent *Proc
 	opts  Options
@@ -158,9 +160,11 @@ func Start(t testing.TB, o Options) *Stack {
 	}
 	s.etcd = etcdtest.Start(t)
 	s.StartAgent(t)
+	sdwAddr := etcdtest.FreeAddr(t)
 	Run(t, dir, "sdwriter", nil, filepath.Join(s.bin, "sdwriter"),
 		"--etcd.endpoints="+s.etcd.Endpoint(), "--output.file="+s.TargetsFile,
-		"--web.listen-address="+etcdtest.FreeAddr(t))
+		"--web.listen-address="+sdwAddr)
+	s.SdwriterURL = "http://" + sdwAddr
 
 	promAddr := etcdtest.FreeAddr(t)
 	promCfg := filepath.Join(dir, "prometheus.yml")
@@ -243,10 +247,42 @@ type Target struct {
 	Labels  map[string]string `json:"labels"`
 }
 
-// Pid is the worker's pid label.
+// Pid is the worker's pid, from the metrics path of its own that every
+// client registers (registrar.OwnMetricsPath: "/metrics/<pid>-<hex>");
+// 0 for another path.
 func (tg Target) Pid() int {
-	p, _ := strconv.Atoi(tg.Labels["__meta_workersd_pid"])
+	rest, ok := strings.CutPrefix(tg.Labels[model.MetricsPathLabel], registrar.DefaultMetricsPath+"/")
+	if !ok {
+		return 0
+	}
+	pid, _, _ := strings.Cut(rest, "-")
+	p, _ := strconv.Atoi(pid)
 	return p
+}
+
+// Started returns when each registered worker started, by address, as
+// sdwriter's status API (at sdwriterURL) shows it: the file carries no
+// such label, to keep Prometheus' parse of it short.
+func Started(t testing.TB, sdwriterURL string) map[string]time.Time {
+	t.Helper()
+	resp, err := http.Get(sdwriterURL + "/api/v1/status?limit=" + strconv.Itoa(etcdsd.MaxPage))
+	if err != nil {
+		t.Fatalf("sdwriter status: %v", err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Discovery etcdsd.Status `json:"discovery"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("sdwriter status: %s, %v", resp.Status, err)
+	}
+	out := map[string]time.Time{}
+	for _, r := range st.Discovery.Page {
+		if r.Shown {
+			out[r.Address] = r.StartedAt
+		}
+	}
+	return out
 }
 
 // Targets reads sdwriter's file; nil before the first write.
