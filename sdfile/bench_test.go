@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
 
-// benchGroups are n groups shaped like sdwriter's: one target, 8 labels.
+// benchGroups are n groups shaped like sdwriter's: one target, 6 labels.
 func benchGroups(n int) []*targetgroup.Group {
 	groups := make([]*targetgroup.Group, n)
 	for i := range groups {
@@ -21,7 +21,6 @@ func benchGroups(n int) []*targetgroup.Group {
 				"job": model.LabelValue(fmt.Sprintf("job-%d", i%10)), "instance": model.LabelValue(fmt.Sprintf("host-%d/%d", i/100, i%100)),
 				"host": model.LabelValue(fmt.Sprintf("host-%d", i/100)), "worker": model.LabelValue(fmt.Sprint(i % 100)),
 				"version": "1.4.2", "__metrics_path__": model.LabelValue(fmt.Sprintf("/metrics/%d-%016x", 1000+i, uint64(i)*0x9e3779b97f4a7c15)),
-				"__meta_workersd_pid": model.LabelValue(fmt.Sprint(1000 + i)), "__meta_workersd_started_at": "2026-11-21T10:00:00Z",
 			},
 		}
 	}

@@ -210,10 +210,10 @@ func TestWriteWait(t *testing.T) {
 		n           int
 		want        time.Duration
 	}{
-		{DefaultWriteRate, DefaultCoalesceAbove, 200 << 10, 0},                   // 700 targets: at once
+		{DefaultWriteRate, DefaultCoalesceAbove, 200 << 10, 0},                   // 1,000 targets: at once
 		{DefaultWriteRate, DefaultCoalesceAbove, 1 << 20, 0},                     // at the threshold
-		{DefaultWriteRate, DefaultCoalesceAbove, 9 << 20, time.Second},           // 8 MiB over
-		{DefaultWriteRate, DefaultCoalesceAbove, 28 << 20, 27 * time.Second / 8}, // 100,000 targets
+		{DefaultWriteRate, DefaultCoalesceAbove, 7 << 20, time.Second},           // 6 MiB over
+		{DefaultWriteRate, DefaultCoalesceAbove, 19 << 20, 18 * time.Second / 6}, // 100,000 targets
 		{DefaultWriteRate, DefaultCoalesceAbove, 200 << 20, MaxWriteWait},        // capped
 		{-1, DefaultCoalesceAbove, 200 << 20, 0},                                 // off
 		{1 << 20, 1, 1<<20 + 1, time.Second},                                     // custom

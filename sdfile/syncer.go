@@ -17,12 +17,16 @@ const (
 	// DefaultRetryInterval is how soon a failed write is tried again.
 	DefaultRetryInterval = time.Second
 	// DefaultWriteRate is the rate, in bytes per second, at which a large
-	// output is rewritten at most while its targets keep changing: 8 MiB/s
-	// is one write of 100,000 targets (28 MiB) every 3.4 s.
-	DefaultWriteRate = 8 << 20
+	// output is rewritten at most while its targets keep changing: 6 MiB/s
+	// is one write of 100,000 targets (18.5 MiB) every 2.9 s. Chosen by
+	// measuring (scripts/bench fleet, docs/SCALING.md): Prometheus 3 takes
+	// 1.4 to 1.9 s to read such a file on a loaded machine, so this is
+	// about the most often it can read it without falling behind, and
+	// what keeps a change read by Prometheus within 5 s.
+	DefaultWriteRate = 6 << 20
 	// DefaultCoalesceAbove is the output size up to which every change is
-	// written at once: 1 MiB, about 3,500 targets, which Prometheus parses
-	// in about a millisecond.
+	// written at once: 1 MiB, about 5,400 targets, which Prometheus parses
+	// in about 50 ms.
 	DefaultCoalesceAbove = 1 << 20
 	// MaxWriteWait bounds the wait between two writes whatever the size:
 	// Prometheus' discovery manager passes updates to its scrapers at

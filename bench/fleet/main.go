@@ -52,7 +52,7 @@ func main() {
 		rate    = flag.Int("rate", 200, "worker restarts per second (each a delete and a put)")
 		seconds = flag.Int("seconds", 60, "duration of the churn")
 		out     = flag.String("out", "", "write the markdown table here")
-		profile = flag.String("profile", "", "save a CPU profile of sdwriter during the second churn here")
+		profile = flag.String("profile", "", "save a CPU profile of sdwriter during the unsharded paced churn here, and one of Prometheus in <file>.prometheus")
 		only    = flag.String("only", "before,after,shards", "the runs to make, of before, after and shards")
 		extra   = flag.String("sdwriter-flag", "", "one more sdwriter flag for the after and shards runs (to try a setting)")
 	)
@@ -122,6 +122,26 @@ type result struct {
 	scans                    float64
 	discovered               float64
 	fileBytes                int
+}
+
+// saveProfile saves a CPU profile of secs seconds from the pprof handler
+// at addr.
+func saveProfile(addr, file string, secs int) {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs))
+	if err != nil {
+		logf("profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		logf("profile: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		logf("profile: %v", err)
+	}
 }
 
 func (b *bench) cleanup() {
@@ -221,11 +241,13 @@ func (b *bench) value(host int) (value, address string) {
 	i := b.serial
 	// Unique (sdwriter drops all but one of the keys naming an address).
 	address = fmt.Sprintf("10.%d.%d.%d:%d", i>>16&255, i>>8&255, i&255, 20000+host%40000)
+	pid := 1000 + i%4_000_000
 	v, err := registrar.Value{
-		Address:   address,
-		PID:       1000 + i%4_000_000,
-		StartedAt: time.Now().UTC(),
-		Labels:    map[string]string{"version": "1.4.2"},
+		Address:     address,
+		MetricsPath: registrar.OwnMetricsPath(pid), // as every workersd client registers
+		PID:         pid,
+		StartedAt:   time.Now().UTC(),
+		Labels:      map[string]string{"version": "1.4.2"},
 	}.Encode()
 	if err != nil {
 		panic(err)
@@ -471,22 +493,10 @@ scrape_configs:
 	})
 
 	if b.profile != "" && shards == 1 && !slices.Contains(flags, "--output.write-rate=0") {
-		wg.Go(func() {
-			secs := int(b.window.Seconds()) * 2 / 3
-			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", sdwWeb, secs))
-			if err != nil {
-				logf("profile: %v", err)
-				return
-			}
-			defer resp.Body.Close()
-			f, err := os.Create(b.profile)
-			if err != nil {
-				logf("profile: %v", err)
-				return
-			}
-			defer f.Close()
-			io.Copy(f, resp.Body)
-		})
+		// sdwriter's profile in b.profile, Prometheus' beside it.
+		for addr, file := range map[string]string{sdwWeb: b.profile, promWeb: b.profile + ".prometheus"} {
+			wg.Go(func() { saveProfile(addr, file, int(b.window.Seconds())*2/3) })
+		}
 	}
 	rng := rand.New(rand.NewPCG(1, uint64(len(b.procs))))
 	canaries := map[string]bool{}
