@@ -175,6 +175,19 @@ type Value struct {
 
 // Validate checks every field and names the first one that is wrong.
 func (v Value) Validate() error {
+	if err := v.validateFields(); err != nil {
+		return err
+	}
+	// What a reader would skip is refused here, by every writer.
+	if b, err := json.Marshal(v); err == nil && len(b) > MaxValueSize {
+		return fieldErr("labels", "the registration encodes to %d bytes, at most %d allowed", len(b), MaxValueSize)
+	}
+	return nil
+}
+
+// validateFields is Validate without the size of the encoding, which a
+// reader has already checked on the bytes it read.
+func (v Value) validateFields() error {
 	if err := ValidateAddress(v.Address); err != nil {
 		return err
 	}
@@ -189,14 +202,7 @@ func (v Value) Validate() error {
 	if v.PID < 0 {
 		return fieldErr("pid", "%d is negative", v.PID)
 	}
-	if err := ValidateLabels(v.Labels); err != nil {
-		return err
-	}
-	// What a reader would skip is refused here, by every writer.
-	if b, err := json.Marshal(v); err == nil && len(b) > MaxValueSize {
-		return fieldErr("labels", "the registration encodes to %d bytes, at most %d allowed", len(b), MaxValueSize)
-	}
-	return nil
+	return ValidateLabels(v.Labels)
 }
 
 // OwnMetricsPath is a metrics path that only this process serves:
@@ -329,7 +335,7 @@ func DecodeValue(b []byte) (Value, error) {
 	if dec.More() {
 		return Value{}, fieldErr("value", "trailing data after the JSON object")
 	}
-	if err := v.Validate(); err != nil {
+	if err := v.validateFields(); err != nil {
 		return Value{}, err
 	}
 	return v, nil

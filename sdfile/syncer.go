@@ -267,17 +267,24 @@ func (s *Syncer) Run(ctx context.Context) {
 		next     time.Time // no sync before: the wait after a large write, or a retry
 	)
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.kick:
-		case <-wake.C:
+		// Until next, changes pile up without waking this goroutine for
+		// each: at hundreds of changes a second, each wake-up (a futex
+		// call and a pass through the scheduler) adds up.
+		if wait := time.Until(next); wait > 0 {
+			wake.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-wake.C:
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.kick:
+			}
 		}
 		start := time.Now()
-		if wait := next.Sub(start); wait > 0 {
-			wake.Reset(wait)
-			continue
-		}
 
 		rendered := 0
 		s.mu.Lock()
@@ -310,7 +317,6 @@ func (s *Syncer) Run(ctx context.Context) {
 			}
 			failing = true
 			next = time.Now().Add(s.opts.RetryInterval)
-			wake.Reset(s.opts.RetryInterval)
 			s.doneMu.Lock()
 			s.lastError, s.lastErrorAt = err, time.Now()
 			s.doneMu.Unlock()

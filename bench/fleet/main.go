@@ -52,7 +52,7 @@ func main() {
 		rate    = flag.Int("rate", 200, "worker restarts per second (each a delete and a put)")
 		seconds = flag.Int("seconds", 60, "duration of the churn")
 		out     = flag.String("out", "", "write the markdown table here")
-		profile = flag.String("profile", "", "save a CPU profile of sdwriter during the unsharded paced churn here, and one of Prometheus in <file>.prometheus")
+		profile = flag.String("profile", "", "save CPU profiles of sdwriter and Prometheus during the paced churns here: <file>[.shards][.prometheus]")
 		only    = flag.String("only", "before,after,shards", "the runs to make, of before, after and shards")
 		extra   = flag.String("sdwriter-flag", "", "one more sdwriter flag for the after and shards runs (to try a setting)")
 	)
@@ -184,7 +184,7 @@ func (b *bench) run(ctx context.Context, big int) (string, error) {
 		flags    []string
 	}{
 		{"before", "before: every change written (--output.write-rate=0)", 1, []string{"--output.write-rate=0"}},
-		{"after", "after: default", 1, nil},
+		{"after", fmt.Sprintf("after: default (--output.write-rate=%dMiB)", sdfile.DefaultWriteRate>>20), 1, nil},
 		{"shards", fmt.Sprintf("after, --output.shards=%d: the Prometheus of shard 0", shards), shards, []string{fmt.Sprintf("--output.shards=%d", shards)}},
 	} {
 		if !slices.Contains(b.only, mode.id) {
@@ -492,9 +492,14 @@ scrape_configs:
 		}
 	})
 
-	if b.profile != "" && shards == 1 && !slices.Contains(flags, "--output.write-rate=0") {
-		// sdwriter's profile in b.profile, Prometheus' beside it.
-		for addr, file := range map[string]string{sdwWeb: b.profile, promWeb: b.profile + ".prometheus"} {
+	if b.profile != "" && !slices.Contains(flags, "--output.write-rate=0") {
+		// sdwriter's profile in b.profile (.shards with shards),
+		// Prometheus' beside it.
+		name := b.profile
+		if shards > 1 {
+			name += ".shards"
+		}
+		for addr, file := range map[string]string{sdwWeb: name, promWeb: name + ".prometheus"} {
 			wg.Go(func() { saveProfile(addr, file, int(b.window.Seconds())*2/3) })
 		}
 	}

@@ -99,7 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("output.shards", "Split the targets into this many files (and /sd?shard=k), as hashmod on the instance label splits them, one per Prometheus server of a sharded setup: --output.file /d/workersd.json gives /d/shard-0-of-N/workersd.json to /d/shard-<N-1>-of-N/workersd.json (examples/prometheus.yml).").
 		Default("1").IntVar(&f.shards)
 	app.Flag("output.write-rate", "While targets keep changing, write large outputs at most at this rate: after writing n bytes over 1MiB, wait (n - 1MiB) / rate (at most 5s) and write every change of the wait at once. Prometheus parses the whole file after each write and hands targets on every 5s. 0: write every change at once.").
-		Default("6MiB").BytesVar(&f.writeRate)
+		Default(fmt.Sprintf("%dMiB", sdfile.DefaultWriteRate>>20)).BytesVar(&f.writeRate)
 	f.web = kingpinflag.AddFlags(app, defaultWebAddress)
 	f.log = cliflags.AddLog(app)
 
