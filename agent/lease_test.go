@@ -3,6 +3,8 @@
 package agent
 
 import (
+	"context"
+	"fmt"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -105,4 +107,88 @@ func TestSharedLeaseAgent(t *testing.T) {
 	// The agent stops for good: the key expires with the TTL.
 	h.stop()
 	poll.Until(t, 3*h.cfg.TTL, func() bool { return len(h.leases()) == 0 }, "keys expiring with the shared lease")
+}
+
+// An agent restarted with the other --lease keeps its live workers on
+// their slots: each key moves onto the new mode's lease in place (a new
+// slot would start new series for a live worker). Afterwards a worker's
+// exit removes its key alone: on the way back from a shared lease, the old
+// lease is not revoked, which would delete every other key on it.
+func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
+	for _, toShared := range []bool{true, false} {
+		t.Run(map[bool]string{true: "per-worker to per-host", false: "per-host to per-worker"}[toShared], func(t *testing.T) {
+			h := newHarness(t, nil, func(c *Config) { c.SharedLease = !toShared; c.SlotHold = time.Second })
+			var cs []*exec.Cmd
+			for i := range 2 {
+				c := child(t)
+				if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9100 + i, "pid": c.Process.Pid}); code != 201 || w["state"] != "registered" {
+					t.Fatalf("register: %d %v", code, w)
+				}
+				cs = append(cs, c)
+			}
+			before := h.leases()
+			keyOf := map[int]string{}
+			for _, w := range h.agent.List() {
+				keyOf[w.PID] = w.Key
+			}
+			h.stop()
+			resp, err := h.cli.Get(context.Background(), prefix, clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			wch := h.cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+
+			h.cfg.SharedLease = toShared
+			h.start()
+			defer h.stop()
+			// The same keys, on the agent's one lease, or on one lease
+			// each (the last key left on the old shared lease may keep
+			// it: nothing else is on it any more).
+			onNewLeases := func(now map[string]int64) bool {
+				if len(now) != len(before) {
+					return false
+				}
+				distinct := map[int64]bool{}
+				for k, l := range now {
+					if _, ok := before[k]; !ok {
+						return false
+					}
+					if toShared && clientv3.LeaseID(l) != h.agent.lease.ID() {
+						return false
+					}
+					distinct[l] = true
+				}
+				return toShared || len(distinct) == len(now)
+			}
+			var last string
+			poll.Until(t, 5*time.Second, func() bool {
+				now := h.leases()
+				last = fmt.Sprint(now)
+				return onNewLeases(now)
+			}, "keys %s, want the keys of before (%v) on the new mode's leases", poll.Latest(&last), before)
+
+			cs[0].Process.Kill()
+			cs[0].Wait()
+			poll.Until(t, 5*time.Second, func() bool { _, ok := h.leases()[keyOf[cs[0].Process.Pid]]; return !ok },
+				"the killed worker's key removed")
+			time.Sleep(h.cfg.TTL) // anything that a revoke of a shared lease would do, done
+			cancel()
+			for wr := range wch {
+				for _, ev := range wr.Events {
+					k := string(ev.Kv.Key)
+					if _, ok := before[k]; !ok {
+						t.Errorf("%s %s: a key the workers did not have before the restart", ev.Type, k)
+					}
+					if k == keyOf[cs[1].Process.Pid] && ev.Type == clientv3.EventTypeDelete {
+						t.Errorf("the live worker's key %s was deleted", k)
+					}
+				}
+			}
+			if ls := h.leases(); len(ls) != 1 {
+				t.Errorf("keys %v, want the live worker's only", ls)
+			}
+		})
+	}
 }

@@ -493,6 +493,7 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 	cli := r.cfg.Client
 
 	if r.cfg.Lease != nil {
+		prev := r.lease // a resumed registration's, or the shared lease before a loss
 		id, lost, err := r.cfg.Lease.Acquire(ctx)
 		if err != nil {
 			return false, err
@@ -508,23 +509,53 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 		if kept, err := r.keepIfHeld(ctx); err != nil || kept {
 			return kept, err
 		}
+		// Adopted from an agent that gave each worker a lease of its own:
+		// the key moves onto the shared lease and keeps its slot.
+		if prev != 0 && prev != id {
+			if moved, err := r.moveFrom(ctx, prev); err != nil || moved {
+				return moved, err
+			}
+		}
 	} else {
 		if r.lease != 0 {
-			if kept, err := r.keepIfHeld(ctx); err != nil || kept {
-				return kept, err
+			// Adopted from an agent whose workers shared a lease: the
+			// lease is not this registration's to keep alive or revoke
+			// (revoking it would delete the other workers' keys), so the
+			// key moves onto a lease of its own and keeps its slot.
+			shared, err := r.sharedWithOthers(ctx, r.lease)
+			if err != nil {
+				return false, err
 			}
-			// Best effort: a lease that survived on the server must not
-			// keep a second key alive next to the new claim.
-			if _, err := cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-				return false, fmt.Errorf("revoke previous lease %x: %w", int64(r.lease), err)
+			if !shared {
+				if kept, err := r.keepIfHeld(ctx); err != nil || kept {
+					return kept, err
+				}
+				// Best effort: a lease that survived on the server must not
+				// keep a second key alive next to the new claim.
+				if _, err := cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+					return false, fmt.Errorf("revoke previous lease %x: %w", int64(r.lease), err)
+				}
 			}
+			prev := r.lease
 			r.lease = 0
+			if shared {
+				grant, err := cli.Grant(ctx, r.ttlSec)
+				if err != nil {
+					return false, fmt.Errorf("grant lease: %w", err)
+				}
+				r.lease = grant.ID
+				if moved, err := r.moveFrom(ctx, prev); err != nil || moved {
+					return moved, err
+				}
+			}
 		}
-		grant, err := cli.Grant(ctx, r.ttlSec)
-		if err != nil {
-			return false, fmt.Errorf("grant lease: %w", err)
+		if r.lease == 0 {
+			grant, err := cli.Grant(ctx, r.ttlSec)
+			if err != nil {
+				return false, fmt.Errorf("grant lease: %w", err)
+			}
+			r.lease = grant.ID
 		}
-		r.lease = grant.ID
 	}
 	if r.holdTTLSec > 0 && r.holdLease == 0 {
 		if err := r.grantHold(ctx); err != nil {
@@ -563,6 +594,56 @@ func (r *Registrar) stillHeld(ctx context.Context) (bool, error) {
 	if len(resp.Kvs) == 1 && r.ours(resp.Kvs[0]) {
 		r.rev = resp.Header.Revision
 		return true, nil
+	}
+	return false, nil
+}
+
+// moveFrom puts the current key, if it still holds this registration on
+// lease from, onto r.lease in one transaction, and holds its slot as
+// keepIfHeld does: the registration keeps its slot, so its series keep
+// their instance, when it changes leases.
+func (r *Registrar) moveFrom(ctx context.Context, from clientv3.LeaseID) (bool, error) {
+	if r.key == "" {
+		return false, nil
+	}
+	resp, err := r.cfg.Client.Txn(ctx).If(
+		clientv3.Compare(clientv3.LeaseValue(r.key), "=", from),
+		clientv3.Compare(clientv3.Value(r.key), "=", string(r.value)),
+	).Then(clientv3.OpPut(r.key, string(r.value), clientv3.WithLease(r.lease))).Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		r.leaseNotFound(ctx)
+	}
+	if err != nil {
+		return false, fmt.Errorf("move %s onto lease %x: %w", r.key, int64(r.lease), err)
+	}
+	if !resp.Succeeded {
+		return false, nil
+	}
+	r.rev = resp.Header.Revision
+	r.log.Info("moved the adopted key onto this registration's lease", "key", r.key, "from", fmt.Sprintf("%x", int64(from)), "to", fmt.Sprintf("%x", int64(r.lease)))
+	r.keepHold(ctx)
+	return true, nil
+}
+
+// sharedWithOthers reports whether lease carries keys other than this
+// registration's key and its slot's hold: a lease shared by a host's
+// workers (Config.Lease), adopted after the agent stopped sharing it.
+func (r *Registrar) sharedWithOthers(ctx context.Context, lease clientv3.LeaseID) (bool, error) {
+	resp, err := r.cfg.Client.TimeToLive(ctx, lease, clientv3.WithAttachedKeys())
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return false, nil
+		}
+		return false, fmt.Errorf("keys on lease %x: %w", int64(lease), err)
+	}
+	hold := ""
+	if r.slot >= 0 {
+		hold = r.holdPrefix + strconv.Itoa(r.slot)
+	}
+	for _, k := range resp.Keys {
+		if string(k) != r.key && string(k) != hold {
+			return true, nil
+		}
 	}
 	return false, nil
 }
