@@ -168,6 +168,19 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 				last = fmt.Sprint(now)
 				return onNewLeases(now)
 			}, "keys %s, want the keys of before (%v) on the new mode's leases", poll.Latest(&last), before)
+			// Their holds likewise: on the agent's hold lease, or on one
+			// each (not on the old shared one, kept alive by whoever lives).
+			holds := h.leasesUnder(registrar.HoldPrefix(prefix))
+			distinct := map[int64]bool{}
+			for k, l := range holds {
+				if toShared && clientv3.LeaseID(l) != h.agent.holdLease.ID() {
+					t.Errorf("hold %s on lease %x, want the agent's hold lease %x", k, l, h.agent.holdLease.ID())
+				}
+				distinct[l] = true
+			}
+			if len(holds) != 2 || !toShared && len(distinct) != 2 {
+				t.Errorf("holds %v, want one for each live worker, on a lease each", holds)
+			}
 
 			cs[0].Process.Kill()
 			cs[0].Wait()

@@ -539,6 +539,7 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 			prev := r.lease
 			r.lease = 0
 			if shared {
+				r.holdLease = 0 // the host's hold lease went with it: a hold lease of its own too
 				grant, err := cli.Grant(ctx, r.ttlSec)
 				if err != nil {
 					return false, fmt.Errorf("grant lease: %w", err)
