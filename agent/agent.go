@@ -57,14 +57,15 @@ type Config struct {
 	// it exits. Optional, defaults to registrar.DefaultSlotHold; see
 	// registrar.Config.SlotHold.
 	SlotHold time.Duration
-	// SharedLease puts every worker's key on one lease of the agent's (and
-	// every slot hold on a second), kept alive once for the whole host,
-	// instead of a lease per worker: etcd then sees two keep-alive streams
-	// per host whatever the number of workers (docs/SCALING.md). A
-	// worker's exit deletes its key at once as before; the agent's death
-	// expires them all after the TTL, as before. Optional, defaults to a
-	// lease per worker.
-	SharedLease bool
+	// LeasePerWorker gives every worker's key an etcd lease of its own,
+	// kept alive by the agent. By default every key is on one lease of
+	// the agent's (and every slot hold on a second), kept alive once for
+	// the whole host: etcd then sees two keep-alive streams per host
+	// whatever the number of workers (docs/SCALING.md). Either way a
+	// worker's exit deletes its key at once and the agent's death expires
+	// them all after the TTL; an agent restarted with the other setting
+	// moves its workers' keys in place. Optional, defaults to false.
+	LeasePerWorker bool
 	// AdvertiseHost is the host part of the address registered for a
 	// request that gives only a port. Default: the local IP this host uses
 	// to reach the client's first endpoint, as package worker does.
@@ -118,7 +119,7 @@ type Agent struct {
 	saveMu      sync.Mutex
 	releaseLock func() // the state file's lock, from Start to Close
 
-	// With Config.SharedLease: the leases of every key and every hold.
+	// Unless Config.LeasePerWorker: the leases of every key and every hold.
 	lease, holdLease *registrar.SharedLease
 }
 
@@ -231,9 +232,9 @@ func (a *Agent) Start(ctx context.Context) error {
 }
 
 // startSharedLeases starts keeping the shared leases alive (with
-// Config.SharedLease), resuming those of an earlier agent process.
+// unless Config.LeasePerWorker), resuming those of an earlier agent process.
 func (a *Agent) startSharedLeases(lease, hold clientv3.LeaseID) {
-	if !a.cfg.SharedLease {
+	if a.cfg.LeasePerWorker {
 		return
 	}
 	a.lease = registrar.NewSharedLease(a.cfg.Client, a.cfg.TTL, lease, a.log.Named("lease"))

@@ -80,7 +80,7 @@ func BenchmarkKeepAlives(b *testing.B) {
 			h := newHarness(b, nil, func(c *Config) {
 				quiet(c)
 				c.TTL = registrar.DefaultTTL
-				c.SharedLease = mode == "per-host"
+				c.LeasePerWorker = mode == "per-worker"
 			})
 			for i := range workers {
 				c := child(b)

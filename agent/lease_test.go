@@ -16,14 +16,14 @@ import (
 	"github.com/workersd/workersd/registrar"
 )
 
-// Issue 13, acceptance 5: with SharedLease, every worker's key is on the
+// Issue 13, acceptance 5: by default, every worker's key is on the
 // agent's one lease and every hold on its one hold lease; kill -9 of a
 // worker still removes its key within 200 ms and moves its hold onto a
 // lease of its own; an agent restart adopts the live workers (same keys,
 // same lease, no duplicate) and releases the worker that died meanwhile;
 // a stopped agent's keys expire with the TTL.
 func TestSharedLeaseAgent(t *testing.T) {
-	h := newHarness(t, nil, func(c *Config) { c.SharedLease = true; c.SlotHold = time.Second })
+	h := newHarness(t, nil, func(c *Config) { c.SlotHold = time.Second })
 	var cs []*exec.Cmd
 	for i := range 3 {
 		c := child(t)
@@ -117,7 +117,7 @@ func TestSharedLeaseAgent(t *testing.T) {
 func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 	for _, toShared := range []bool{true, false} {
 		t.Run(map[bool]string{true: "per-worker to per-host", false: "per-host to per-worker"}[toShared], func(t *testing.T) {
-			h := newHarness(t, nil, func(c *Config) { c.SharedLease = !toShared; c.SlotHold = time.Second })
+			h := newHarness(t, nil, func(c *Config) { c.LeasePerWorker = toShared; c.SlotHold = time.Second })
 			var cs []*exec.Cmd
 			for i := range 2 {
 				c := child(t)
@@ -140,7 +140,7 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 			t.Cleanup(cancel)
 			wch := h.cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
 
-			h.cfg.SharedLease = toShared
+			h.cfg.LeasePerWorker = !toShared
 			h.start()
 			defer h.stop()
 			// The same keys, on the agent's one lease, or on one lease
@@ -162,25 +162,24 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 				}
 				return toShared || len(distinct) == len(now)
 			}
-			var last string
-			poll.Until(t, 5*time.Second, func() bool {
-				now := h.leases()
-				last = fmt.Sprint(now)
-				return onNewLeases(now)
-			}, "keys %s, want the keys of before (%v) on the new mode's leases", poll.Latest(&last), before)
 			// Their holds likewise: on the agent's hold lease, or on one
 			// each (not on the old shared one, kept alive by whoever lives).
-			holds := h.leasesUnder(registrar.HoldPrefix(prefix))
-			distinct := map[int64]bool{}
-			for k, l := range holds {
-				if toShared && clientv3.LeaseID(l) != h.agent.holdLease.ID() {
-					t.Errorf("hold %s on lease %x, want the agent's hold lease %x", k, l, h.agent.holdLease.ID())
+			holdsMoved := func(holds map[string]int64) bool {
+				distinct := map[int64]bool{}
+				for _, l := range holds {
+					if toShared && clientv3.LeaseID(l) != h.agent.holdLease.ID() {
+						return false
+					}
+					distinct[l] = true
 				}
-				distinct[l] = true
+				return len(holds) == 2 && (toShared || len(distinct) == 2)
 			}
-			if len(holds) != 2 || !toShared && len(distinct) != 2 {
-				t.Errorf("holds %v, want one for each live worker, on a lease each", holds)
-			}
+			var last string
+			poll.Until(t, 5*time.Second, func() bool {
+				now, holds := h.leases(), h.leasesUnder(registrar.HoldPrefix(prefix))
+				last = fmt.Sprint(now, holds)
+				return onNewLeases(now) && holdsMoved(holds)
+			}, "keys and holds %s, want the keys of before (%v) and their holds on the new mode's leases", poll.Latest(&last), before)
 
 			cs[0].Process.Kill()
 			cs[0].Wait()

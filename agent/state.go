@@ -26,7 +26,7 @@ const stateVersion = 1
 type stateFile struct {
 	Version int          `json:"version"`
 	Workers []stateEntry `json:"workers"`
-	// With Config.SharedLease: the leases of every key and hold, resumed
+	// Unless Config.LeasePerWorker: the leases of every key and hold, resumed
 	// by the next agent process.
 	SharedLease     clientv3.LeaseID `json:"shared_lease,omitempty"`
 	SharedHoldLease clientv3.LeaseID `json:"shared_hold_lease,omitempty"`
@@ -121,7 +121,7 @@ func (a *Agent) recoverState(readErr error) stateFile {
 			Job: reg.Job, Value: reg.Value, Key: string(kv.Key), Lease: clientv3.LeaseID(kv.Lease),
 		})
 	}
-	if a.cfg.SharedLease && len(st.Workers) > 0 {
+	if !a.cfg.LeasePerWorker && len(st.Workers) > 0 {
 		// An agent's workers share its lease: resume it. The hold lease
 		// is granted anew and the holds put back on it.
 		st.SharedLease = st.Workers[0].Lease

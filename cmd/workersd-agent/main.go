@@ -98,8 +98,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("advertise.host", "Host (IP or name) registered for workers that give only a port. Default: the local IP used to reach the first etcd endpoint.").StringVar(&f.advertiseHost)
 	app.Flag("ttl", "Lease TTL of each registration: how long registrations outlive a stopped agent.").Default(registrar.DefaultTTL.String()).DurationVar(&f.ttl)
 	app.Flag("slot-hold", "How long a worker's slot stays taken after it exits, so its replacement writes new series until Prometheus has dropped the old target: at least the scrape interval plus 15s. 0s: reuse at once (totals may miss restarts).").Default(registrar.DefaultSlotHold.String()).DurationVar(&f.slotHold)
-	app.Flag("lease", "per-worker: a lease for each worker's key. per-host: one lease for all of them (and one for all slot holds), kept alive once for the host: far fewer keep-alives for etcd with many workers (docs/SCALING.md); a worker's exit still removes its key at once.").
-		Default("per-worker").EnumVar(&f.lease, "per-worker", "per-host")
+	app.Flag("lease", "per-host: one lease for all the workers' keys (and one for all slot holds), kept alive once for the host: far fewer keep-alives for etcd with many workers (docs/SCALING.md). per-worker: a lease for each worker's key. Either way a worker's exit removes its key at once, and a restart with the other setting keeps every worker on its slot.").
+		Default("per-host").EnumVar(&f.lease, "per-worker", "per-host")
 	app.Flag("listen.socket", "Unix socket of the API (mode 0660). Empty: none.").Default(defaultSocket).StringVar(&f.socket)
 	app.Flag("listen.address", "Optional loopback TCP address of the API, e.g. 127.0.0.1:9589; needs --listen.token-file.").StringVar(&f.address)
 	app.Flag("listen.token-file", "File holding the bearer token every request on --listen.address must carry (Authorization: Bearer <token>). Such a caller may act for any user.").StringVar(&f.tokenFile)
@@ -221,7 +221,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		Host:           f.host,
 		TTL:            f.ttl,
 		SlotHold:       holdOrOff(f.slotHold),
-		SharedLease:    f.lease == "per-host",
+		LeasePerWorker: f.lease == "per-worker",
 		AdvertiseHost:  f.advertiseHost,
 		StateFile:      f.stateFile,
 		DisablePidfd:   f.disablePidfd,
