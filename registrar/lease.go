@@ -27,6 +27,8 @@ type SharedLease struct {
 	ttlSec int64
 	log    hclog.Logger
 
+	grantMu sync.Mutex // one grant at a time, without holding mu over it
+
 	mu      sync.Mutex
 	id      clientv3.LeaseID
 	lost    chan struct{} // closed when id is lost
@@ -56,20 +58,31 @@ func (l *SharedLease) ID() clientv3.LeaseID {
 
 // Acquire returns the current lease, granting one if there is none, and a
 // channel closed when that lease is lost.
+//
+// The grant's round trip to etcd holds no lock that ID takes: with etcd
+// down it lasts until ctx ends, and an agent answering its API must not
+// wait for etcd (it records ID in its state file).
 func (l *SharedLease) Acquire(ctx context.Context) (clientv3.LeaseID, <-chan struct{}, error) {
+	l.grantMu.Lock()
+	defer l.grantMu.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.id != 0 {
-		return l.id, l.lost, nil
+	id, lost := l.id, l.lost
+	l.mu.Unlock()
+	if id != 0 {
+		return id, lost, nil
 	}
 	resp, err := l.cli.Grant(ctx, l.ttlSec)
 	if err != nil {
 		return 0, nil, fmt.Errorf("grant shared lease: %w", err)
 	}
-	l.id = resp.ID
+	// Nobody else changes id while it is 0 and grantMu is held: drop acts
+	// on the current id only.
+	l.mu.Lock()
+	l.id, lost = resp.ID, l.lost
 	close(l.granted)
-	l.log.Info("shared lease granted", "lease", fmt.Sprintf("%x", int64(l.id)), "ttl_s", l.ttlSec)
-	return l.id, l.lost, nil
+	l.mu.Unlock()
+	l.log.Info("shared lease granted", "lease", fmt.Sprintf("%x", int64(resp.ID)), "ttl_s", l.ttlSec)
+	return resp.ID, lost, nil
 }
 
 // drop marks id lost (if it is still the current lease): registrations on
