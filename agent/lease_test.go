@@ -24,14 +24,7 @@ import (
 // a stopped agent's keys expire with the TTL.
 func TestSharedLeaseAgent(t *testing.T) {
 	h := newHarness(t, nil, func(c *Config) { c.SlotHold = time.Second })
-	var cs []*exec.Cmd
-	for i := range 3 {
-		c := child(t)
-		if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9100 + i, "pid": c.Process.Pid}); code != 201 || w["state"] != "registered" {
-			t.Fatalf("register: %d %v", code, w)
-		}
-		cs = append(cs, c)
-	}
+	cs := h.registerChildren(3)
 	shared := h.agent.lease.ID()
 	for k, l := range h.leases() {
 		if clientv3.LeaseID(l) != shared {
@@ -118,14 +111,7 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 	for _, toShared := range []bool{true, false} {
 		t.Run(map[bool]string{true: "per-worker to per-host", false: "per-host to per-worker"}[toShared], func(t *testing.T) {
 			h := newHarness(t, nil, func(c *Config) { c.LeasePerWorker = toShared; c.SlotHold = time.Second })
-			var cs []*exec.Cmd
-			for i := range 2 {
-				c := child(t)
-				if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9100 + i, "pid": c.Process.Pid}); code != 201 || w["state"] != "registered" {
-					t.Fatalf("register: %d %v", code, w)
-				}
-				cs = append(cs, c)
-			}
+			cs := h.registerChildren(2)
 			before := h.leases()
 			keyOf := map[int]string{}
 			for _, w := range h.agent.List() {
@@ -203,4 +189,19 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 			}
 		})
 	}
+}
+
+// registerChildren starts n processes and registers each for job api on
+// ports 9100 and up.
+func (h *harness) registerChildren(n int) []*exec.Cmd {
+	h.t.Helper()
+	var cs []*exec.Cmd
+	for i := range n {
+		c := child(h.t)
+		if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9100 + i, "pid": c.Process.Pid}); code != 201 || w["state"] != "registered" {
+			h.t.Fatalf("register: %d %v", code, w)
+		}
+		cs = append(cs, c)
+	}
+	return cs
 }
