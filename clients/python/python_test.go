@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/clienttest"
 )
 
 func TestPythonClient(t *testing.T) {
@@ -26,17 +26,8 @@ func TestPythonClient(t *testing.T) {
 	site := filepath.Join(dir, "site")
 	run(t, src, nil, py, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "--no-index", "--target", site, ".")
 
-	bin := filepath.Join(dir, "bin")
-	if err := buildtest.Build(bin, "./cmd/workersd-agent"); err != nil {
-		t.Fatal(err)
-	}
-	etcd := etcdtest.Start(t)
-	run(t, "tests", []string{
-		"PYTHONPATH=" + site + ":.",
-		"WORKERSD_AGENT_BIN=" + filepath.Join(bin, "workersd-agent"),
-		"WORKERSD_ETCD_ENDPOINTS=" + etcd.Endpoint(),
-		"PYTHONDONTWRITEBYTECODE=1",
-	}, py, "-m", "unittest", "discover", "-v", "-t", ".", "-s", ".")
+	clienttest.Run(t, "tests", []string{"PYTHONPATH=" + site + ":.", "PYTHONDONTWRITEBYTECODE=1"},
+		py, "-m", "unittest", "discover", "-v", "-t", ".", "-s", ".")
 }
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) {
