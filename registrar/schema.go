@@ -1,11 +1,11 @@
 package registrar
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -16,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/common/model"
+
+	"github.com/workersd/workersd/internal/strictjson"
 )
 
 // Key schema v1. See docs/KEYS.md for the same rules written for people who
@@ -317,8 +319,14 @@ func (v Value) Encode() ([]byte, error) {
 	return b, nil
 }
 
-// DecodeValue parses and validates a stored value. Unknown fields are refused:
-// v1 is fixed, and a later schema lives under another prefix.
+// DecodeValue parses and validates a stored value. It reads JSON strictly
+// (internal/strictjson): field names exactly as Encode writes them, no key
+// twice at any level (labels included), no unknown field (v1 is fixed, and a
+// later schema lives under another prefix), nothing after the object. Go's
+// encoding/json alone matches names case-insensitively and lets the last
+// duplicate win, so {"address":"127.0.0.1:80","Address":"169.254.169.254:80"}
+// became a target of the second address while every other reader saw the
+// first. The error names the field at fault.
 func DecodeValue(b []byte) (Value, error) {
 	if len(b) > MaxValueSize {
 		return Value{}, fieldErr("value", "%d bytes, at most %d allowed", len(b), MaxValueSize)
@@ -326,14 +334,13 @@ func DecodeValue(b []byte) (Value, error) {
 	if !utf8.Valid(b) {
 		return Value{}, fieldErr("value", "not valid UTF-8")
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var v Value
-	if err := dec.Decode(&v); err != nil {
+	if err := strictjson.Unmarshal(b, &v); err != nil {
+		var se *strictjson.Error
+		if errors.As(err, &se) && se.Field != "" {
+			return Value{}, fieldErr(se.Field, "%s", se.Msg)
+		}
 		return Value{}, fieldErr("value", "invalid JSON: %v", err)
-	}
-	if dec.More() {
-		return Value{}, fieldErr("value", "trailing data after the JSON object")
 	}
 	if err := v.validateFields(); err != nil {
 		return Value{}, err

@@ -34,7 +34,17 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 	good := `{"address":"10.0.0.5:1"}`
 	cases := []struct{ name, key, value, field string }{
 		{"bad json", "/workersd/v1/a/h/0", `{"address":`, "value"},
-		{"unknown field", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","x":1}`, "value"},
+		{"unknown field", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","x":1}`, "x"},
+		// Issue 21: encoding/json let the last duplicate win and matched
+		// names case-insensitively; the second address became the target.
+		{"duplicate address", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","address":"169.254.169.254:80"}`, "address"},
+		{"address in another case", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","Address":"169.254.169.254:80"}`, "Address"},
+		{"only another case", "/workersd/v1/a/h/0", `{"ADDRESS":"169.254.169.254:80"}`, "ADDRESS"},
+		{"Unicode case folding", "/workersd/v1/a/h/0", `{"addreſs":"169.254.169.254:80"}`, "addreſs"},
+		{"duplicate after unescaping", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","\u0061ddress":"169.254.169.254:80"}`, "address"},
+		{"duplicate metrics path", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","metrics_path":"/m","metrics_path":"/latest/meta-data/"}`, "metrics_path"},
+		{"duplicate label", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","labels":{"env":"prod","env":"dev"}}`, "labels.env"},
+		{"wrong type", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","pid":"1"}`, "pid"},
 		{"trailing data", "/workersd/v1/a/h/0", good + `{}`, "value"},
 		{"address label override", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","labels":{"__address__":"evil:1"}}`, "labels.__address__"},
 		{"invalid label name", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","labels":{"a-b":"1"}}`, "labels.a-b"},
