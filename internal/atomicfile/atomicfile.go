@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 )
 
 // TempDir is the directory, beside the file written, where Write writes
@@ -27,6 +29,11 @@ const TempDir = ".atomicfile"
 // the directory. The directories are created (0755) when missing. On error
 // before the rename the previous file is left as it was and the temporary
 // file is removed; an error after it is a *NotDurableError.
+//
+// The first Write (or Replace) of a process into a directory also removes
+// the temporaries that processes which died mid-write left there (Clean),
+// so crashes do not pile them up; those of writers still at work, in this
+// process or another, are left alone.
 //
 // It replaces only a regular file: a directory, device, socket, FIFO or
 // symbolic link at path is an error (callers that follow links resolve them
@@ -56,13 +63,18 @@ func write(path string, data []byte, mode os.FileMode, durable bool) (err error)
 	if dir == "" {
 		dir = "."
 	}
-	if err := os.MkdirAll(filepath.Join(dir, TempDir), 0o755); err != nil {
+	tmpDir := filepath.Join(dir, TempDir)
+	if err := os.MkdirAll(tmpDir, 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(filepath.Join(dir, TempDir), name+".tmp-*")
+	cleanOnce(dir)
+	f, unlock, err := createTemp(tmpDir, name+tmpInfix+"*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	// The lock marks the temporary as a live writer's until it is renamed
+	// or removed: it outlives f's Close.
+	defer unlock()
 	tmp := f.Name()
 	defer func() {
 		if err != nil {
@@ -85,6 +97,9 @@ func write(path string, data []byte, mode os.FileMode, durable bool) (err error)
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	if testHookBeforeRename != nil {
+		testHookBeforeRename()
+	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -97,8 +112,67 @@ func write(path string, data []byte, mode os.FileMode, durable bool) (err error)
 	return nil
 }
 
+// tmpInfix is in the name of every temporary: <file name>.tmp-<random>.
+const tmpInfix = ".tmp-"
+
+// testHookBeforeRename, when set by a test, runs after the temporary is
+// written and closed, before it is renamed into place.
+var testHookBeforeRename func()
+
+// cleaned holds the directories this process has cleaned of stale
+// temporaries (see cleanOnce).
+var cleaned sync.Map
+
+// cleanOnce cleans dir's TempDir the first time this process writes into
+// dir. A failure is not the write's: the next start tries again.
+func cleanOnce(dir string) {
+	key := dir
+	if abs, err := filepath.Abs(dir); err == nil {
+		key = abs
+	}
+	if _, done := cleaned.LoadOrStore(key, true); !done {
+		Clean(dir)
+	}
+}
+
+// Clean removes from dir's TempDir the temporaries that no live writer
+// owns: a writer holds an exclusive lock (flock) on its temporary from its
+// creation until it is renamed into place or removed, and the kernel drops
+// the lock when the process dies, however it dies (kill -9, OOM). So a
+// temporary whose lock Clean can take was left by a dead process, and one
+// being written, by this process or any other on the host, is kept.
+// Write cleans each directory the first time a process writes into it;
+// call Clean for a directory written rarely. It returns the names removed.
+// On file systems without flock (and on platforms other than Unix) it
+// removes nothing: it cannot tell a live writer from a dead one there.
+func Clean(dir string) ([]string, error) {
+	tmpDir := filepath.Join(dir, TempDir)
+	ents, err := os.ReadDir(tmpDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("clean %s: %w", tmpDir, err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.Contains(e.Name(), tmpInfix) {
+			continue
+		}
+		ok, err := removeIfStale(filepath.Join(tmpDir, e.Name()))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if ok {
+			removed = append(removed, e.Name())
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
 // Temporaries lists the temporary files Write left in dir: none, unless
-// a process died between creating one and renaming it.
+// a process died between creating one and renaming it, or one is writing.
 func Temporaries(dir string) []string {
 	ents, _ := os.ReadDir(filepath.Join(dir, TempDir))
 	var names []string
