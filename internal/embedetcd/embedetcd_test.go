@@ -22,6 +22,7 @@ import (
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/metrictest"
+	"github.com/workersd/workersd/internal/nospacetest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 )
@@ -243,27 +244,6 @@ func retention(t *testing.T) time.Duration {
 	return 100 * time.Millisecond
 }
 
-// fill puts values of 100 KB under prefix until etcd refuses one for lack
-// of space, and returns how many it took. It fails the test if etcd never
-// refuses within max.
-func fill(t *testing.T, cli *clientv3.Client, prefix string, max int) int {
-	t.Helper()
-	value := strings.Repeat("x", 100<<10)
-	for i := range max {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := cli.Put(ctx, fmt.Sprintf("%s%04d", prefix, i), value)
-		cancel()
-		if errors.Is(err, rpctypes.ErrNoSpace) {
-			return i
-		}
-		if err != nil {
-			t.Fatalf("put %d: %v", i, err)
-		}
-	}
-	t.Fatalf("%d puts of 100 KB and etcd has not refused one", max)
-	return 0
-}
-
 func alarms(t *testing.T, cli *clientv3.Client) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -340,7 +320,7 @@ func TestNoSpaceHealsOnceSpaceIsFreed(t *testing.T) {
 	if srv.Quota() != 4<<20 {
 		t.Errorf("Quota() = %d", srv.Quota())
 	}
-	n := fill(t, cli, "/fill/", 200)
+	n := nospacetest.Fill(t, cli, "/fill/", 200)
 	if got := alarms(t, cli); fmt.Sprint(got) != "[NOSPACE]" {
 		t.Fatalf("after %d puts and a refusal, alarms %v", n, got)
 	}
