@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/backoff"
@@ -25,6 +26,11 @@ import (
 const (
 	DefaultPollInterval = 100 * time.Millisecond
 	DefaultRegisterWait = 500 * time.Millisecond
+	DefaultRemoveWait   = time.Second
+	// DefaultReconcileInterval: a key left on the host lease (a removal
+	// that could not know its key) is a phantom target for at most this
+	// long.
+	DefaultReconcileInterval = time.Minute
 	// MaxBodySize bounds one API request: a registration is a few hundred
 	// bytes.
 	MaxBodySize = 64 << 10
@@ -81,6 +87,19 @@ type Config struct {
 	// RegisterWait bounds how long a registration request waits for the
 	// key to be in etcd before answering "pending"; negative: not at all.
 	RegisterWait time.Duration
+	// RemoveWait bounds how long a removal (a worker's exit, a DELETE)
+	// waits for etcd before the agent answers "removal_pending" and goes
+	// on in the background; a pending removal is in the state file, so a
+	// restarted agent finishes it instead of adopting the worker again.
+	// Optional, defaults to DefaultRemoveWait.
+	RemoveWait time.Duration
+	// ReconcileInterval is how often the agent looks for keys and holds on
+	// its host lease that no live registration owns, and removes them:
+	// the net under every removal, since a key on the host lease lives as
+	// long as the agent. The first look is at start. Optional, defaults to
+	// DefaultReconcileInterval; negative turns it off. Unused with
+	// LeasePerWorker, where every key dies with its own lease.
+	ReconcileInterval time.Duration
 	// MaxPerUser bounds the live registrations of one user. Optional,
 	// defaults to DefaultMaxPerUser.
 	MaxPerUser int
@@ -106,7 +125,7 @@ type Agent struct {
 
 	ctx    context.Context // lives from Start to Close; parent of every registration
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // watchers, the state syncer, revokes of dead leases
+	wg     sync.WaitGroup // watchers, lease followers, removals, the reconciler
 
 	opMu sync.Mutex // serializes Register and API deregistration
 
@@ -115,6 +134,9 @@ type Agent struct {
 	closed  bool
 	byID    map[string]*entry
 	byPID   map[int]*entry
+	// removals ended but not yet known gone from etcd, by entry ID;
+	// persisted with the workers.
+	removals map[string]*removal
 
 	saveMu      sync.Mutex
 	releaseLock func() // the state file's lock, from Start to Close
@@ -131,6 +153,7 @@ type entry struct {
 	startTicks uint64
 	job        string
 	value      registrar.Value
+	encoded    []byte // value as registered: tells its keys from orphans
 	reg        *registrar.Registrar
 	proc       *procHandle
 	cancel     context.CancelFunc // ends the watcher and the registration loop
@@ -170,6 +193,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.RegisterWait == 0 {
 		cfg.RegisterWait = DefaultRegisterWait
 	}
+	if cfg.RemoveWait <= 0 {
+		cfg.RemoveWait = DefaultRemoveWait
+	}
+	if cfg.ReconcileInterval == 0 {
+		cfg.ReconcileInterval = DefaultReconcileInterval
+	}
 	if cfg.MaxPerUser <= 0 {
 		cfg.MaxPerUser = DefaultMaxPerUser
 	}
@@ -181,11 +210,12 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	return &Agent{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		m:     m,
-		byID:  map[string]*entry{},
-		byPID: map[int]*entry{},
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        m,
+		byID:     map[string]*entry{},
+		byPID:    map[int]*entry{},
+		removals: map[string]*removal{},
 	}, nil
 }
 
@@ -223,11 +253,12 @@ func (a *Agent) Start(ctx context.Context) error {
 		for _, se := range st.Workers {
 			a.restore(se)
 		}
-		a.sweep()
 		a.persist()
+		a.startReconciler()
 		return nil
 	}
 	a.startSharedLeases(0, 0)
+	a.startReconciler()
 	return nil
 }
 
@@ -256,84 +287,35 @@ func (a *Agent) slotHold() time.Duration {
 	return a.cfg.SlotHold
 }
 
-// sweep releases the keys and holds on the resumed shared leases that no
-// adopted registration owns: those of workers whose removal an earlier
-// agent process could not finish. Left alone they would live as long as
-// the shared lease, that is for ever.
-func (a *Agent) sweep() {
-	if a.lease == nil || a.lease.ID() == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
-	defer cancel()
-	lease, hold := a.lease.ID(), clientv3.LeaseID(0)
-	if a.holdLease != nil {
-		hold = a.holdLease.ID()
-	}
-	// Start calls this before the API serves: no registration can come
-	// meanwhile. A restored one may claim a new slot concurrently, hence
-	// its registrar's key as well as the recorded one.
-	a.mu.Lock()
-	owned := map[string]bool{}
-	for _, e := range a.byID {
-		owned[e.key] = true
-		owned[e.reg.State().Key] = true
-	}
-	a.mu.Unlock()
-	for _, p := range []string{a.cfg.Prefix, registrar.HoldPrefix(a.cfg.Prefix)} {
-		resp, err := a.cfg.Client.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-		if err != nil {
-			a.log.Warn("cannot look for registrations left on the shared lease", "error", err)
-			return
-		}
-		for _, kv := range resp.Kvs {
-			k, err := registrar.ParseKey(p, string(kv.Key))
-			if err != nil {
-				continue // not a slot's key: nothing a registrar wrote
-			}
-			if p != a.cfg.Prefix {
-				if hold == 0 || clientv3.LeaseID(kv.Lease) != hold {
-					continue
-				}
-				k.Prefix = a.cfg.Prefix // the registration of this hold
-			} else if clientv3.LeaseID(kv.Lease) != lease {
-				continue
-			}
-			key := k.String()
-			if owned[key] {
-				continue
-			}
-			owned[key] = true // once for a key and its hold
-			a.log.Info("releasing a registration left on the shared lease", "key", key)
-			a.releaseLater(key, lease, hold)
-		}
-	}
-}
-
 // restore adopts one registration of an earlier agent process.
 func (a *Agent) restore(se stateEntry) {
 	log := a.log.With("pid", se.PID, "job", se.Job, "key", se.Key)
+	if se.Removing {
+		log.Info("finishing a removal an earlier agent process could not finish")
+		a.dropLater(se)
+		return
+	}
 	a.mu.Lock()
 	_, dup := a.byPID[se.PID]
 	a.mu.Unlock()
 	if dup || !alive(se.PID, se.StartTicks) {
 		log.Info("worker exited while the agent was down; revoking its lease")
 		a.m.deregistrations.WithLabelValues("exited").Inc()
-		a.dropLater(se.Key, se.Lease, se.HoldLease)
+		a.dropLater(se)
 		return
 	}
 	uid, err := processOwner(se.PID)
 	if err != nil {
 		log.Info("not adopting the registration: its process is gone or cannot be a worker; revoking its lease", "error", err)
 		a.m.deregistrations.WithLabelValues("exited").Inc()
-		a.dropLater(se.Key, se.Lease, se.HoldLease)
+		a.dropLater(se)
 		return
 	}
 	proc, err := openProc(se.PID, se.StartTicks, a.cfg.PollInterval, !a.cfg.DisablePidfd)
 	if err != nil {
 		log.Info("worker exited while the agent was down; revoking its lease", "error", err)
 		a.m.deregistrations.WithLabelValues("exited").Inc()
-		a.dropLater(se.Key, se.Lease, se.HoldLease)
+		a.dropLater(se)
 		return
 	}
 	resume := registrar.Resume{Key: se.Key, Lease: se.Lease, HoldLease: se.HoldLease}
@@ -342,19 +324,19 @@ func (a *Agent) restore(se stateEntry) {
 		// Another host name or prefix than before: the old key cannot be
 		// adopted, so it must not outlive its lease next to a new one.
 		log.Warn("cannot adopt the previous registration; registering anew", "error", err)
-		a.dropLater(se.Key, se.Lease, se.HoldLease)
+		a.dropLater(se)
 		se.Key, se.Lease, se.HoldLease = "", 0, 0
 		reg, err = a.newRegistrar(se.Job, se.Value, registrar.Resume{})
 	}
 	if err != nil {
 		log.Error("dropping an invalid entry of the state file", "error", err)
 		proc.close()
-		a.dropLater(se.Key, se.Lease, se.HoldLease)
+		a.dropLater(se)
 		return
 	}
 	e := &entry{
 		id: se.ID, pid: se.PID, uid: uid, startTicks: se.StartTicks, job: se.Job, value: se.Value,
-		reg: reg, proc: proc, key: se.Key, lease: se.Lease, holdLease: se.HoldLease,
+		encoded: reg.Removal().Value, reg: reg, proc: proc, key: se.Key, lease: se.Lease, holdLease: se.HoldLease,
 	}
 	a.mu.Lock()
 	a.add(e)
@@ -363,50 +345,88 @@ func (a *Agent) restore(se stateEntry) {
 	log.Info("adopted the registration of a live worker", "watch", e.watchMethod())
 }
 
-// dropLater ends the registration of a process that is gone, without
-// holding up the start when etcd is down: a lease of its own is revoked
-// (or expires), a key on the shared lease is released (ReleaseShared).
-func (a *Agent) dropLater(key string, lease, hold clientv3.LeaseID) {
-	if a.lease != nil {
-		if key != "" {
-			a.releaseLater(key, lease, hold)
-		}
-		return
+// dropLater ends, in the background, a registration of an earlier agent
+// process that is not adopted (its process is gone, or its removal was
+// pending): a lease of its own is revoked, a key on the shared lease
+// released (registrar.ReleaseShared). It stays in the state file until
+// done.
+func (a *Agent) dropLater(se stateEntry) {
+	if se.Lease == 0 || (a.lease != nil && se.Key == "") {
+		return // nothing known to remove; the reconciler finds any key left
 	}
-	if lease == 0 {
-		return
+	se.Removing = true
+	var value []byte
+	if b, err := se.Value.Encode(); err == nil {
+		value = b
 	}
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
-		defer cancel()
-		if _, err := a.cfg.Client.Revoke(ctx, lease); err != nil {
-			a.log.Debug("revoke of a dead worker's lease failed; it expires on its own", "lease", fmt.Sprintf("%x", int64(lease)), "error", err)
+	rm := &removal{se: se}
+	rm.do = func(ctx context.Context) error {
+		if a.lease == nil {
+			if _, err := a.cfg.Client.Revoke(ctx, se.Lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				return fmt.Errorf("revoke lease %x of %s: %w", int64(se.Lease), se.Key, err)
+			}
+			return nil
 		}
-	}()
+		res, err := registrar.ReleaseShared(ctx, a.cfg.Client, a.cfg.Prefix,
+			registrar.Removal{Key: se.Key, Value: value, Lease: se.Lease, HoldLease: se.HoldLease}, a.cfg.TTL, a.slotHold())
+		if err == nil {
+			rm.deleted = res.Deleted
+			a.noteHoldDropped(res, se.Key)
+		}
+		return err
+	}
+	a.mu.Lock()
+	a.removals[se.ID] = rm
+	a.mu.Unlock()
+	a.wg.Go(func() { a.retryRemoval(rm) })
 }
 
-// releaseLater releases a key on a shared lease in the background, trying
-// until it succeeds or the agent closes: unlike a lease of its own, a key
-// on the shared lease does not expire while the agent lives.
-func (a *Agent) releaseLater(key string, lease, hold clientv3.LeaseID) {
-	a.wg.Go(func() {
-		for failures := 0; ; failures++ {
-			ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
-			err := registrar.ReleaseShared(ctx, a.cfg.Client, a.cfg.Prefix, key, lease, hold, a.cfg.TTL, a.slotHold())
-			cancel()
-			if err == nil || a.ctx.Err() != nil {
-				return
+// removal is a registration the agent ended that etcd may still hold.
+type removal struct {
+	se      stateEntry // as persisted, Removing set
+	do      func(ctx context.Context) error
+	deleted bool // set by do: a key was deleted
+}
+
+// retryRemoval tries rm until it succeeds or the agent closes (the state
+// file then keeps it for the next agent process), and forgets it once
+// done.
+func (a *Agent) retryRemoval(rm *removal) {
+	for failures := 0; ; failures++ {
+		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
+		err := rm.do(ctx)
+		cancel()
+		if err == nil {
+			a.mu.Lock()
+			if a.removals[rm.se.ID] == rm {
+				delete(a.removals, rm.se.ID)
 			}
-			a.log.Warn("cannot release a registration on the shared lease; retrying", "key", key, "error", err)
-			select {
-			case <-time.After(releaseBackoff.Delay(failures)):
-			case <-a.ctx.Done():
-				return
-			}
+			a.mu.Unlock()
+			a.persist()
+			a.log.Info("pending removal done", "pid", rm.se.PID, "key", rm.se.Key, "deleted", rm.deleted)
+			return
 		}
-	})
+		if a.ctx.Err() != nil {
+			return
+		}
+		if failures == 0 || registrar.IsNoSpace(err) {
+			a.log.Warn("cannot remove a registration yet; retrying", "pid", rm.se.PID, "key", rm.se.Key, "error", err)
+		}
+		select {
+		case <-time.After(releaseBackoff.Delay(failures)):
+		case <-a.ctx.Done():
+			return
+		}
+	}
+}
+
+// noteHoldDropped counts and logs a hold deleted with its key for want of
+// space in etcd (registrar.Released).
+func (a *Agent) noteHoldDropped(res registrar.Released, key string) {
+	if res.HoldDropped {
+		a.m.holdsDropped.Inc()
+		a.log.Warn("etcd is out of space: the slot's hold was deleted with the key; the slot may be reused before its hold would have ended", "key", key)
+	}
 }
 
 func (a *Agent) newRegistrar(job string, v registrar.Value, resume registrar.Resume) (*registrar.Registrar, error) {
@@ -454,18 +474,19 @@ func (a *Agent) followLease(ctx context.Context, e *entry) {
 	}
 }
 
-// remove revokes e's registration. It reports false if e was removed
+// remove ends e's registration. It reports false if e was removed
 // already (the API and the watcher may race).
-func (a *Agent) remove(ctx context.Context, e *entry, reason string) bool {
+func (a *Agent) remove(e *entry, reason string) (removed, ok bool) {
 	if !a.take(e, reason) {
-		return false
+		return false, false
 	}
-	a.revoke(ctx, e)
-	return true
+	return a.revoke(e, false), true
 }
 
-// take forgets e, so nothing else revokes or persists it; false if it was
-// taken already. Cheap: callers holding opMu take, then revoke without it.
+// take forgets e as a live registration and records it as a removal, so
+// nothing else revokes it and a restarted agent does not adopt it; false
+// if it was taken already. Cheap: callers holding opMu take, then revoke
+// without it.
 func (a *Agent) take(e *entry, reason string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -474,32 +495,71 @@ func (a *Agent) take(e *entry, reason string) bool {
 	}
 	delete(a.byID, e.id)
 	delete(a.byPID, e.pid)
+	rm := &removal{se: e.stateEntry()}
+	rm.se.Removing = true
+	rm.do = func(ctx context.Context) error {
+		if err := e.reg.Deregister(ctx); err != nil {
+			return err
+		}
+		st := e.reg.State()
+		rm.deleted = st.Removed != ""
+		a.noteHoldDropped(registrar.Released{HoldDropped: st.HoldDropped}, st.Key)
+		return nil
+	}
+	a.removals[e.id] = rm
 	a.m.workers.Set(float64(len(a.byID)))
 	a.m.deregistrations.WithLabelValues(reason).Inc()
 	return true
 }
 
-// revoke deregisters a taken entry; it may wait for etcd up to the TTL.
-// The caller's cancellation must not cut it short (a worker that sends
-// DELETE and exits at once still wants its target gone), so ctx is only
-// used for its values.
-func (a *Agent) revoke(ctx context.Context, e *entry) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.TTL)
-	defer cancel()
-	if err := e.reg.Deregister(ctx); err != nil {
-		if a.lease != nil {
-			a.log.Warn("removal failed; retrying in the background", "pid", e.pid, "error", err)
-			st := e.reg.State()
-			a.releaseLater(st.Key, st.LeaseID, st.HoldLeaseID)
-		} else {
-			a.log.Warn("revoke failed; the registration expires with its lease", "pid", e.pid, "error", err)
-		}
+// revoke removes a taken entry's registration from etcd, waiting up to
+// RemoveWait; a removal etcd does not confirm by then goes on in the
+// background (retryRemoval) and stays in the state file until done. It
+// reports whether the removal is done. persistFirst writes the removal
+// to the state file before the etcd call: a worker that asked to be
+// removed and lives on must not be adopted by an agent restarted in
+// between (a dead worker's entry is dropped at the next start anyway).
+func (a *Agent) revoke(e *entry, persistFirst bool) bool {
+	a.mu.Lock()
+	rm := a.removals[e.id]
+	a.mu.Unlock()
+	if rm == nil {
+		return true
 	}
+	if persistFirst {
+		a.persist()
+	}
+	// Bounded by the agent's life, not the caller's: a worker that sends
+	// DELETE and exits at once still wants its target gone.
+	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.RemoveWait)
+	err := rm.do(ctx)
+	cancel()
 	e.cancel()
-	// After the revoke, so removal from etcd is not delayed by a disk
-	// write; a crash in between only leaves an entry whose process is
-	// dead, which the next start drops.
+	if err == nil {
+		a.mu.Lock()
+		delete(a.removals, e.id)
+		a.mu.Unlock()
+		// After the removal, so it is not delayed by a disk write.
+		a.persist()
+		return true
+	}
+	// What the registration last held, an unconfirmed claim's key
+	// included, is what the next agent process must remove.
+	if last := e.reg.Removal(); last.Lease != 0 {
+		a.mu.Lock()
+		rm.se.Key, rm.se.Lease, rm.se.HoldLease = last.Key, last.Lease, last.HoldLease
+		a.mu.Unlock()
+	}
 	a.persist()
+	if registrar.IsNoSpace(err) {
+		a.log.Error("etcd is out of space (NOSPACE alarm); retrying the removal in the background", "pid", e.pid, "error", err)
+	} else {
+		a.log.Warn("removal not confirmed by etcd yet; retrying in the background", "pid", e.pid, "error", err)
+	}
+	if a.ctx.Err() == nil {
+		a.wg.Go(func() { a.retryRemoval(rm) })
+	}
+	return false
 }
 
 // Register registers a worker process. It reports whether a registration
@@ -594,11 +654,7 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 		// The pid was reused before the watcher noticed the old exit.
 		// Revoke in the background: opMu must not wait for etcd.
 		if a.take(old, "exited") {
-			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				a.revoke(ctx, old)
-			}()
+			a.wg.Go(func() { a.revoke(old, false) })
 		}
 	}
 
@@ -616,7 +672,7 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 	}
 	e := &entry{
 		id:  strconv.Itoa(req.PID) + "-" + strconv.FormatUint(ticks, 10),
-		pid: req.PID, uid: uid, startTicks: ticks, job: req.Job, value: v, reg: reg, proc: proc,
+		pid: req.PID, uid: uid, startTicks: ticks, job: req.Job, value: v, encoded: reg.Removal().Value, reg: reg, proc: proc,
 	}
 	a.mu.Lock()
 	if a.closed {
@@ -632,8 +688,11 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 	return e, true, nil
 }
 
-// Deregister revokes the registration of a process given by pid or ID.
-// Errors are *Error.
+// Deregister removes the registration of a process given by pid or ID.
+// The answer's State is "deregistered" when the key is gone from etcd, or
+// "removal_pending" when etcd did not confirm within RemoveWait: the agent
+// then goes on trying, and a restarted agent finishes the removal instead
+// of adopting the worker. Errors are *Error.
 func (a *Agent) Deregister(ctx context.Context, idOrPID string) (Worker, error) {
 	a.opMu.Lock()
 	e := a.lookup(idOrPID)
@@ -652,12 +711,25 @@ func (a *Agent) Deregister(ctx context.Context, idOrPID string) (Worker, error) 
 	}
 	w := a.view(e)
 	a.opMu.Unlock()
-	// Outside opMu: with etcd down the revoke may take a TTL, and other
+	// Outside opMu: with etcd down the removal waits RemoveWait, and other
 	// registrations must not wait for it.
-	a.revoke(ctx, e)
-	a.log.Info("worker deregistered", "pid", e.pid, "job", e.job)
-	w.State = "deregistered"
+	if a.revoke(e, true) {
+		w.State = "deregistered"
+		a.log.Info("worker deregistered", "pid", e.pid, "job", e.job, "removed", removedKey(e))
+	} else {
+		w.State = "removal_pending"
+		a.log.Info("worker deregistered; its removal from etcd is pending", "pid", e.pid, "job", e.job)
+	}
 	return w, nil
+}
+
+// removedKey is the key e's removal deleted, for logs: "none" when etcd
+// held no key of e's (it was gone already, or never written).
+func removedKey(e *entry) string {
+	if k := e.reg.State().Removed; k != "" {
+		return k
+	}
+	return "none"
 }
 
 func (a *Agent) lookup(idOrPID string) *entry {
@@ -711,6 +783,9 @@ func (a *Agent) view(e *entry) Worker {
 	}
 	if st.LastError != nil {
 		w.Error = st.LastError.Error()
+		if registrar.IsNoSpace(st.LastError) {
+			w.Error += " (etcd is out of space, NOSPACE alarm: compact and defragment etcd, then disarm the alarm; see docs/RUNBOOK.md)"
+		}
 	}
 	return w
 }
@@ -718,8 +793,12 @@ func (a *Agent) view(e *entry) Worker {
 // Close stops watching and keeping registrations alive, WITHOUT revoking
 // them: an agent restart within the TTL is invisible to Prometheus, since
 // the next agent adopts the leases; after a longer stop they expire. Only a
-// process exit or an API deregistration revokes.
-func (a *Agent) Close() {
+// process exit or an API deregistration removes. Removals still pending
+// stay in the state file for the next agent process. ctx bounds the wait
+// for the agent's goroutines, whatever etcd does: they all end at once
+// when Close cancels them, but for calls to etcd already in flight, which
+// end with their own time-outs; an error says the wait was cut short.
+func (a *Agent) Close(ctx context.Context) error {
 	// Under opMu: a registration in progress (which may start a background
 	// revoke, counted in wg) finishes before wg is waited for, and every
 	// later one sees closed.
@@ -729,7 +808,7 @@ func (a *Agent) Close() {
 		a.closed = true
 		a.mu.Unlock()
 		a.opMu.Unlock()
-		return
+		return nil
 	}
 	a.closed = true
 	a.mu.Unlock()
@@ -738,16 +817,33 @@ func (a *Agent) Close() {
 	a.mu.Lock()
 	es := slices.Collect(maps.Values(a.byID))
 	a.mu.Unlock()
+	var errs []error
 	for _, e := range es {
-		_ = e.reg.Detach(context.Background()) // waits for its loop; never revokes
+		if err := e.reg.Detach(ctx); err != nil { // waits for its loop; never revokes
+			errs = append(errs, err)
+		}
 	}
-	a.wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		a.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("waiting for the agent's goroutines: %w", ctx.Err()))
+	}
 	// Record the last leases once no loop can claim again, so the next
-	// agent adopts exactly these.
+	// agent adopts exactly these, and the removals still pending.
 	for _, e := range es {
 		a.recordLease(e)
 	}
+	a.persist()
 	if a.releaseLock != nil {
 		a.releaseLock()
 	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("agent: close: %w", err)
+	}
+	return nil
 }

@@ -14,6 +14,8 @@ type metrics struct {
 	stateFileBad       prometheus.Counter
 	apiRequests        *prometheus.CounterVec
 	refusals           *prometheus.CounterVec
+	orphansRemoved     *prometheus.CounterVec
+	holdsDropped       prometheus.Counter
 }
 
 // refusalReasons are the values of workersd_agent_refusals_total's reason.
@@ -58,14 +60,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "workersd_agent_refusals_total",
 			Help: "API requests refused for trust, by reason: foreign_process (another user's process), foreign_address (not this host's), address_taken (registered by another process), user_limit, unauthenticated (no peer credentials or token).",
 		}, []string{"reason"}),
+		orphansRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "workersd_agent_orphans_removed_total",
+			Help: "Keys (kind=key) and slot holds (kind=hold) found on the host lease without a live registration, and removed; not 0 means a removal failed to know its key.",
+		}, []string{"kind"}),
+		holdsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "workersd_agent_holds_dropped_total",
+			Help: "Slot holds deleted with their key because etcd was out of space (NOSPACE refuses the lease a hold moves onto); the slot may be reused before its hold would have ended.",
+		}),
 	}
+	m.orphansRemoved.WithLabelValues("key")
+	m.orphansRemoved.WithLabelValues("hold")
 	for _, r := range refusalReasons {
 		m.refusals.WithLabelValues(r)
 	}
 	m.deregistrations.WithLabelValues("exited")
 	m.deregistrations.WithLabelValues("api")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.workers, m.registrations, m.restored, m.deregistrations, m.exitToRevoke, m.stateWriteFailures, m.stateFileBad, m.apiRequests, m.refusals} {
+		for _, c := range []prometheus.Collector{m.workers, m.registrations, m.restored, m.deregistrations, m.exitToRevoke, m.stateWriteFailures, m.stateFileBad, m.apiRequests, m.refusals, m.orphansRemoved, m.holdsDropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,7 +25,9 @@ const stateVersion = 1
 // whether each process still lives (pid and start time) and to adopt its
 // registration (the exact value, the key and the lease).
 type stateFile struct {
-	Version int          `json:"version"`
+	Version int `json:"version"`
+	// Workers are the live registrations, and those whose removal from
+	// etcd is not confirmed yet (Removing).
 	Workers []stateEntry `json:"workers"`
 	// Unless Config.LeasePerWorker: the leases of every key and hold, resumed
 	// by the next agent process.
@@ -43,6 +46,18 @@ type stateEntry struct {
 	// HoldLease keeps the slot held after the registration (registrar's
 	// SlotHold); adopted with the key.
 	HoldLease clientv3.LeaseID `json:"hold_lease,omitempty"`
+	// Removing: the worker exited or asked to be removed, and etcd has not
+	// confirmed the removal yet. The next agent process finishes it
+	// instead of adopting the worker.
+	Removing bool `json:"removing,omitempty"`
+}
+
+// stateEntry is what the state file says of e. a.mu is held.
+func (e *entry) stateEntry() stateEntry {
+	return stateEntry{
+		ID: e.id, PID: e.pid, StartTicks: e.startTicks, Job: e.job, Value: e.value,
+		Key: e.key, Lease: e.lease, HoldLease: e.holdLease,
+	}
 }
 
 func readState(path string) (stateFile, error) {
@@ -167,12 +182,12 @@ func (a *Agent) persistLocked() {
 		return
 	}
 	a.mu.Lock()
-	s := stateFile{Version: stateVersion, Workers: make([]stateEntry, 0, len(a.byID))}
+	s := stateFile{Version: stateVersion, Workers: make([]stateEntry, 0, len(a.byID)+len(a.removals))}
 	for _, e := range a.byID {
-		s.Workers = append(s.Workers, stateEntry{
-			ID: e.id, PID: e.pid, StartTicks: e.startTicks, Job: e.job, Value: e.value,
-			Key: e.key, Lease: e.lease, HoldLease: e.holdLease,
-		})
+		s.Workers = append(s.Workers, e.stateEntry())
+	}
+	for _, rm := range a.removals {
+		s.Workers = append(s.Workers, rm.se)
 	}
 	a.mu.Unlock()
 	if a.lease != nil {
@@ -181,7 +196,12 @@ func (a *Agent) persistLocked() {
 	if a.holdLease != nil {
 		s.SharedHoldLease = a.holdLease.ID()
 	}
-	slices.SortFunc(s.Workers, func(x, y stateEntry) int { return x.PID - y.PID })
+	slices.SortFunc(s.Workers, func(x, y stateEntry) int {
+		if x.PID != y.PID {
+			return x.PID - y.PID
+		}
+		return strings.Compare(x.ID, y.ID)
+	})
 	if err := writeState(a.cfg.StateFile, s); err != nil {
 		a.m.stateWriteFailures.Inc()
 		a.log.Error("cannot write the state file; a restart would lose registrations", "error", err)

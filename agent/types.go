@@ -39,6 +39,8 @@ type Worker struct {
 	StartedAt   time.Time         `json:"started_at"`
 	// State is "registered" while the key is in etcd, "pending" before the
 	// first claim and while etcd is unreachable (the agent keeps trying).
+	// A DELETE answers "deregistered" once the key is gone from etcd, or
+	// "removal_pending" while the agent keeps trying to remove it.
 	State string `json:"state"`
 	// Key and Slot of the registration; empty and -1 until the first claim.
 	Key   string `json:"key,omitempty"`

@@ -21,9 +21,14 @@ func (a *Agent) watch(ctx context.Context, e *entry) {
 		}
 	}
 	seen := time.Now()
-	if a.remove(ctx, e, "exited") {
+	removed, ok := a.remove(e, "exited")
+	switch {
+	case !ok:
+	case removed:
 		a.m.exitToRevoke.Observe(time.Since(seen).Seconds())
-		a.log.Info("worker exited; registration revoked", "pid", e.pid, "job", e.job, "after", time.Since(seen))
+		a.log.Info("worker exited; registration removed", "pid", e.pid, "job", e.job, "removed", removedKey(e), "after", time.Since(seen))
+	default:
+		a.log.Info("worker exited; its removal from etcd is pending", "pid", e.pid, "job", e.job)
 	}
 }
 

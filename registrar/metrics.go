@@ -15,7 +15,12 @@ type metrics struct {
 	keepaliveFailures prometheus.Counter
 	losses            *prometheus.CounterVec
 	latency           prometheus.Histogram
+	claimFailures     *prometheus.CounterVec
 }
+
+// claimFailureReasons are the values of
+// workersd_registrar_claim_failures_total's reason (failureReason).
+var claimFailureReasons = []string{"nospace", "unreachable", "other"}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
@@ -40,6 +45,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from the start of a claim to the key being in etcd.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
+		claimFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "workersd_registrar_claim_failures_total",
+			Help: "Claims that failed, by reason: nospace (etcd's NOSPACE alarm: compact, defragment, disarm), unreachable (no answer in time), other.",
+		}, []string{"reason"}),
+	}
+	for _, r := range claimFailureReasons {
+		m.claimFailures.WithLabelValues(r)
 	}
 	for _, s := range []string{"registered", "retrying"} {
 		m.state.WithLabelValues(s)
@@ -63,6 +75,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if m.latency, err = registerShared(reg, m.latency); err != nil {
 		return nil, err
 	}
+	if m.claimFailures, err = registerShared(reg, m.claimFailures); err != nil {
+		return nil, err
+	}
+
 	return m, nil
 }
 

@@ -115,6 +115,12 @@ type State struct {
 	// Registrations counts the keys claimed, the first included; a key
 	// kept (or adopted with Resume) across a loss does not count.
 	Registrations int
+	// Removed is the key Deregister deleted; empty when it found none
+	// holding this registration (already gone) or has not run.
+	Removed string
+	// HoldDropped: Deregister deleted the slot's hold with the key, etcd
+	// being out of space (Released.HoldDropped).
+	HoldDropped bool
 }
 
 // Registrar keeps one registration alive until Deregister.
@@ -130,6 +136,8 @@ type Registrar struct {
 	log        hclog.Logger
 	m          *metrics
 
+	removeMu sync.Mutex // serializes Deregister, without holding mu over etcd
+
 	mu      sync.Mutex
 	state   State
 	changed chan struct{} // closed and replaced on every state change
@@ -144,6 +152,12 @@ type Registrar struct {
 	key       string
 	slot      int
 	rev       int64 // revision at which the key was last known to be ours
+	// unsure: key was written by a claim whose outcome is unknown (the
+	// call ended before etcd answered). The next claim reads it back, and
+	// a removal removes it all the same, so a key etcd did apply is never
+	// left behind on a lease that lives on.
+	unsure    bool
+	lastCause string // of the last failure logged at warn level
 }
 
 // New validates cfg and returns a registrar that has not registered yet. Every
@@ -283,83 +297,177 @@ func (r *Registrar) Register(ctx context.Context) {
 	go r.run(ctx)
 }
 
-// Deregister stops the loop and revokes the lease, so the key disappears at
-// once. The revoke is bounded by ctx and by the TTL; if it fails the key
-// expires with its lease. The slot's hold is left to expire (see
-// Config.SlotHold). Deregister before Register does nothing.
+// Deregister stops the loop and removes the key at once: a lease of its
+// own is revoked, a key on a shared lease is deleted if it still holds this
+// registration (ReleaseShared). The removal is bounded by ctx and by the
+// TTL; if it fails, a lease of its own expires with the key, and a key on
+// a shared lease stays until the caller retries (ReleaseShared with
+// State's Key, LeaseID and HoldLeaseID, and Value). The slot's hold is
+// left to expire (see Config.SlotHold). A key whose claim had an unknown
+// outcome (the call ended before etcd's answer) is removed all the same.
+// Deregister before Register does nothing.
 func (r *Registrar) Deregister(ctx context.Context) error {
 	if err := r.Detach(ctx); err != nil {
 		return fmt.Errorf("deregister: %w", err)
 	}
+	// The loop has ended: its fields are ours. removeMu, not mu, so that
+	// State and Changed answer while etcd is slow.
+	r.removeMu.Lock()
+	defer r.removeMu.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done == nil || r.lease == 0 {
+	started := r.done != nil
+	r.mu.Unlock()
+	if !started || r.lease == 0 {
 		return nil
 	}
 	rctx, rcancel := context.WithTimeout(ctx, r.cfg.TTL)
 	defer rcancel()
 	if r.cfg.Lease != nil {
-		if err := r.release(rctx); err != nil {
+		if r.key == "" {
+			r.lease = 0
+			return nil
+		}
+		res, err := ReleaseShared(rctx, r.cfg.Client, r.cfg.Prefix, r.Removal(), r.cfg.TTL, r.slotHold())
+		if err != nil {
 			return fmt.Errorf("deregister %s: %w", r.key, err)
 		}
 		r.lease = 0
-		r.log.Debug("deregistered", "key", r.key)
+		r.noteRemoved(res)
 		return nil
 	}
 	lease := r.lease
-	r.lease = 0
 	if _, err := r.cfg.Client.Revoke(rctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return fmt.Errorf("deregister %s: revoke lease %x: %w", r.key, lease, err)
 	}
-	r.log.Debug("deregistered", "key", r.key)
+	r.lease = 0
+	// The revoke removed whatever key the lease carried; which one is
+	// known only when the claim's outcome was.
+	r.noteRemoved(Released{Deleted: r.key != ""})
 	return nil
 }
 
-// release ends a registration on a shared lease (ReleaseShared).
-func (r *Registrar) release(ctx context.Context) error {
-	if r.key == "" {
-		return nil
+// noteRemoved records and logs what a Deregister removed.
+func (r *Registrar) noteRemoved(res Released) {
+	r.setState(func(s *State) {
+		s.Removed, s.HoldDropped = "", res.HoldDropped
+		if res.Deleted {
+			s.Removed = r.key
+		}
+	})
+	r.log.Debug("deregistered", "key", r.key, "deleted", res.Deleted)
+}
+
+// slotHold is SlotHold, or 0 when holds are off.
+func (r *Registrar) slotHold() time.Duration {
+	if r.holdTTLSec == 0 {
+		return 0
 	}
-	var hold time.Duration
-	if r.holdTTLSec > 0 {
-		hold = r.cfg.SlotHold
+	return r.cfg.SlotHold
+}
+
+// Removal is what ReleaseShared needs to end this registration once its
+// loop has stopped (after Detach or a failed Deregister): its key (also
+// one whose claim had an unknown outcome), value and leases. Zero before
+// any claim.
+func (r *Registrar) Removal() Removal {
+	r.mu.Lock()
+	running := r.done != nil
+	r.mu.Unlock()
+	if running {
+		select {
+		case <-r.done:
+		default:
+			return Removal{} // the loop owns the fields
+		}
 	}
-	return ReleaseShared(ctx, r.cfg.Client, r.cfg.Prefix, r.key, r.lease, r.holdLease, r.cfg.TTL, hold)
+	return Removal{Key: r.key, Value: r.value, Lease: r.lease, HoldLease: r.holdLease}
+}
+
+// Removal names a registration on shared leases to end (ReleaseShared).
+type Removal struct {
+	Key string
+	// Value, when set, must be the key's value for the key to be deleted:
+	// a key that another registration on the same lease claimed since is
+	// not touched. Empty: any value.
+	Value []byte
+	// Lease the key must be on; HoldLease the lease of its slot's hold
+	// (0: leave holds alone).
+	Lease, HoldLease clientv3.LeaseID
+}
+
+// Released says what ReleaseShared did.
+type Released struct {
+	// Deleted: the key held the registration and is gone.
+	Deleted bool
+	// HoldDropped: etcd is out of space (NOSPACE), which refuses the
+	// lease a hold moves onto, so the hold was deleted with the key
+	// instead. No worker can claim a slot meanwhile either (a claim
+	// writes), so the slot stays free of reuse until space returns.
+	HoldDropped bool
 }
 
 // ReleaseShared ends a registration whose key is on a shared lease (see
-// SharedLease): the key is deleted if it is still on lease, and its slot's
-// hold, if on holdLease, is moved onto a lease of its own of TTL
-// HoldWindow(ttl, slotHold), which nobody keeps alive: the slot stays held
-// for the hold window after this, as with a lease each. slotHold 0 (holds
-// off) or holdLease 0 leaves holds alone. A failure changes nothing and
-// may be retried: until it succeeds the key lives on with the shared
-// lease.
-func ReleaseShared(ctx context.Context, cli *clientv3.Client, prefix, key string, lease, holdLease clientv3.LeaseID, ttl, slotHold time.Duration) error {
-	k, err := ParseKey(prefix, key)
+// SharedLease): the key is deleted if it is still on rm.Lease (with
+// rm.Value), and its slot's hold, if on rm.HoldLease, is moved onto a
+// lease of its own of TTL HoldWindow(ttl, slotHold), which nobody keeps
+// alive: the slot stays held for the hold window after this, as with a
+// lease each. slotHold 0 (holds off) or HoldLease 0 leaves holds alone. A
+// failure changes nothing and may be retried: until it succeeds the key
+// lives on with the shared lease.
+//
+// With etcd out of space (NOSPACE), which refuses lease grants and puts but
+// allows deletes, the key is deleted all the same and its hold with it
+// (Released.HoldDropped): a dead worker never stays a target for want of
+// space.
+func ReleaseShared(ctx context.Context, cli *clientv3.Client, prefix string, rm Removal, ttl, slotHold time.Duration) (Released, error) {
+	k, err := ParseKey(prefix, rm.Key)
 	if err != nil {
-		return fmt.Errorf("release %s: %w", key, err)
+		return Released{}, fmt.Errorf("release %s: %w", rm.Key, err)
 	}
-	ours := clientv3.Compare(clientv3.LeaseValue(key), "=", lease)
-	then := []clientv3.Op{clientv3.OpDelete(key)}
-	var orElse []clientv3.Op
-	if slotHold > 0 && holdLease != 0 {
-		g, err := cli.Grant(ctx, seconds(HoldWindow(ttl, slotHold)))
+	ours := []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(rm.Key), "=", rm.Lease)}
+	if len(rm.Value) > 0 {
+		ours = append(ours, clientv3.Compare(clientv3.Value(rm.Key), "=", string(rm.Value)))
+	}
+	del := clientv3.OpDelete(rm.Key)
+	if slotHold <= 0 || rm.HoldLease == 0 {
+		resp, err := cli.Txn(ctx).If(ours...).Then(del).Commit()
 		if err != nil {
-			return fmt.Errorf("release %s: grant the hold's own lease: %w", key, err)
+			return Released{}, fmt.Errorf("release %s: %w", rm.Key, err)
 		}
-		hk := k.HoldKey()
-		hput := clientv3.OpPut(hk, "", clientv3.WithLease(g.ID))
-		heldByUs := clientv3.Compare(clientv3.LeaseValue(hk), "=", holdLease)
-		then = append(then, clientv3.OpTxn([]clientv3.Cmp{heldByUs}, []clientv3.Op{hput}, nil))
-		// The key is gone already (etcd lost the lease): still release
-		// the hold.
-		orElse = append(orElse, clientv3.OpTxn([]clientv3.Cmp{heldByUs}, []clientv3.Op{hput}, nil))
+		return Released{Deleted: resp.Succeeded}, nil
 	}
-	if _, err := cli.Txn(ctx).If(ours).Then(then...).Else(orElse...).Commit(); err != nil {
-		return fmt.Errorf("release %s: %w", key, err)
+	hk := k.HoldKey()
+	heldByUs := []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(hk), "=", rm.HoldLease)}
+	holdOp := clientv3.OpDelete(hk)
+	dropped := false
+	g, err := cli.Grant(ctx, seconds(HoldWindow(ttl, slotHold)))
+	switch {
+	case err == nil:
+		holdOp = clientv3.OpPut(hk, "", clientv3.WithLease(g.ID))
+	case IsNoSpace(err):
+		dropped = true
+	default:
+		return Released{}, fmt.Errorf("release %s: grant the hold's own lease: %w", rm.Key, err)
 	}
-	return nil
+	// The key is gone already (etcd lost the lease) or taken by another
+	// registration: still release the hold.
+	hold := clientv3.OpTxn(heldByUs, []clientv3.Op{holdOp}, nil)
+	resp, err := cli.Txn(ctx).If(ours...).Then(del, hold).Else(hold).Commit()
+	if err != nil {
+		if g != nil {
+			cli.Revoke(ctx, g.ID) // best effort: it would expire unused anyway
+		}
+		return Released{}, fmt.Errorf("release %s: %w", rm.Key, err)
+	}
+	held := resp.Responses[len(resp.Responses)-1].GetResponseTxn().GetSucceeded()
+	return Released{Deleted: resp.Succeeded, HoldDropped: dropped && held}, nil
+}
+
+// IsNoSpace reports whether err is etcd's "database space exceeded": its
+// NOSPACE alarm is on, and it refuses every write but deletes until the
+// database is compacted, defragmented and the alarm disarmed.
+func IsNoSpace(err error) bool {
+	return errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace)
 }
 
 // Detach stops the loop without revoking: the key lives on until its lease
@@ -461,6 +569,7 @@ func (r *Registrar) run(ctx context.Context) {
 				}
 			})
 			r.log.Info("registered", "key", r.key, "lease", fmt.Sprintf("%x", int64(r.lease)))
+			r.lastCause = ""
 			held := time.Now()
 			err = r.hold(ctx)
 			if time.Since(held) > r.cfg.TTL {
@@ -471,7 +580,7 @@ func (r *Registrar) run(ctx context.Context) {
 			return
 		}
 		r.setState(func(s *State) { s.Registered, s.LastError = false, err })
-		r.log.Warn("registration lost or failed; retrying", "error", err)
+		r.logFailure(err)
 		delay := r.backoffs.Delay(failures)
 		failures++
 		select {
@@ -482,12 +591,58 @@ func (r *Registrar) run(ctx context.Context) {
 	}
 }
 
+// logFailure logs a failed claim or a lost registration at warn level once
+// per cause in a row (a retry every few seconds through a long outage says
+// nothing new), and counts a failed claim by reason.
+func (r *Registrar) logFailure(err error) {
+	var lost *errLost
+	cause := ""
+	if errors.As(err, &lost) {
+		cause = "lost " + lost.reason
+	} else {
+		cause = failureReason(err)
+		r.m.claimFailures.WithLabelValues(cause).Inc()
+	}
+	if cause == r.lastCause {
+		r.log.Debug("registration lost or failed; retrying", "error", err)
+		return
+	}
+	r.lastCause = cause
+	if cause == "nospace" {
+		r.log.Error("etcd is out of space (NOSPACE alarm) and refuses new registrations; retrying. Compact and defragment etcd, then disarm the alarm (docs/RUNBOOK.md, WorkersdEtcdAlarm)", "error", err)
+		return
+	}
+	r.log.Warn("registration lost or failed; retrying", "error", err)
+}
+
+// failureReason is the bounded reason label of a failed etcd call.
+func failureReason(err error) string {
+	switch {
+	case IsNoSpace(err):
+		return "nospace"
+	case outcomeUnknown(err):
+		return "unreachable"
+	}
+	return "other"
+}
+
 // claim makes sure the worker's key is in etcd on a live lease: it keeps a
 // registration that survived (etcd restarted with its data), otherwise it
 // revokes the old lease, grants a new one and claims the previous slot or
-// the lowest free one, with the slot's hold. kept says the existing key was
-// kept.
+// the lowest free one, with the slot's hold. kept says an existing
+// registration was kept; a key found held after a claim of unknown
+// outcome is a new registration, not a kept one.
 func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
+	unsure := r.unsure
+	kept, err = r.claimOnce(ctx)
+	if err == nil {
+		r.unsure = false
+		kept = kept && !unsure
+	}
+	return kept, err
+}
+
+func (r *Registrar) claimOnce(ctx context.Context) (kept bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.opTO)
 	defer cancel()
 	cli := r.cfg.Client
@@ -675,13 +830,28 @@ func (r *Registrar) tryClaim(ctx context.Context, n int) (bool, error) {
 		r.leaseNotFound(ctx)
 	}
 	if err != nil {
+		if outcomeUnknown(err) {
+			// etcd may have applied it: remember the key, so the next
+			// claim finds it (keepIfHeld) and a removal deletes it.
+			r.key, r.slot, r.unsure = key, n, true
+		}
 		return false, fmt.Errorf("claim slot %d: %w", n, err)
 	}
 	if !resp.Succeeded && (r.holdLease == 0 || !resp.Responses[0].GetResponseTxn().Succeeded) {
 		return false, nil
 	}
-	r.key, r.slot, r.rev = key, n, resp.Header.Revision
+	r.key, r.slot, r.rev, r.unsure = key, n, resp.Header.Revision, false
 	return true, nil
+}
+
+// outcomeUnknown reports whether a write that failed with err may still
+// have been applied: etcd refused it for a reason of its own (an answer),
+// or the answer never came (a context's end, a lost connection).
+func outcomeUnknown(err error) bool {
+	var etcdErr rpctypes.EtcdError
+	return !errors.As(err, &etcdErr) || errors.Is(err, rpctypes.ErrTimeout) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) ||
+		errors.Is(err, rpctypes.ErrLeaderChanged)
 }
 
 // leaseNotFound handles etcd's "lease not found" on a put (a wiped

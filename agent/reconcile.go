@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/workersd/workersd/registrar"
+)
+
+// startReconciler starts looking for orphans on the host lease: at once
+// (what an earlier agent process left), then every ReconcileInterval.
+func (a *Agent) startReconciler() {
+	if a.lease == nil || a.cfg.ReconcileInterval < 0 {
+		return
+	}
+	a.wg.Go(func() {
+		for {
+			ctx, cancel := context.WithTimeout(a.ctx, a.cfg.TTL)
+			if err := a.reconcile(ctx); err != nil && a.ctx.Err() == nil {
+				a.log.Warn("cannot look for registrations left on the host lease; trying again later", "error", err)
+			}
+			cancel()
+			select {
+			case <-time.After(a.cfg.ReconcileInterval):
+			case <-a.ctx.Done():
+				return
+			}
+		}
+	})
+}
+
+// reconcile removes the keys on the host lease that hold no live
+// registration, and the holds on the host hold lease whose slot no live
+// registration has. A key on the host lease lives as long as the agent:
+// one left by a removal that could not know its key would be a target for
+// ever. It is the net under every removal; a removal knows its key, so
+// it finds nothing but after an earlier process's crash.
+//
+// A live registration may be claiming a key right now, before its state
+// names it: such a key holds the registration's value, which is what
+// tells it from an orphan. A key of a registration being removed is an
+// orphan here too; removing it twice does no harm.
+func (a *Agent) reconcile(ctx context.Context) error {
+	lease := a.lease.ID()
+	if lease == 0 {
+		return nil
+	}
+	var hold clientv3.LeaseID
+	if a.holdLease != nil {
+		hold = a.holdLease.ID()
+	}
+	keys, err := a.keysOn(ctx, lease)
+	if err != nil {
+		return err
+	}
+	var holds []string
+	if hold != 0 {
+		if holds, err = a.keysOn(ctx, hold); err != nil {
+			return err
+		}
+	}
+	// After listing: a registration added later claims after this, so
+	// any key listed that is not a live one's was there before.
+	a.mu.Lock()
+	live := make(map[string]bool, len(a.byID))
+	values := make([][]byte, 0, len(a.byID))
+	for _, e := range a.byID {
+		live[e.reg.State().Key] = true
+		values = append(values, e.encoded)
+	}
+	a.mu.Unlock()
+	isLive := func(v []byte) bool {
+		for _, lv := range values {
+			if bytes.Equal(v, lv) {
+				return true
+			}
+		}
+		return false
+	}
+	// keyLive reads key and says whether it holds a live registration.
+	keyLive := func(key string) (bool, error) {
+		if live[key] {
+			return true, nil
+		}
+		resp, err := a.cfg.Client.Get(ctx, key)
+		if err != nil {
+			return false, fmt.Errorf("read %s: %w", key, err)
+		}
+		return len(resp.Kvs) == 1 && isLive(resp.Kvs[0].Value), nil
+	}
+	done := map[string]bool{}
+	release := func(key, kind string) error {
+		if done[key] {
+			return nil
+		}
+		done[key] = true
+		if ok, err := keyLive(key); err != nil || ok {
+			return err
+		}
+		// Value left empty: the key holds no live registration, whatever
+		// it holds; the release still requires it to be on the host lease.
+		res, err := registrar.ReleaseShared(ctx, a.cfg.Client, a.cfg.Prefix,
+			registrar.Removal{Key: key, Lease: lease, HoldLease: hold}, a.cfg.TTL, a.slotHold())
+		if err != nil {
+			return err
+		}
+		a.noteHoldDropped(res, key)
+		if res.Deleted {
+			kind = "key"
+		}
+		a.m.orphansRemoved.WithLabelValues(kind).Inc()
+		a.log.Warn("removed a registration no live worker owns from the host lease", "key", key, "key_deleted", res.Deleted)
+		return nil
+	}
+	for _, k := range keys {
+		if _, err := registrar.ParseKey(a.cfg.Prefix, k); err != nil {
+			continue // not a registration's key
+		}
+		if err := release(k, "key"); err != nil {
+			return err
+		}
+	}
+	hp := registrar.HoldPrefix(a.cfg.Prefix)
+	for _, hk := range holds {
+		k, err := registrar.ParseKey(hp, hk)
+		if err != nil {
+			continue
+		}
+		k.Prefix = a.cfg.Prefix // the registration of this hold
+		if err := release(k.String(), "hold"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// keysOn lists the keys on lease under the agent's prefixes.
+func (a *Agent) keysOn(ctx context.Context, lease clientv3.LeaseID) ([]string, error) {
+	resp, err := a.cfg.Client.TimeToLive(ctx, lease, clientv3.WithAttachedKeys())
+	if err != nil {
+		return nil, fmt.Errorf("keys on lease %x: %w", int64(lease), err)
+	}
+	keys := make([]string, 0, len(resp.Keys))
+	hp := registrar.HoldPrefix(a.cfg.Prefix)
+	for _, k := range resp.Keys {
+		if s := string(k); strings.HasPrefix(s, a.cfg.Prefix) || strings.HasPrefix(s, hp) {
+			keys = append(keys, s)
+		}
+	}
+	return keys, nil
+}
