@@ -25,6 +25,7 @@ import (
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/nospacetest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 )
@@ -250,7 +251,7 @@ func TestNoSpaceStillRemovesDeadWorkers(t *testing.T) {
 		t.Fatalf("register: %+v %v", wk, err)
 	}
 
-	fillUntilNoSpace(t, cli)
+	nospacetest.Fill(t, cli, "/fill/", 200)
 
 	doomed.Process.Kill()
 	start := time.Now()
@@ -276,46 +277,11 @@ func TestNoSpaceStillRemovesDeadWorkers(t *testing.T) {
 		t.Errorf("the NOSPACE line was logged %d times; want once per cause:\n%s", n, logs)
 	}
 
-	// What docs/RUNBOOK.md says to do.
-	ctx := context.Background()
-	if _, err := cli.Delete(ctx, "/fill/", clientv3.WithPrefix()); err != nil {
-		t.Fatal(err)
-	}
-	st, err := cli.Status(ctx, srv.Endpoint())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cli.Compact(ctx, st.Header.Revision); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cli.Defragment(ctx, srv.Endpoint()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cli.AlarmDisarm(ctx, &clientv3.AlarmMember{}); err != nil {
-		t.Fatal(err)
-	}
+	nospacetest.Free(t, cli, "/fill/") // what docs/RUNBOOK.md says to do
 	poll.Until(t, 15*time.Second, func() bool {
 		w, ok := a.Get(strconv.Itoa(other.Process.Pid))
 		return ok && w.State == "registered"
 	}, "no registration after compaction, defragmentation and disarm")
-}
-
-// fillUntilNoSpace writes until etcd raises its NOSPACE alarm.
-func fillUntilNoSpace(t *testing.T, cli *clientv3.Client) {
-	t.Helper()
-	blob := strings.Repeat("x", 256<<10)
-	for i := 0; ; i++ {
-		if i > 200 {
-			t.Fatal("etcd never ran out of space")
-		}
-		_, err := cli.Put(context.Background(), fmt.Sprintf("/fill/%d", i), blob)
-		if registrar.IsNoSpace(err) {
-			return
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 type lockedBuffer struct {
