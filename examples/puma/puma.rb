@@ -14,6 +14,7 @@
 #   WORKERSD_AGENT_SOCKET          /run/workersd/agent.sock
 #   WORKERSD_METRICS_HOST          0.0.0.0, the address /metrics binds
 #   WORKERSD_FINAL_SCRAPE_TIMEOUT  15 (seconds)
+#   PUMA_PRELOAD                   set: preload_app! (no phased restarts)
 
 # The installed gem, or else the copy in this repository.
 begin
@@ -23,6 +24,9 @@ rescue Gem::LoadError
 end
 
 require "workersd/puma"
+# The application's metrics, defined in the master: every worker serves
+# them from its first scrape.
+require_relative "metrics"
 
 workers Integer(ENV.fetch("PUMA_WORKERS", "4"))
 threads 1, 5
@@ -30,6 +34,8 @@ bind ENV.fetch("PUMA_BIND", "tcp://127.0.0.1:9292")
 # Above the final scrape's bound (15 s): Puma kills a worker whose shutdown
 # takes longer, before its last counts are scraped.
 worker_shutdown_timeout 30
-# No preload_app!: each worker loads config.ru itself, so its counters start
-# with it, and SIGUSR1 restarts the workers one by one (a phased restart).
+# Without preload_app! each worker loads config.ru itself, and SIGUSR1
+# restarts the workers one by one (a phased restart). With it, what a worker
+# inherits from the master starts anew in the worker.
+preload_app! if ENV["PUMA_PRELOAD"]
 Workersd::Puma.setup(self, job: ENV.fetch("WORKERSD_JOB", "puma-demo"))

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -16,11 +15,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workersd/workersd/examples/internal/rubytest"
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/promtest"
 	"github.com/workersd/workersd/internal/servertest"
+	"github.com/workersd/workersd/registrar"
 )
+
+// stackOptions are the harness' defaults, spelled out: the test waits for
+// a hold to end.
+var stackOptions = servertest.Options{TTL: 5 * time.Second, SlotHold: 15 * time.Second}
 
 const (
 	job        = "puma"
@@ -44,26 +50,13 @@ const (
 //     per-status counter, equals what the client was answered, exactly;
 //   - a worker killed with SIGKILL leaves the targets file within 1 s.
 func TestPumaExactTotals(t *testing.T) {
-	puma := buildtest.RequireTool(t, "puma", "apt-get install puma")
-	stack := servertest.Start(t, servertest.Options{})
-	bind := etcdtest.FreeAddr(t)
-	// The client in this tree, even where a workersd gem is installed.
-	lib, err := filepath.Abs(filepath.Join("..", "..", "clients", "ruby", "lib"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := append(stack.Env(),
-		"RUBYLIB="+lib,
-		"PUMA_BIND=tcp://"+bind,
-		"PUMA_WORKERS="+strconv.Itoa(numWorkers),
-		"WORKERSD_JOB="+job)
-
+	stack := servertest.Start(t, stackOptions)
 	// The agent is down while Puma starts and while a phased restart
 	// replaces every worker: registration must not hold a worker up (nor
 	// its exit, unregistered), and must happen once the agent is back.
 	stack.StopAgent(t)
-	began := time.Now()
-	srv := servertest.Run(t, stack.Dir, "puma", env, puma, "-C", "puma.rb")
+	p := startPuma(t, stack, false)
+	srv := p.srv
 	waitLog(t, srv, 30*time.Second, func(log string) bool {
 		return strings.Count(log, "booted in") == numWorkers && strings.Count(log, "workersd: agent unreachable") == numWorkers
 	}, "%d Puma workers did not boot and try the agent", numWorkers)
@@ -80,7 +73,7 @@ func TestPumaExactTotals(t *testing.T) {
 	// scrape after the registration carries them, from the counters' created
 	// timestamps. 80 of them keep the agent away for 2s, long enough for the
 	// workers' retries to reach their longest pause (1s).
-	d := startDriver(t, bind)
+	d := startDriver(t, p.bind)
 	poll.Until(t, 30*time.Second, func() bool { return d.answered() >= 80 }, "Puma did not answer 80 requests")
 	back := time.Now()
 	stack.StartAgent(t)
@@ -91,26 +84,76 @@ func TestPumaExactTotals(t *testing.T) {
 	}
 	t.Logf("all %d workers in the targets file %s after the agent's start", numWorkers, registeredIn.Round(time.Millisecond))
 	for _, tg := range first {
-		// A path of the worker's own: a scrape of a gone worker's address,
-		// which another process may have bound since, fails.
-		if want := fmt.Sprintf("/metrics/%d-", tg.Pid()); !strings.HasPrefix(tg.Labels["__metrics_path__"], want) {
-			t.Errorf("worker %d: metrics path %q, want %s<random>", tg.Pid(), tg.Labels["__metrics_path__"], want)
+		// A path of the worker's own (16 hex digits, docs/KEYS.md): a
+		// scrape of a gone worker's address, which another process may have
+		// bound since, fails.
+		if !ownPath.MatchString(tg.Labels["__metrics_path__"]) || tg.Pid() == 0 {
+			t.Errorf("worker %d: metrics path %q, want /metrics/<pid>-<16 hex>", tg.Pid(), tg.Labels["__metrics_path__"])
 		}
 	}
-
-	watch := stack.Watch(numWorkers)
-
 	// Worker recycles while requests flow: Puma has no max-requests, so
 	// a phased restart replaces every worker one by one, and a SIGTERM
 	// replaces one.
+	p.recycle(t, stack, d, first, []string{"phased", "term", "term", "phased", "term", "term"})
+}
+
+// With preload_app!, the workers inherit the master's metrics (and its
+// counts: the application's load) and start them anew; Puma refuses phased
+// restarts, so the workers are recycled by SIGTERM, one at a time.
+func TestPumaPreloadExactTotals(t *testing.T) {
+	stack := servertest.Start(t, stackOptions)
+	p := startPuma(t, stack, true)
+	first := stack.WaitTargets(t, numWorkers, 30*time.Second)
+	d := startDriver(t, p.bind)
+	p.recycle(t, stack, d, first, nil)
+}
+
+type pumaRun struct {
+	srv     *servertest.Proc
+	bind    string
+	began   time.Time
+	preload bool
+}
+
+// startPuma starts Puma with examples/puma's configuration, preload_app!
+// or not.
+func startPuma(t *testing.T, stack *servertest.Stack, preload bool) *pumaRun {
+	t.Helper()
+	puma := buildtest.RequireTool(t, "puma", "apt-get install puma")
+	rubytest.RequireLib(t, "prometheus/client", "apt-get install ruby-prometheus-client-mmap")
+	bind := etcdtest.FreeAddr(t)
+	began := time.Now()
+	env := append(stack.Env(),
+		"RUBYLIB="+rubytest.ClientLib(t),
+		"PUMA_BIND=tcp://"+bind,
+		"PUMA_WORKERS="+strconv.Itoa(numWorkers),
+		"WORKERSD_JOB="+job,
+		"APP_BOOT_EPOCH_MS="+strconv.FormatInt(began.UnixMilli(), 10))
+	if preload {
+		env = append(env, "PUMA_PRELOAD=1")
+	}
+	srv := servertest.Run(t, stack.Dir, "puma", env, puma, "-C", "puma.rb")
+	return &pumaRun{srv: srv, bind: bind, began: began, preload: preload}
+}
+
+// recycle runs the steps ("phased": SIGUSR1 to the master, "term": SIGTERM
+// to one worker) while d sends requests, then SIGTERMs single workers until
+// there have been minRecycles and two replacements took an instance
+// another worker had held (once its hold ended); then it kills a worker
+// with SIGKILL and checks what Prometheus stored against what Puma
+// answered.
+func (p *pumaRun) recycle(t *testing.T, stack *servertest.Stack, d *driver, first []servertest.Target, steps []string) {
+	t.Helper()
+	watch := stack.Watch(numWorkers)
+	slots := newSlotLog(first)
 	live := pids(first)
 	recycles := 0
 	recycleStart := time.Now()
-	for _, step := range []string{"phased", "term", "term", "phased", "term", "term"} {
+	step := func(step string) {
 		var gone []int
 		switch step {
 		case "phased":
-			if err := srv.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+			if err := p.srv.Cmd.Process.Signal(syscall.SIGUSR1); err != nil {
 				t.Fatal(err)
 			}
 			gone = keys(live)
@@ -122,9 +165,27 @@ func TestPumaExactTotals(t *testing.T) {
 			gone = []int{victim}
 		}
 		stepStart := time.Now()
-		live = waitReplaced(t, stack, gone, 60*time.Second)
+		live = waitReplaced(t, stack, gone, slots, 60*time.Second)
 		recycles += len(gone)
 		t.Logf("%s: %d worker(s) replaced in %s", step, len(gone), time.Since(stepStart).Round(time.Millisecond))
+	}
+	for _, s := range steps {
+		step(s)
+	}
+	for recycles < minRecycles {
+		step("term")
+	}
+	// A slot freed by a recycle is held, at most for the hold window (plus
+	// etcd's lag in expiring a lease, under a second); the replacements
+	// took fresh ones. Once the window has passed, two more recycles take
+	// instances other workers held before them.
+	holdEnd := time.Now().Add(registrar.HoldWindow(stackOptions.TTL, stackOptions.SlotHold) + 2*time.Second)
+	time.Sleep(time.Until(holdEnd))
+	for reused, _ := slots.counts(); reused < 2; reused, _ = slots.counts() {
+		if time.Since(holdEnd) > 30*time.Second {
+			t.Fatalf("%d recycles after the hold window, %d on a reused instance, want 2", recycles, reused)
+		}
+		step("term")
 	}
 	ok, notFound, failed := d.stop()
 	lastRequest := time.Now()
@@ -142,6 +203,11 @@ func TestPumaExactTotals(t *testing.T) {
 	} else if len(failed) > 0 {
 		t.Logf("failed: %v", failed)
 	}
+	reused, fresh := slots.counts()
+	t.Logf("registrations on a reused instance: %d, on a fresh one: %d", reused, fresh)
+	if reused < 2 || fresh == 0 {
+		t.Errorf("want workers on reused instances and on fresh ones, got %d and %d: %v", reused, fresh, slots.byInstance)
+	}
 
 	// Every count of the live workers reaches Prometheus at its next
 	// scrape; the kill -9 comes after, so the victim's counts are known.
@@ -154,32 +220,153 @@ func TestPumaExactTotals(t *testing.T) {
 			t.Errorf("the killed worker's replacement took its instance %s while it was held", victim.Labels["instance"])
 		}
 	}
-	checkCreated(t, stack, began)
+	checkCreated(t, stack, p.began)
+	// The replacement's counts (its load of the application) reach
+	// Prometheus too.
+	stack.WaitScraped(t, job, time.Now(), 30*time.Second)
 	end := time.Now()
 	workers, instances := watch.Stop(t, stack, numWorkers)
 	t.Logf("%d workers on %d instances", workers, instances)
 
+	log := p.srv.Log()
+	units, loads := p.truthFromLog(t, log)
+	start := p.began.Add(-5 * time.Second)
 	for _, c := range []struct {
 		sel   string
 		truth int
 	}{
-		{fmt.Sprintf(`app_requests_total{job=%q}`, job), ok + notFound},
-		{fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, job), notFound},
-		{fmt.Sprintf(`app_responses_total{job=%q,code="200"}`, job), ok},
+		{fmt.Sprintf(`app_requests_total{job=%q,code="200"}`, job), ok},
+		{fmt.Sprintf(`app_requests_total{job=%q,code="404"}`, job), notFound},
+		{fmt.Sprintf(`app_request_duration_seconds_count{job=%q}`, job), ok + notFound},
+		{fmt.Sprintf(`app_request_duration_seconds_bucket{job=%q,le="+Inf"}`, job), ok + notFound},
+		{fmt.Sprintf(`app_boot_units_total{job=%q}`, job), units},
+		{fmt.Sprintf(`app_loads_total{job=%q}`, job), loads},
 	} {
-		got := stack.Total(t, c.sel, began.Add(-5*time.Second), end)
-		t.Logf("%-45s truth %5d  reset-aware total of the raw samples %6.0f", c.sel, c.truth, got)
+		got := stack.Total(t, c.sel, start, end)
+		t.Logf("%-60s truth %8d  reset-aware total of the raw samples %9.0f", c.sel, c.truth, got)
 		if got != float64(c.truth) {
 			t.Errorf("%s: Prometheus' total %v, want exactly %d", c.sel, got, c.truth)
-			servertest.LogSeries(t, stack.PromURL, c.sel, began.Add(-5*time.Second), end)
+			servertest.LogSeries(t, stack.PromURL, c.sel, start, end)
 		}
 	}
-	log := srv.Log()
-	for _, bad := range []string{"registration failed", "no final scrape", "deregistration of"} {
+	checkEveryType(t, stack, start, end)
+	for _, bad := range []string{"registration failed", "no final scrape", "deregistration of", "/metrics fails", "final scrape of"} {
 		if strings.Contains(log, "workersd: "+bad) {
 			t.Errorf("the Puma log says %q", bad)
 		}
 	}
+}
+
+var (
+	bootUnits = regexp.MustCompile(`(?m)^boot units (\d+) in pid (\d+)$`)
+	appLoaded = regexp.MustCompile(`(?m)^app loaded in pid (\d+)$`)
+	// The client's line once a worker is registered.
+	registeredPid = regexp.MustCompile(`(?m)^workersd: registered pid (\d+) `)
+	ownPath       = regexp.MustCompile(`^/metrics/\d+-[0-9a-f]{16}$`)
+)
+
+// truthFromLog is what the registered workers counted, from their log
+// lines: the units each counted at its first request, and how many loaded
+// the application (the master's load, with preload_app!, is not a
+// worker's; workers replaced while the agent was down never registered).
+func (p *pumaRun) truthFromLog(t *testing.T, log string) (units, loads int) {
+	t.Helper()
+	registered := map[string]bool{}
+	for _, m := range registeredPid.FindAllStringSubmatch(log, -1) {
+		registered[m[1]] = true
+	}
+	for _, m := range bootUnits.FindAllStringSubmatch(log, -1) {
+		n, _ := strconv.Atoi(m[1])
+		if registered[m[2]] {
+			units += n
+		}
+	}
+	master := strconv.Itoa(p.srv.Cmd.Process.Pid)
+	for _, m := range appLoaded.FindAllStringSubmatch(log, -1) {
+		if m[1] != master && registered[m[1]] {
+			loads++
+		}
+	}
+	if p.preload && loads != 0 {
+		t.Errorf("with preload_app!, %d workers loaded the application", loads)
+	}
+	if !p.preload && loads == 0 {
+		t.Error("no worker logged its load of the application")
+	}
+	return units, loads
+}
+
+// checkEveryType checks that each successful scrape of a worker carried
+// every type: the counter, the histogram and the gauge.
+func checkEveryType(t *testing.T, stack *servertest.Stack, start, end time.Time) {
+	t.Helper()
+	type key struct {
+		instance string
+		t        float64
+	}
+	scrapes := map[key]bool{}
+	ups, err := promtest.RawSamples(stack.PromURL, fmt.Sprintf(`up{job=%q}`, job), start, end)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ups {
+		for _, x := range s.Samples {
+			if x.V == 1 {
+				scrapes[key{s.Metric["instance"], x.T}] = true
+			}
+		}
+	}
+	for _, sel := range []string{`app_requests_total{code="200"}`, `app_request_duration_seconds_bucket{le="0.1"}`, `app_requests_in_flight`} {
+		ss, err := promtest.RawSamples(stack.PromURL, sel, start, end)
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := map[key]bool{}
+		for _, s := range ss {
+			for _, x := range s.Samples {
+				have[key{s.Metric["instance"], x.T}] = true
+			}
+		}
+		missing := 0
+		for k := range scrapes {
+			if !have[k] {
+				missing++
+			}
+		}
+		if missing > 0 {
+			t.Errorf("%s missing from %d of %d successful scrapes", sel, missing, len(scrapes))
+		}
+	}
+	t.Logf("the counter, the histogram and the gauge in each of %d successful scrapes", len(scrapes))
+}
+
+// slotLog records which workers each instance held.
+type slotLog struct{ byInstance map[string]map[int]bool }
+
+func newSlotLog(ts []servertest.Target) *slotLog {
+	l := &slotLog{byInstance: map[string]map[int]bool{}}
+	l.add(ts)
+	return l
+}
+
+func (l *slotLog) add(ts []servertest.Target) {
+	for _, tg := range ts {
+		in := tg.Labels["instance"]
+		if l.byInstance[in] == nil {
+			l.byInstance[in] = map[int]bool{}
+		}
+		l.byInstance[in][tg.Pid()] = true
+	}
+}
+
+// counts is how many registrations took an instance another worker had
+// held, and how many one that none had.
+func (l *slotLog) counts() (reused, fresh int) {
+	for _, ps := range l.byInstance {
+		fresh++
+		reused += len(ps) - 1
+	}
+	return reused, fresh
 }
 
 // phase1 is Puma's line for a worker booted by the first phased restart.
@@ -197,12 +384,13 @@ func waitLog(t *testing.T, p *servertest.Proc, timeout time.Duration, cond func(
 
 // waitReplaced waits until none of the gone workers is in the targets file
 // and numWorkers are, and returns the live workers' pids.
-func waitReplaced(t *testing.T, stack *servertest.Stack, gone []int, timeout time.Duration) map[int]bool {
+func waitReplaced(t *testing.T, stack *servertest.Stack, gone []int, slots *slotLog, timeout time.Duration) map[int]bool {
 	t.Helper()
 	var live map[int]bool
 	var seen string
 	poll.Until(t, timeout, func() bool {
 		ts := stack.Targets(t)
+		slots.add(ts)
 		live = pids(ts)
 		seen = fmt.Sprint(ts)
 		if len(live) != numWorkers {
@@ -326,15 +514,17 @@ func checkCreated(t *testing.T, stack *servertest.Stack, began time.Time) {
 		if !ok {
 			t.Fatalf("sdwriter's status has no start for %+v", tg)
 		}
-		// A worker registers as it boots, before Puma loads the
-		// application into it: its counters may not exist yet for a moment.
+		// The metrics are defined in the master (metrics.rb): a worker
+		// serves them from its first scrape.
 		var body string
 		var created map[string]float64
-		poll.Until(t, 10*time.Second, func() bool {
-			body = openMetrics(t, tg.Targets[0])
-			created = createdTimestamps(t, body)
-			return len(created) == 3
-		}, "worker %d: want the created timestamps of 3 app_ series in:\n%s", tg.Pid(), poll.Latest(&body))
+		body = openMetrics(t, tg.Targets[0])
+		created = createdTimestamps(t, body)
+		for _, want := range []string{`app_requests_created{code="200"}`, `app_requests_created{code="404"}`, `app_request_duration_seconds_created`, `app_loads_created`} {
+			if _, ok := created[want]; !ok {
+				t.Errorf("worker %d: no %s in:\n%s", tg.Pid(), want, body)
+			}
+		}
 		for name, ts := range created {
 			// started_at has whole seconds.
 			if ts < float64(started.Unix()) || ts < float64(began.Unix()) {

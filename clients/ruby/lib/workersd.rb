@@ -2,7 +2,9 @@
 
 require_relative "workersd/version"
 require_relative "workersd/agent"
-require_relative "workersd/registry"
+require_relative "workersd/metrics"
+require_relative "workersd/exposition"
+require_relative "workersd/tracer"
 require_relative "workersd/endpoint"
 require_relative "workersd/worker"
 
@@ -11,17 +13,14 @@ require_relative "workersd/worker"
 # own /metrics on an ephemeral port and registers it with the host's
 # workersd agent, which keeps it in etcd for sdwriter and Prometheus.
 #
-#   Workersd::Agent     the agent's API on its Unix socket
-#   Workersd::Endpoint  the worker's /metrics server
-#   Workersd::Worker    the two together: start after fork, stop before exit
-#   Workersd::Registry  per-process counters with created timestamps
-#   Workersd::Puma      hooks for config/puma.rb (require "workersd/puma")
+#   Workersd::Agent       the agent's API on its Unix socket
+#   Workersd::Endpoint    the worker's /metrics server
+#   Workersd::Worker      the two together: start after fork, stop before exit
+#   Workersd::Exposition  Prometheus::Client.registry (prometheus-client or
+#                         prometheus-client-mmap) as OpenMetrics with
+#                         created timestamps at the worker's start
+#   Workersd::Tracer      long jobs accounted at every scrape
+#   Workersd::Puma, ::Unicorn, ::Passenger, ::Sidekiq, ::DelayedJob
+#                         hooks (require "workersd/puma", ...)
 module Workersd
-  @registry = Registry.new
-
-  # The registry a Worker serves unless given another exposition: the
-  # application's counters, in this process.
-  def self.registry
-    @registry
-  end
 end

@@ -4,6 +4,9 @@ require "minitest/autorun"
 require "fileutils"
 require "stringio"
 require "tmpdir"
+# prometheus-client-mmap (Debian: ruby-prometheus-client-mmap), in-process.
+require "prometheus/client"
+Prometheus::Client.configuration.value_class = Prometheus::Client::SimpleValue
 require "workersd"
 
 # Real workersd agents for the tests, started from WORKERSD_AGENT_BIN on the

@@ -6,18 +6,18 @@ class TestEndpoint < Minitest::Test
   include AgentHelper
 
   def test_serves_the_exposition
-    registry = Workersd::Registry.new
-    registry.counter(:app_requests, docstring: "Requests.").increment(by: 3)
-    endpoint = Workersd::Endpoint.new(registry, host: "127.0.0.1").start
+    registry = Prometheus::Client::Registry.new
+    registry.counter(:app_requests, "Requests.").increment({}, 3)
+    endpoint = Workersd::Endpoint.new(Workersd::Exposition.new(registry), host: "127.0.0.1").start
     status, headers, body = http_get(endpoint.port, "/metrics", accept: "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
     assert_equal 200, status
-    assert_equal Workersd::Registry::OPENMETRICS, headers["content-type"]
+    assert_equal Workersd::Exposition::OPENMETRICS, headers["content-type"]
     assert_includes body, "app_requests_total 3\n"
     assert body.end_with?("# EOF\n"), body
 
     status, headers, body = http_get(endpoint.port, "/metrics")
     assert_equal 200, status
-    assert_equal Workersd::Registry::TEXT, headers["content-type"]
+    assert_equal Workersd::Exposition::TEXT, headers["content-type"]
     assert_includes body, "app_requests_total 3\n"
     refute_includes body, "_created"
 
@@ -29,7 +29,7 @@ class TestEndpoint < Minitest::Test
   def test_plain_callables
     endpoint = Workersd::Endpoint.new(-> { "x_total 1\n" }, host: "127.0.0.1").start
     _, headers, body = http_get(endpoint.port, "/metrics")
-    assert_equal Workersd::Registry::TEXT, headers["content-type"]
+    assert_equal Workersd::Exposition::TEXT, headers["content-type"]
     assert_equal "x_total 1\n", body
     endpoint.close
 

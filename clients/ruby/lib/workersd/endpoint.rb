@@ -19,17 +19,28 @@ module Workersd
 
     # exposition: a callable returning the body of /metrics, either
     # [content_type, body] or a String in the text format 0.0.4. It is given
-    # the scraper's Accept header if it takes an argument (a Registry does).
-    # path: where Prometheus scrapes; /metrics answers as well.
-    def initialize(exposition, host: ENV.fetch("WORKERSD_METRICS_HOST", "0.0.0.0"), path: "/metrics")
+    # the scraper's Accept header if it takes an argument (an Exposition
+    # does). before_scrape: callables run before each scrape is rendered (a
+    # Tracer's collect). path: where Prometheus scrapes; /metrics answers as
+    # well. log: where a scrape's failure is logged, once per cause.
+    def initialize(exposition, host: ENV.fetch("WORKERSD_METRICS_HOST", "0.0.0.0"), path: "/metrics",
+                   before_scrape: [], log: $stderr)
       @exposition = exposition
+      @before_scrape = Array(before_scrape)
       @host = host
       @path = path
+      @log = log
       @mutex = Mutex.new
       @scraped = ConditionVariable.new
       @exit_began = nil
       @final_scrapes = 0
+      @final_failure = nil
+      @causes = {}
     end
+
+    # Why the last scrape that ended a wait_final_scrape failed; nil if it
+    # succeeded (or none did).
+    attr_reader :final_failure
 
     def start
       @server = TCPServer.new(@host, 0)
@@ -42,13 +53,20 @@ module Workersd
     # Waits up to timeout seconds for a scrape that begins from now on and
     # is sent completely; true if one was. Call it once nothing will count
     # any more: that scrape then carries every count to Prometheus.
+    #
+    # A scrape that begins from now on and fails to render (a 500) ends the
+    # wait too, with false and final_failure set: the next would fail the
+    # same way, and the exit need not wait the whole bound for it.
     def wait_final_scrape(timeout)
       deadline = monotonic + timeout
       @mutex.synchronize do
         @exit_began = monotonic
         @final_scrapes = 0
+        @final_failure = nil
         # Signals and spurious wake-ups end a wait early: wait again.
         until @final_scrapes.positive?
+          return false if @final_failure
+
           left = deadline - monotonic
           return false if left <= 0
 
@@ -56,6 +74,15 @@ module Workersd
         end
         true
       end
+    end
+
+    # Renders the exposition once, as a scrape would; returns nil, or the
+    # error a scrape would get now.
+    def render_error
+      render(OPENMETRICS_ACCEPT)
+      nil
+    rescue StandardError => e
+      e
     end
 
     def close
@@ -74,7 +101,7 @@ module Workersd
         rescue SystemCallError => e
           # Out of file descriptors, or a connection reset before accept:
           # the next scrape may fare better.
-          warn "workersd: /metrics: accept: #{e.message}"
+          log("/metrics: accept: #{e.message}")
           sleep 0.1
           next
         end
@@ -92,20 +119,19 @@ module Workersd
       elsif path != @path && path != "/metrics"
         respond(client, "404 Not Found", "text/plain", "metrics are at /metrics\n")
       else
-        type, body = render(head[/^accept:[ \t]*(.*?)\r?$/i, 1])
+        begin
+          type, body = render(head[/^accept:[ \t]*(.*?)\r?$/i, 1])
+        rescue StandardError => e
+          failed(e, began, path == @path)
+          respond(client, "500 Internal Server Error", "text/plain", "rendering the metrics failed: #{e.class}\n")
+          return
+        end
         respond(client, "200 OK", type, body)
         # Only Prometheus' scrapes carry the counts away, not someone's curl.
         counted(began) if path == @path
       end
     rescue SystemCallError, IOError
       # The scraper went away: nothing to answer.
-    rescue StandardError => e
-      warn "workersd: /metrics: #{e.class}: #{e.message}"
-      begin
-        respond(client, "500 Internal Server Error", "text/plain", "#{e.class}\n")
-      rescue SystemCallError, IOError
-        nil
-      end
     ensure
       client.close
     end
@@ -128,15 +154,41 @@ module Workersd
       head
     end
 
+    OPENMETRICS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
     def render(accept)
+      @before_scrape.each(&:call)
       callable = @exposition.respond_to?(:arity) ? @exposition : @exposition.method(:call)
       out = callable.arity.zero? ? callable.call : callable.call(accept)
-      out.is_a?(Array) ? out : [Registry::TEXT, out.to_s]
+      out.is_a?(Array) ? out : [Exposition::TEXT, out.to_s]
     end
 
     def respond(client, status, type, body)
       client.write("HTTP/1.1 #{status}\r\nContent-Type: #{type}\r\n" \
                    "Content-Length: #{body.bytesize}\r\nConnection: close\r\n\r\n", body)
+    end
+
+    # A scrape failed: logged once per cause (the exception's class and
+    # where it was raised, since its message may differ at every scrape).
+    def failed(error, began, own)
+      cause = "#{error.class} #{error.backtrace&.first}"
+      first = @mutex.synchronize do
+        if own && @exit_began && began >= @exit_began
+          @final_failure = error
+          @scraped.broadcast
+        end
+        @causes.size < 100 && !@causes.key?(cause) && (@causes[cause] = true)
+      end
+      return unless first
+
+      log("/metrics fails: #{error.class}: #{error.message[0, 300]} (at #{error.backtrace&.first}); " \
+          "scrapes answer 500 (logged once per cause)")
+    end
+
+    def log(msg)
+      @log.puts("workersd: #{msg}")
+    rescue IOError
+      nil
     end
 
     def counted(began)

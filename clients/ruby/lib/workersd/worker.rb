@@ -18,18 +18,27 @@ module Workersd
     attr_reader :endpoint
 
     # job: the Prometheus job. labels: extra target labels.
-    # exposition: what /metrics serves (see Endpoint); default the
-    # application's counters in Workersd.registry.
+    # exposition: what /metrics serves (see Endpoint); default an
+    # Exposition of Prometheus::Client.registry (prometheus-client or
+    # prometheus-client-mmap), whichever the application loads.
+    # before_scrape: callables run before each scrape (Tracer#collect).
     # final_scrape_timeout: seconds stop waits for the final scrape; above
     # Prometheus' discovery delay (5 s) plus a scrape interval, since a
     # young worker's first scrape comes that late.
     # backoff_max: the longest pause between registration attempts.
-    def initialize(job:, labels: {}, exposition: Workersd.registry,
+    def initialize(job:, labels: {}, exposition: nil, before_scrape: [],
                    final_scrape_timeout: Float(ENV.fetch("WORKERSD_FINAL_SCRAPE_TIMEOUT", "15")),
                    backoff_max: 1.0, agent: Agent.new, log: $stderr)
+      raise ArgumentError, "job must be a non-empty String" unless job.is_a?(String) && !job.empty?
+
+      before_scrape = Array(before_scrape)
+      bad = before_scrape.reject { |h| h.respond_to?(:call) }
+      raise ArgumentError, "before_scrape: not callable: #{bad.inspect}" unless bad.empty?
+
       @job = job
       @labels = labels
-      @exposition = exposition
+      @exposition = exposition || Exposition.new
+      @before_scrape = before_scrape
       @final_scrape_timeout = final_scrape_timeout
       @backoff_max = backoff_max
       @agent = agent
@@ -49,10 +58,16 @@ module Workersd
     # instead of counting that process' metrics a second time.
     def start
       @exposition.reset_inherited! if @exposition.respond_to?(:reset_inherited!)
-      @endpoint = Endpoint.new(@exposition, path: "/metrics/#{Process.pid}-#{SecureRandom.hex(4)}").start
+      @endpoint = Endpoint.new(@exposition, path: Worker.own_metrics_path, before_scrape: @before_scrape, log: @log).start
       @thread = Thread.new { register_until_done }
       @thread.name = "workersd register"
       self
+    end
+
+    # A metrics path only this process serves: /metrics/<pid>-<16 hex
+    # digits> (docs/KEYS.md; Go's registrar.OwnMetricsPath).
+    def self.own_metrics_path(pid = Process.pid)
+      "/metrics/#{pid}-#{SecureRandom.hex(8)}"
     end
 
     def registered?
@@ -61,6 +76,10 @@ module Workersd
 
     # Stops registering; if registered, waits for the final scrape and
     # deregisters. Call it once the worker has stopped counting.
+    #
+    # A final scrape that cannot succeed is not waited for: if rendering the
+    # metrics fails now, stop logs it and deregisters at once; if a scrape
+    # during the wait fails, the wait ends there.
     def stop
       @mutex.synchronize do
         return if @stopping
@@ -71,8 +90,15 @@ module Workersd
       # An attempt in flight ends within the agent's answer time.
       @thread&.join
       if registered?
-        unless @endpoint.wait_final_scrape(@final_scrape_timeout)
-          log("no final scrape of pid #{Process.pid} within #{@final_scrape_timeout}s; its last counts may be lost")
+        if (err = @endpoint.render_error)
+          log("not waiting for a final scrape of pid #{Process.pid}: rendering its metrics fails " \
+              "(#{err.class}: #{err.message[0, 200]}); its last counts are lost")
+        elsif !@endpoint.wait_final_scrape(@final_scrape_timeout)
+          if (err = @endpoint.final_failure)
+            log("the final scrape of pid #{Process.pid} failed (#{err.class}); its last counts are lost")
+          else
+            log("no final scrape of pid #{Process.pid} within #{@final_scrape_timeout}s; its last counts may be lost")
+          end
         end
         begin
           @agent.deregister(Process.pid)
