@@ -300,3 +300,26 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// Issue 21: the agent's start used to look for orphans on the resumed
+// host lease before serving, up to a TTL while etcd did not answer; it
+// serves at once now and looks in the background.
+func TestStartDoesNotWaitForEtcd(t *testing.T) {
+	h := newHarness(t, nil, func(c *Config) { c.TTL = 10 * time.Second })
+	w := child(t)
+	if code, body := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000, "pid": w.Process.Pid}); code != 201 {
+		t.Fatalf("register: %d %v", code, body)
+	}
+	poll.Until(t, 10*time.Second, func() bool { return len(h.keys()) == 1 }, "not registered")
+	h.stop()
+	h.etcd.Stop()
+	start := time.Now()
+	h.start()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the agent took %s to start with etcd down (TTL 10 s)", d)
+	}
+	if ws := h.agent.List(); len(ws) != 1 {
+		t.Fatalf("after a restart with etcd down: %v; want the live worker adopted", ws)
+	}
+	h.etcd.Restart()
+}
