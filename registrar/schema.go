@@ -326,7 +326,8 @@ func (v Value) Encode() ([]byte, error) {
 // encoding/json alone matches names case-insensitively and lets the last
 // duplicate win, so {"address":"127.0.0.1:80","Address":"169.254.169.254:80"}
 // became a target of the second address while every other reader saw the
-// first. The error names the field at fault.
+// first. The error is on the field at fault, or on "value" for a key that
+// is no field (its message names the key).
 func DecodeValue(b []byte) (Value, error) {
 	if len(b) > MaxValueSize {
 		return Value{}, fieldErr("value", "%d bytes, at most %d allowed", len(b), MaxValueSize)
@@ -337,7 +338,7 @@ func DecodeValue(b []byte) (Value, error) {
 	var v Value
 	if err := strictjson.Unmarshal(b, &v); err != nil {
 		var se *strictjson.Error
-		if errors.As(err, &se) && se.Field != "" {
+		if errors.As(err, &se) && se.Field != "" && !se.Unknown {
 			return Value{}, fieldErr(se.Field, "%s", se.Msg)
 		}
 		return Value{}, fieldErr("value", "invalid JSON: %v", err)

@@ -34,13 +34,13 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 	good := `{"address":"10.0.0.5:1"}`
 	cases := []struct{ name, key, value, field string }{
 		{"bad json", "/workersd/v1/a/h/0", `{"address":`, "value"},
-		{"unknown field", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","x":1}`, "x"},
+		{"unknown field", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","x":1}`, "value"},
 		// Issue 21: encoding/json let the last duplicate win and matched
 		// names case-insensitively; the second address became the target.
 		{"duplicate address", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","address":"169.254.169.254:80"}`, "address"},
-		{"address in another case", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","Address":"169.254.169.254:80"}`, "Address"},
-		{"only another case", "/workersd/v1/a/h/0", `{"ADDRESS":"169.254.169.254:80"}`, "ADDRESS"},
-		{"Unicode case folding", "/workersd/v1/a/h/0", `{"addreſs":"169.254.169.254:80"}`, "addreſs"},
+		{"address in another case", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","Address":"169.254.169.254:80"}`, "value"},
+		{"only another case", "/workersd/v1/a/h/0", `{"ADDRESS":"169.254.169.254:80"}`, "value"},
+		{"Unicode case folding", "/workersd/v1/a/h/0", `{"addreſs":"169.254.169.254:80"}`, "value"},
 		{"duplicate after unescaping", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","\u0061ddress":"169.254.169.254:80"}`, "address"},
 		{"duplicate metrics path", "/workersd/v1/a/h/0", `{"address":"127.0.0.1:9000","metrics_path":"/m","metrics_path":"/latest/meta-data/"}`, "metrics_path"},
 		{"duplicate label", "/workersd/v1/a/h/0", `{"address":"10.0.0.5:1","labels":{"env":"prod","env":"dev"}}`, "labels.env"},
@@ -67,6 +67,15 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 				t.Fatalf("Decode error %v, want a FieldError on %q", err, tc.field)
 			}
 		})
+	}
+}
+
+// Issue 21: a key in another case than the field's is refused, and the
+// message names both, so whoever wrote it can tell what to fix.
+func TestDecodeNamesTheKeyInAnotherCase(t *testing.T) {
+	_, err := registrar.DecodeValue([]byte(`{"address":"127.0.0.1:9000","Address":"169.254.169.254:80"}`))
+	if err == nil || !strings.Contains(err.Error(), `Address: unknown field (field names are case-sensitive: "address")`) {
+		t.Fatalf("DecodeValue: %v", err)
 	}
 }
 

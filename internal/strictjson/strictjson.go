@@ -27,9 +27,13 @@ import (
 // Error is why a document was refused. Field is the path of the member at
 // fault, as written in the document ("labels.version", "workers[2].pid"),
 // or empty when the document as a whole is (invalid JSON, data after it).
+// Unknown says that the member is no field of its struct at all (a key in
+// another case included): Field is then what the document says, not a
+// field of the type.
 type Error struct {
-	Field string
-	Msg   string
+	Field   string
+	Msg     string
+	Unknown bool
 }
 
 func (e *Error) Error() string {
@@ -306,7 +310,7 @@ func (w *walker) object(s *schema, depth int) error {
 		case s.fields != nil:
 			var ok bool
 			if sub, ok = s.fields[string(key)]; !ok {
-				return &Error{Field: w.field(), Msg: unknown(s, key)}
+				return &Error{Field: w.field(), Msg: unknown(s, key), Unknown: true}
 			}
 		case s.elem != nil:
 			sub = s.elem

@@ -92,6 +92,9 @@ func TestRefuses(t *testing.T) {
 			if !errors.As(err, &e) || e.Field != tc.field || !strings.Contains(e.Msg, tc.msg) {
 				t.Fatalf("Unmarshal(%.80q) = %.200v (field %.80q), want an *Error on %.80q saying %q", tc.doc, err, fieldOf(e), tc.field, tc.msg)
 			}
+			if e.Unknown != strings.Contains(tc.msg, "unknown field") && e.Unknown != strings.Contains(tc.msg, "case-sensitive") {
+				t.Errorf("Unknown is %v", e.Unknown)
+			}
 			if json.Valid([]byte(tc.doc)) && tc.field != "" && !strings.Contains(err.Error(), tc.field+": ") {
 				t.Errorf("message %q does not name the field", err)
 			}
