@@ -4,9 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/workersd/workersd/internal/strictjson"
 )
 
 // Handler serves the agent's API:
@@ -62,11 +67,67 @@ func (a *Agent) requireCaller(h http.Handler) http.Handler {
 	})
 }
 
-// NewServer returns the API's HTTP server for the Unix socket: each
-// connection's peer credentials (SO_PEERCRED) decide what its requests
-// may do. For TCP, serve TokenAuth(token, a.Handler()) instead.
-func (a *Agent) NewServer() *http.Server {
-	return &http.Server{Handler: a.Handler(), ConnContext: ConnContext, ReadHeaderTimeout: 10 * time.Second}
+// Defaults of ServerConfig. A request is a few hundred bytes on a local
+// socket, read in microseconds; the longest answer waits for etcd (a
+// registration up to RegisterWait, a removal up to the lease TTL).
+const (
+	DefaultReadTimeout  = 10 * time.Second
+	DefaultWriteTimeout = 30 * time.Second
+	DefaultIdleTimeout  = 30 * time.Second
+)
+
+// ServerConfig configures an API server (NewServerWith). What one caller
+// may hold open is bounded by a ConnLimiter on the listener; these bound
+// how long.
+type ServerConfig struct {
+	// ReadTimeout bounds the reading of one request, headers and body,
+	// from its first byte (a body sent a byte at a time ends there).
+	// Optional, defaults to DefaultReadTimeout.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds a request from the end of its headers to the
+	// end of its answer, the handler's work included: keep it above the
+	// longest wait for etcd. Optional, defaults to DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// IdleTimeout bounds how long a keep-alive connection waits for its
+	// next request. Optional, defaults to DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// Token, when set, makes it the TCP API's server: every request must
+	// carry "Authorization: Bearer <Token>" (TokenAuth). Empty: the Unix
+	// socket's, whose peer credentials identify callers (ConnContext).
+	Token string
+}
+
+// NewServer returns the API's HTTP server for the Unix socket with the
+// default ServerConfig: each connection's peer credentials (SO_PEERCRED)
+// decide what its requests may do.
+func (a *Agent) NewServer() *http.Server { return a.NewServerWith(ServerConfig{}) }
+
+// NewServerWith returns an API server: for the Unix socket, or for TCP
+// with cfg.Token. Serve it on a listener wrapped by a ConnLimiter. Its
+// own errors (accept failures) go to the agent's logger.
+func (a *Agent) NewServerWith(cfg ServerConfig) *http.Server {
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	srv := &http.Server{
+		Handler:      a.Handler(),
+		ConnContext:  ConnContext,
+		ReadTimeout:  cfg.ReadTimeout, // and the headers' (ReadHeaderTimeout unset)
+		WriteTimeout: cfg.WriteTimeout,
+		IdleTimeout:  cfg.IdleTimeout,
+		ErrorLog:     a.log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn}),
+	}
+	if cfg.Token != "" {
+		srv.Handler = TokenAuth(cfg.Token, srv.Handler)
+		srv.ConnContext = nil // TCP has no peer credentials
+	}
+	return srv
 }
 
 type statusWriter struct {
@@ -81,20 +142,27 @@ func (w *statusWriter) WriteHeader(code int) {
 
 func (a *Agent) handleRegister(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodySize)
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	var req Request
-	if err := dec.Decode(&req); err != nil {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeErr(w, apiErr(http.StatusRequestEntityTooLarge, "", "request body larger than %d bytes", MaxBodySize))
 			return
 		}
-		writeErr(w, apiErr(http.StatusBadRequest, "", "invalid JSON request: %v", err))
+		writeErr(w, apiErr(http.StatusBadRequest, "", "reading the request: %v", err))
 		return
 	}
-	if dec.More() {
-		writeErr(w, apiErr(http.StatusBadRequest, "", "invalid JSON request: data after the object"))
+	// Strictly: encoding/json alone would take "Address" for "address" and
+	// the last of two "address" keys, which a reviewer of the request (or
+	// a proxy's check) would not see.
+	var req Request
+	if err := strictjson.Unmarshal(body, &req); err != nil {
+		field := ""
+		var se *strictjson.Error
+		if errors.As(err, &se) && !se.Unknown {
+			field = se.Field
+		}
+		writeErr(w, apiErr(http.StatusBadRequest, field, "invalid JSON request: %v", err))
 		return
 	}
 	wk, created, err := a.Register(r.Context(), req)

@@ -47,11 +47,18 @@ func callerFrom(ctx context.Context) Caller {
 	return Caller{Trusted: true}
 }
 
-// ConnContext is for http.Server.ConnContext on the Unix socket: it reads
-// the peer credentials of each connection into its requests' context.
+// ConnContext is for http.Server.ConnContext on the Unix socket: it puts
+// the peer credentials of each connection into its requests' context (as
+// a ConnLimiter's listener read them at accept, or read here).
 // Connections whose credentials cannot be read get none, and Handler
 // refuses their requests.
 func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if lc, ok := c.(*limitedConn); ok {
+		if lc.caller == nil {
+			return ctx
+		}
+		return WithCaller(ctx, *lc.caller)
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return ctx
