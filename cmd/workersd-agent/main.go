@@ -73,6 +73,11 @@ type flags struct {
 	allowNonLoop   bool
 	tokenFile      string
 	token          string
+	readTimeout    time.Duration
+	writeTimeout   time.Duration
+	idleTimeout    time.Duration
+	maxConnsCaller int
+	maxConns       int
 	allowAddresses []string
 	allowPrefixes  []netip.Prefix
 	maxPerUser     int
@@ -104,6 +109,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("listen.address", "Optional loopback TCP address of the API, e.g. 127.0.0.1:9589; needs --listen.token-file.").StringVar(&f.address)
 	app.Flag("listen.token-file", "File holding the bearer token every request on --listen.address must carry (Authorization: Bearer <token>). Such a caller may act for any user.").StringVar(&f.tokenFile)
 	app.Flag("listen.allow-non-loopback", "Allow --listen.address on a non-loopback address.").BoolVar(&f.allowNonLoop)
+	durationFlag(app, "listen.read-timeout", "Longest time one API request, headers and body, may take to arrive; then its connection is closed.", agent.DefaultReadTimeout, &f.readTimeout)
+	durationFlag(app, "listen.write-timeout", "Longest time from an API request's headers to the end of its answer, the wait for etcd included; keep it above --ttl.", agent.DefaultWriteTimeout, &f.writeTimeout)
+	durationFlag(app, "listen.idle-timeout", "Longest time an API connection may wait, idle, for its next request.", agent.DefaultIdleTimeout, &f.idleTimeout)
+	intFlag(app, "listen.max-connections-per-caller", "Most API connections one caller may hold open: one user on the socket (by its peer credentials), one address on TCP. More are closed at once.", agent.DefaultMaxConnsPerCaller, &f.maxConnsCaller)
+	intFlag(app, "listen.max-connections", "Most API connections all callers together may hold open. More are closed at once.", agent.DefaultMaxConns, &f.maxConns)
 	app.Flag("allow-address", "A network (CIDR) whose addresses workers may register besides this host's own and loopback, e.g. a NAT address; repeatable.").StringsVar(&f.allowAddresses)
 	app.Flag("max-per-user", "Most live registrations one user may hold.").Default(strconv.Itoa(agent.DefaultMaxPerUser)).IntVar(&f.maxPerUser)
 	app.Flag("state.file", "File that keeps the registrations across restarts of the agent. Empty: none.").Default("/var/lib/workersd/agent.json").StringVar(&f.stateFile)
@@ -162,6 +172,26 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	if f.maxPerUser < 1 {
 		return nil, fmt.Errorf("--max-per-user: %d is below 1", f.maxPerUser)
+	}
+	for _, t := range []struct {
+		flag string
+		d    time.Duration
+	}{{"read-timeout", f.readTimeout}, {"write-timeout", f.writeTimeout}, {"idle-timeout", f.idleTimeout}} {
+		if t.d <= 0 {
+			return nil, fmt.Errorf("--listen.%s: %s must be above 0s: without it a caller could hold a connection for ever", t.flag, t.d)
+		}
+	}
+	if f.writeTimeout < time.Second {
+		return nil, fmt.Errorf("--listen.write-timeout: %s is below 1s: answers that wait for etcd (up to %s for a registration) would be cut off", f.writeTimeout, agent.DefaultRegisterWait)
+	}
+	if f.maxConns < 1 {
+		return nil, fmt.Errorf("--listen.max-connections: %d is below 1", f.maxConns)
+	}
+	if f.maxConnsCaller < 1 {
+		return nil, fmt.Errorf("--listen.max-connections-per-caller: %d is below 1", f.maxConnsCaller)
+	}
+	if f.maxConnsCaller > f.maxConns {
+		return nil, fmt.Errorf("--listen.max-connections-per-caller: %d is above --listen.max-connections (%d): one caller could take every connection", f.maxConnsCaller, f.maxConns)
 	}
 	if f.host == "" {
 		h, err := os.Hostname()
@@ -234,7 +264,30 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		return err
 	}
 
-	var listeners []net.Listener
+	// Every API connection counts against its caller's limit and the
+	// total, on both listeners; the servers' timeouts end what they hold.
+	limiter, err := agent.NewConnLimiter(agent.LimitConfig{
+		MaxConnsPerCaller: f.maxConnsCaller,
+		MaxConns:          f.maxConns,
+		Registerer:        reg,
+		Logger:            logger.Named("api"),
+	})
+	if err != nil {
+		return err
+	}
+	warnIfFewDescriptors(logger, f.maxConns)
+	// The socket identifies callers by their peer credentials, TCP by the
+	// token: two servers.
+	timeouts := agent.ServerConfig{ReadTimeout: f.readTimeout, WriteTimeout: f.writeTimeout, IdleTimeout: f.idleTimeout}
+	api := a.NewServerWith(timeouts)
+	tcpTimeouts := timeouts
+	tcpTimeouts.Token = f.token
+	tcpAPI := a.NewServerWith(tcpTimeouts)
+	type listener struct {
+		net.Listener
+		srv *http.Server
+	}
+	var listeners []listener
 	defer func() {
 		for _, l := range listeners {
 			l.Close()
@@ -245,14 +298,14 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		if err != nil {
 			return err
 		}
-		listeners = append(listeners, l)
+		listeners = append(listeners, listener{limiter.Listener(l), api})
 	}
 	if f.address != "" {
 		l, err := net.Listen("tcp", f.address)
 		if err != nil {
 			return fmt.Errorf("--listen.address: %w", err)
 		}
-		listeners = append(listeners, l)
+		listeners = append(listeners, listener{limiter.Listener(l), tcpAPI})
 	}
 	var web net.Listener
 	if f.webAddress != "" {
@@ -272,24 +325,16 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	defer a.Close()
 
 	errc := make(chan error, len(listeners)+1)
-	// The socket identifies callers by their peer credentials, TCP by the
-	// token: two servers.
-	api := a.NewServer()
-	tcpAPI := &http.Server{Handler: agent.TokenAuth(f.token, a.Handler()), ReadHeaderTimeout: 10 * time.Second}
 	for _, l := range listeners {
 		logger.Info("API listening", "address", l.Addr().String())
-		srv := api
-		if _, tcp := l.(*net.TCPListener); tcp {
-			srv = tcpAPI
-		}
-		go func() { errc <- srv.Serve(l) }()
+		go func() { errc <- l.srv.Serve(l) }()
 	}
 	var webSrv *http.Server
 	if web != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "workersd-agent is healthy.\n") })
-		webSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		webSrv = &http.Server{Handler: mux, ReadTimeout: f.readTimeout, IdleTimeout: f.idleTimeout}
 		logger.Info("metrics listening", "address", web.Addr().String())
 		go func() { errc <- webSrv.Serve(web) }()
 	}
@@ -313,6 +358,34 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		os.Remove(f.socket)
 	}
 	return err
+}
+
+// flagValue parses a flag's value, naming the flag in its error, which
+// kingpin's own parsers do not ("time: invalid duration").
+type flagValue[T any] struct {
+	name  string
+	v     *T
+	parse func(string) (T, error)
+	what  string
+}
+
+func (f *flagValue[T]) Set(s string) error {
+	v, err := f.parse(s)
+	if err != nil {
+		return fmt.Errorf("--%s: %q is not %s", f.name, s, f.what)
+	}
+	*f.v = v
+	return nil
+}
+
+func (f *flagValue[T]) String() string { return fmt.Sprint(*f.v) }
+
+func durationFlag(app *kingpin.Application, name, help string, def time.Duration, v *time.Duration) {
+	app.Flag(name, help).Default(def.String()).SetValue(&flagValue[time.Duration]{name, v, time.ParseDuration, "a duration (e.g. 10s, 1m)"})
+}
+
+func intFlag(app *kingpin.Application, name, help string, def int, v *int) {
+	app.Flag(name, help).Default(strconv.Itoa(def)).SetValue(&flagValue[int]{name, v, strconv.Atoi, "a whole number"})
 }
 
 func listenSocketFlag(path string) (net.Listener, error) {
