@@ -88,4 +88,58 @@ class TestEndpoint < Minitest::Test
     release << true
     endpoint&.close
   end
+
+  # A registry that raises while rendering (prometheus-client-mmap's own
+  # Text.marshal on a histogram): every scrape is a 500, logged once per
+  # cause, not at every scrape.
+  def test_failing_exposition_logged_once_per_cause
+    require "prometheus/client/formats/text"
+    registry = Prometheus::Client::Registry.new
+    registry.histogram(:app_latency_seconds, "Latency.").observe({}, 0.2)
+    mode = :marshal
+    exposition = lambda do
+      case mode
+      when :marshal then Prometheus::Client::Formats::Text.marshal(registry)
+      when :other then raise ArgumentError, "another cause #{rand}"
+      else "x_total 1\n"
+      end
+    end
+    log = StringIO.new
+    endpoint = Workersd::Endpoint.new(exposition, host: "127.0.0.1", log: log).start
+    3.times do
+      status, _, body = http_get(endpoint.port, "/metrics")
+      assert_equal 500, status
+      assert_includes body, "NoMethodError"
+    end
+    assert_equal 1, log.string.scan("/metrics fails").size, log.string
+    assert_includes log.string, "NoMethodError"
+    mode = :other
+    2.times { assert_equal 500, http_get(endpoint.port, "/metrics")[0] }
+    assert_equal 2, log.string.scan("/metrics fails").size, log.string
+    mode = :fixed
+    assert_equal 200, http_get(endpoint.port, "/metrics")[0]
+    assert_equal 2, log.string.scan("/metrics fails").size
+  ensure
+    endpoint&.close
+  end
+
+  # A scrape that fails after the exit began ends the wait for the final
+  # scrape at once: the next would fail too.
+  def test_failed_final_scrape_ends_the_wait
+    failing = false
+    endpoint = Workersd::Endpoint.new(-> { failing ? raise("broken") : "x_total 1\n" }, host: "127.0.0.1",
+                                      path: "/metrics/1-ab", log: StringIO.new).start
+    assert_nil endpoint.render_error
+    waiter = Thread.new { endpoint.wait_final_scrape(10) }
+    wait_until(2, "the waiter did not start") { waiter.status == "sleep" }
+    failing = true
+    refute_nil endpoint.render_error
+    took = monotonic
+    assert_equal 500, http_get(endpoint.port, "/metrics/1-ab")[0]
+    assert_equal false, waiter.value
+    assert_operator monotonic - took, :<, 1
+    assert_equal "broken", endpoint.final_failure.message
+  ensure
+    endpoint&.close
+  end
 end

@@ -90,4 +90,26 @@ class TestWorker < Minitest::Test
     dsl.shutdown.call(0)
     assert_nil listed
   end
+
+  # A registered worker whose metrics cannot be rendered does not wait the
+  # final scrape's whole bound at its exit: it logs why and deregisters.
+  def test_stop_does_not_wait_for_a_scrape_that_cannot_succeed
+    start_agent
+    worker = new_worker("ruby-broken", exposition: -> { raise NoMethodError, "undefined method `total'" })
+    worker.start
+    wait_until(5, "not registered: #{@log.string}") { worker.registered? }
+    took = monotonic
+    worker.stop
+    took = monotonic - took
+    assert_operator took, :<, 1, "stop waited for a final scrape that cannot succeed"
+    assert_includes @log.string, "not waiting for a final scrape"
+    assert_nil listed
+  end
+
+  # Workers register a path of their own: /metrics/<pid>-<16 hex digits>
+  # (docs/KEYS.md).
+  def test_own_metrics_path
+    assert_match(/\A\/metrics\/#{Process.pid}-\h{16}\z/, Workersd::Worker.own_metrics_path)
+    refute_equal Workersd::Worker.own_metrics_path, Workersd::Worker.own_metrics_path
+  end
 end
