@@ -33,17 +33,18 @@ type instance struct {
 	web, file string
 	cancel    context.CancelFunc
 	exit      chan int
+	log       *logBuffer // what it logged
 }
 
 // startSdwriter runs sdwriter with args plus a free web address and, unless
 // file is "", --output.file=file. It returns once /-/ready answers 200.
 func startSdwriter(t *testing.T, file string, args ...string) *instance {
 	t.Helper()
-	in := &instance{web: etcdtest.FreeAddr(t), file: file, exit: make(chan int, 1)}
+	in := &instance{web: etcdtest.FreeAddr(t), file: file, exit: make(chan int, 1), log: &logBuffer{}}
 	args = append([]string{"--web.listen-address=" + in.web, "--log.level=debug", "--output.file=" + file}, args...)
 	ctx, cancel := context.WithCancel(context.Background())
 	in.cancel = cancel
-	go func() { in.exit <- run(ctx, args, testLog{t}) }()
+	go func() { in.exit <- run(ctx, args, testLog{t, in.log}) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -62,11 +63,32 @@ func startSdwriter(t *testing.T, file string, args ...string) *instance {
 	return in
 }
 
-type testLog struct{ t *testing.T }
+// testLog writes sdwriter's log to the test's and to buf.
+type testLog struct {
+	t   *testing.T
+	buf *logBuffer
+}
 
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
+	return l.buf.Write(p)
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 var client = &http.Client{Timeout: 5 * time.Second}

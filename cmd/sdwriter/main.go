@@ -37,6 +37,7 @@ import (
 	"github.com/workersd/workersd/internal/atomicfile"
 	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/internal/embedetcd"
+	"github.com/workersd/workersd/internal/etcdhealth"
 	"github.com/workersd/workersd/internal/hclogslog"
 	"github.com/workersd/workersd/internal/netaddr"
 	"github.com/workersd/workersd/registrar"
@@ -52,6 +53,14 @@ const (
 	// maxShards bounds --output.shards: more Prometheus servers than this
 	// behind one sdwriter is a typo, not a setup.
 	maxShards = 1024
+	// minQuota bounds --etcd.embed.quota-backend-bytes: below, a fresh
+	// etcd and a few registrations fill it.
+	minQuota = 1 << 20
+	// minRetention bounds --etcd.embed.compaction-retention: etcd checks
+	// every tenth of it.
+	minRetention = time.Second
+	// minStatusInterval bounds --etcd.status-interval.
+	minStatusInterval = 100 * time.Millisecond
 )
 
 func main() {
@@ -68,6 +77,9 @@ type flags struct {
 	embedPeer   string
 	embedDir    string
 	embedPublic bool
+	embedQuota  units.Base2Bytes
+	embedRetain time.Duration
+	statusEvery time.Duration
 	sd          etcdsd.SDConfig
 	outputFile  string
 	shards      int
@@ -78,6 +90,9 @@ type flags struct {
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	f := &flags{}
+	// Parsed below, so that a bad value's error names its flag (kingpin's
+	// says "time: invalid duration" and nothing else).
+	var embedQuota, embedRetain, statusEvery string
 	app := kingpin.New(name, "Writes the worker registrations in etcd as Prometheus file_sd and http_sd targets.")
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
@@ -92,6 +107,12 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	app.Flag("etcd.embed.allow-non-loopback", "Let the embedded etcd listen on a non-loopback address. It has no authentication: anyone who reaches it can add and remove targets. For many hosts, run an etcd cluster with TLS and authentication instead (docs/ETCD.md).").BoolVar(&f.embedPublic)
 	app.Flag("etcd.embed.data-dir", "Data directory of the embedded etcd (only without --etcd.endpoints).").
 		Default("sdwriter.etcd").StringVar(&f.embedDir)
+	app.Flag("etcd.embed.quota-backend-bytes", "Quota of the embedded etcd's database: at it, etcd raises the NOSPACE alarm and refuses every write but deletions, so no worker can register, until space is freed and the alarm disarmed (docs/RUNBOOK.md). Compaction and defragmentation keep the database far below it; etcd advises at most 8GiB (only without --etcd.endpoints).").
+		Default("2GiB").StringVar(&embedQuota)
+	app.Flag("etcd.embed.compaction-retention", "History the embedded etcd keeps: it compacts every retention to the revision of one retention ago, so it holds one to two retentions of changes. A watcher (sdwriter, a worker) away for less than this resumes where it was instead of listing everything again (only without --etcd.endpoints).").
+		Default(embedetcd.DefaultCompactionRetention.String()).StringVar(&embedRetain)
+	app.Flag("etcd.status-interval", "How often to ask etcd for each endpoint's status (database size, size in use, quota) and for its alarms (NOSPACE, CORRUPT), shown on the status page and in the metrics.").
+		Default(etcdhealth.DefaultInterval.String()).StringVar(&statusEvery)
 	app.Flag("etcd.prefix", "Key prefix of the registrations.").Default(registrar.DefaultPrefix).StringVar(&f.sd.Prefix)
 	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &f.sd.TLSConfig, Username: &f.sd.Username, PasswordFile: &f.sd.PasswordFile})
 	app.Flag("output.file", "file_sd JSON file to keep up to date: a regular file (replaced atomically) or a symbolic link to one (the file it points to is replaced, the link stays). Empty: write no file (http_sd on /sd only).").
@@ -108,6 +129,25 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	if f.shards < 1 || f.shards > maxShards {
 		return nil, fmt.Errorf("--output.shards=%d: want 1 to %d", f.shards, maxShards)
+	}
+	var err error
+	if f.embedQuota, err = units.ParseBase2Bytes(embedQuota); err != nil {
+		return nil, fmt.Errorf("--etcd.embed.quota-backend-bytes=%s: want a size such as 512MiB or 2GiB", embedQuota)
+	}
+	if f.embedRetain, err = time.ParseDuration(embedRetain); err != nil {
+		return nil, fmt.Errorf("--etcd.embed.compaction-retention=%s: want a duration such as 10m", embedRetain)
+	}
+	if f.statusEvery, err = time.ParseDuration(statusEvery); err != nil {
+		return nil, fmt.Errorf("--etcd.status-interval=%s: want a duration such as 15s", statusEvery)
+	}
+	if f.embedQuota < minQuota {
+		return nil, fmt.Errorf("--etcd.embed.quota-backend-bytes=%s: want at least %s (etcd's default is 2GiB)", f.embedQuota, units.Base2Bytes(minQuota))
+	}
+	if f.embedRetain < minRetention {
+		return nil, fmt.Errorf("--etcd.embed.compaction-retention=%s: want at least %s; the embedded etcd must compact, or its database grows with every registration until its quota stops every write", f.embedRetain, minRetention)
+	}
+	if f.statusEvery < minStatusInterval {
+		return nil, fmt.Errorf("--etcd.status-interval=%s: want at least %s", f.statusEvery, minStatusInterval)
 	}
 	if f.writeRate < 0 {
 		return nil, fmt.Errorf("--output.write-rate=%s: want a size per second, 0 to write every change at once", f.writeRate)
@@ -186,6 +226,14 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	cancel := func() { cancelCause(nil) }
 	defer cancel()
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		versioncollector.NewCollector("workersd"), // workersd_build_info, as in the agent
+	)
+	own := prometheus.WrapRegistererWithPrefix(metricsPrefix, reg)
+
 	embedded := len(f.sd.Endpoints) == 0
 	if embedded {
 		logger.Info("no --etcd.endpoints: starting an embedded single-member etcd; workers on this host reach it with no flags",
@@ -193,7 +241,13 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 		if f.embedPublic {
 			logger.Warn("the embedded etcd may listen beyond loopback and has no authentication: anyone who reaches it can add and remove targets")
 		}
-		srv, err := embedetcd.Start(embedetcd.Config{Dir: f.embedDir, ClientAddr: f.embedListen, PeerAddr: f.embedPeer})
+		srv, err := embedetcd.Start(embedetcd.Config{
+			Dir: f.embedDir, ClientAddr: f.embedListen, PeerAddr: f.embedPeer,
+			Log:                 logger.Named("etcd"),
+			QuotaBackendBytes:   int64(f.embedQuota),
+			CompactionRetention: f.embedRetain,
+			Registerer:          own,
+		})
 		if err != nil {
 			return err
 		}
@@ -210,7 +264,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 			}
 		}()
 		f.sd.Endpoints = []string{srv.Endpoint()}
-		logger.Info("embedded etcd is serving", "endpoint", srv.Endpoint())
+		logger.Info("embedded etcd is serving", "endpoint", srv.Endpoint(), "quota", units.Base2Bytes(srv.Quota()), "compaction_retention", f.embedRetain)
 	}
 	client, err := f.sd.NewClient()
 	if err != nil {
@@ -218,16 +272,15 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	}
 	defer client.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		versioncollector.NewCollector("workersd"), // workersd_build_info, as in the agent
-	)
-	own := prometheus.WrapRegistererWithPrefix(metricsPrefix, reg)
 	discoveryMetrics := etcdsd.NewMetrics(own)
 	fileMetrics := sdfile.NewMetrics(own)
-	if err := errors.Join(discoveryMetrics.Register(), fileMetrics.Register()); err != nil {
+	healthMetrics := etcdhealth.NewMetrics(own)
+	if err := errors.Join(discoveryMetrics.Register(), fileMetrics.Register(), healthMetrics.Register()); err != nil {
+		return err
+	}
+	health, err := etcdhealth.New(etcdhealth.Config{Client: client, Endpoints: f.sd.Endpoints, Interval: f.statusEvery,
+		Logger: logger.Named("etcdhealth"), Metrics: healthMetrics})
+	if err != nil {
 		return err
 	}
 
@@ -257,8 +310,9 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	defer cancel()
 	wg.Go(func() { syncer.Run(ctx) })
 	wg.Go(func() { disc.RunSink(ctx, syncer) })
+	wg.Go(func() { health.Run(ctx) })
 
-	st := &status{disc: disc, syncer: syncer, endpoints: f.sd.Endpoints, embedded: embedded, prefix: f.sd.Prefix}
+	st := &status{disc: disc, syncer: syncer, health: health, endpoints: f.sd.Endpoints, embedded: embedded, prefix: f.sd.Prefix}
 	server := &http.Server{Handler: handler(reg, syncer, st), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- web.ListenAndServe(server, f.web, hclogslog.New(logger.Named("web"))) }()

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/common/version"
 
 	"github.com/workersd/workersd/etcdsd"
+	"github.com/workersd/workersd/internal/etcdhealth"
 	"github.com/workersd/workersd/sdfile"
 )
 
@@ -20,6 +21,7 @@ import (
 type status struct {
 	disc      *etcdsd.Discoverer
 	syncer    *sdfile.Syncer
+	health    *etcdhealth.Reporter
 	endpoints []string
 	embedded  bool
 	prefix    string
@@ -33,6 +35,9 @@ type report struct {
 		Embedded  bool     `json:"embedded"`
 		Prefix    string   `json:"prefix"`
 		Reachable bool     `json:"reachable"`
+		// Health is each endpoint's database size, size in use and
+		// quota, and the cluster's active alarms.
+		Health etcdhealth.Snapshot `json:"health"`
 	} `json:"etcd"`
 	Output    sdfile.SyncStatus `json:"output"`
 	Discovery etcdsd.Status     `json:"discovery"`
@@ -64,6 +69,7 @@ func (s *status) report(q etcdsd.Query) report {
 	r.Output = s.syncer.Status()
 	r.Discovery = s.disc.Status(q)
 	r.Etcd.Reachable = r.Discovery.Reachable
+	r.Etcd.Health = s.health.Snapshot()
 	r.Query = q
 	return r
 }
@@ -98,7 +104,10 @@ func (s *status) serveHTML(w http.ResponseWriter, r *http.Request) {
 		Now        time.Time
 		Prev, Next string
 		First      int
-	}{report: rep, Now: time.Now(), First: q.Offset + 1}
+	}{report: rep, Now: time.Now()}
+	if len(rep.Discovery.Page) > 0 {
+		page.First = q.Offset + 1 // the page is not empty: the offset is below the number of registrations
+	}
 	link := func(offset int) string {
 		v := url.Values{}
 		if q.Job != "" {
@@ -114,7 +123,9 @@ func (s *status) serveHTML(w http.ResponseWriter, r *http.Request) {
 	if q.Offset > 0 {
 		page.Prev = link(max(0, q.Offset-q.Limit))
 	}
-	if q.Offset+q.Limit < rep.Discovery.Matching {
+	// Offset and limit are any whole numbers up to the largest int: their
+	// sum would wrap to a negative offset. Matching - limit cannot.
+	if q.Offset < rep.Discovery.Matching-q.Limit {
 		page.Next = link(q.Offset + q.Limit)
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -137,6 +148,23 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 		return t.UTC().Format(time.RFC3339)
 	},
 	"add": func(a, b int) int { return a + b },
+	"bytes": func(n int64) string {
+		switch {
+		case n < 1<<20:
+			return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+		case n < 1<<30:
+			return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+		default:
+			return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+		}
+	},
+	"percent": func(n, of int64) string {
+		p := 100 * float64(n) / float64(of)
+		if p < 10 {
+			return fmt.Sprintf("%.1f %%", p)
+		}
+		return fmt.Sprintf("%.0f %%", p)
+	},
 }).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -164,7 +192,12 @@ code { font-size: 90%; }
 <tr><th>prefix</th><td><code>{{.Etcd.Prefix}}</code></td></tr>
 <tr><th>reachable</th><td id="etcd-reachable">{{if .Etcd.Reachable}}<span class="good">yes</span>{{else}}<span class="bad">no</span>: the targets already written stay as they are{{end}}</td></tr>
 <tr><th>first listing</th><td>{{if .Discovery.Synced}}done{{else}}<span class="bad">not done yet</span>{{end}}</td></tr>
+<tr><th>alarms</th><td id="etcd-alarms">{{with .Etcd.Health}}{{if .Alarms}}{{range .Alarms}}<p class="alarm"><span class="bad">{{.Alarm}}</span> on member <code>{{.MemberID}}</code> since {{when .Since}}: {{.Action}}</p>{{end}}{{else if .CheckedAt.IsZero}}not checked yet{{else}}<span class="good">none</span>{{end}}{{if .AlarmsError}} <span class="bad">(could not list them: {{.AlarmsError}})</span>{{end}}{{end}}</td></tr>
 </table>
+<table>
+<tr><th>member</th><th>database</th><th>in use</th><th>quota</th><th>version</th><th>leader</th><th>errors</th></tr>
+{{range .Etcd.Health.Endpoints}}<tr class="member"><td><code>{{.Endpoint}}</code></td>{{if .Error}}<td colspan="6"><span class="bad">no answer</span>: {{.Error}}</td>{{else}}<td>{{bytes .DBSizeBytes}}{{if .QuotaBytes}}, {{percent .DBSizeBytes .QuotaBytes}} of the quota{{end}}</td><td>{{bytes .DBSizeInUseBytes}}</td><td>{{if .QuotaBytes}}{{bytes .QuotaBytes}}{{else}}unknown{{end}}</td><td>{{.Version}}</td><td>{{if .Leader}}yes{{else}}no{{end}}</td><td>{{range .Errors}}<span class="bad">{{.}}</span> {{end}}</td>{{end}}</tr>
+{{end}}</table>
 
 <h2 id="output">Output</h2>
 <table>

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -199,4 +201,40 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatalf("screenshot %s: %d bytes, %v", shot, len(png), err)
 	}
 	t.Logf("screenshot: %s (%d bytes)", shot, len(png))
+}
+
+// Issue 21, smaller findings: the status page's "next" link at a huge
+// offset pointed at a negative one (offset + limit wrapped around).
+func TestStatusPageAtAHugeOffset(t *testing.T) {
+	in, _ := statusFixture(t)
+	poll.Until(t, 10*time.Second, func() bool {
+		_, r := getStatus(t, in, "")
+		return r.Discovery.Registrations == 5
+	}, "5 registrations")
+	huge := strconv.Itoa(int(^uint(0) >> 1))
+	for _, q := range []string{"?offset=" + huge, "?offset=" + huge + "&limit=1000", "?offset=" + strconv.Itoa(int(^uint(0)>>1)-50) + "&limit=100"} {
+		code, _, body := httpGet("http://" + in.web + "/" + q)
+		if code != http.StatusOK {
+			t.Errorf("%s: %d %s", q, code, body)
+			continue
+		}
+		if bytes.Contains(body, []byte(">next<")) || bytes.Contains(body, []byte("offset=-")) || !bytes.Contains(body, []byte("none of 5")) {
+			t.Errorf("%s: a next link or a negative offset on the page:\n%s", q, body)
+		}
+		if !bytes.Contains(body, []byte(">previous<")) {
+			t.Errorf("%s: no previous link", q)
+		}
+		if code, r := getStatus(t, in, q); code != http.StatusOK || len(r.Discovery.Page) != 0 || r.Discovery.Matching != 5 {
+			t.Errorf("%s as JSON: %d, %+v", q, code, r.Discovery)
+		}
+	}
+	// Paging near the end still works.
+	_, _, body := httpGet("http://" + in.web + "/?offset=2&limit=2")
+	if !bytes.Contains(body, []byte("3 to 4 of 5")) || !bytes.Contains(body, []byte("offset=4")) {
+		t.Errorf("offset 2, limit 2: no next link to offset 4:\n%s", body)
+	}
+	_, _, body = httpGet("http://" + in.web + "/?offset=3&limit=2")
+	if !bytes.Contains(body, []byte("4 to 5 of 5")) || bytes.Contains(body, []byte(">next<")) {
+		t.Errorf("offset 3, limit 2: a next link past the end:\n%s", body)
+	}
 }
