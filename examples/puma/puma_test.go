@@ -3,14 +3,12 @@
 package puma
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -73,8 +71,8 @@ func TestPumaExactTotals(t *testing.T) {
 	// scrape after the registration carries them, from the counters' created
 	// timestamps. 80 of them keep the agent away for 2s, long enough for the
 	// workers' retries to reach their longest pause (1s).
-	d := startDriver(t, p.bind)
-	poll.Until(t, 30*time.Second, func() bool { return d.answered() >= 80 }, "Puma did not answer 80 requests")
+	d := rubytest.StartDriver(t, p.bind, requestEvery)
+	poll.Until(t, 30*time.Second, func() bool { return d.Answered() >= 80 }, "Puma did not answer 80 requests")
 	back := time.Now()
 	stack.StartAgent(t)
 	first := stack.WaitTargets(t, numWorkers, 5*time.Second)
@@ -104,7 +102,7 @@ func TestPumaPreloadExactTotals(t *testing.T) {
 	stack := servertest.Start(t, stackOptions)
 	p := startPuma(t, stack, true)
 	first := stack.WaitTargets(t, numWorkers, 30*time.Second)
-	d := startDriver(t, p.bind)
+	d := rubytest.StartDriver(t, p.bind, requestEvery)
 	p.recycle(t, stack, d, first, nil)
 }
 
@@ -142,7 +140,7 @@ func startPuma(t *testing.T, stack *servertest.Stack, preload bool) *pumaRun {
 // another worker had held (once its hold ended); then it kills a worker
 // with SIGKILL and checks what Prometheus stored against what Puma
 // answered.
-func (p *pumaRun) recycle(t *testing.T, stack *servertest.Stack, d *driver, first []servertest.Target, steps []string) {
+func (p *pumaRun) recycle(t *testing.T, stack *servertest.Stack, d *rubytest.Driver, first []servertest.Target, steps []string) {
 	t.Helper()
 	watch := stack.Watch(numWorkers)
 	slots := newSlotLog(first)
@@ -187,7 +185,7 @@ func (p *pumaRun) recycle(t *testing.T, stack *servertest.Stack, d *driver, firs
 		}
 		step("term")
 	}
-	ok, notFound, failed := d.stop()
+	ok, notFound, failed := d.Stop()
 	lastRequest := time.Now()
 	t.Logf("%d worker recycles in %s; %d requests answered (%d 200, %d 404), %d failed in transport",
 		recycles, time.Since(recycleStart).Round(time.Millisecond), ok+notFound, ok, notFound, len(failed))
@@ -420,86 +418,6 @@ func keys(m map[int]bool) []int {
 		out = append(out, k)
 	}
 	return out
-}
-
-// driver sends requests at a steady pace, each on a new connection, until
-// stopped; one in five asks for a missing page (a 404, the per-status
-// counter's low-rate series). The truth is what Puma answered.
-type driver struct {
-	t        *testing.T
-	done     chan struct{}
-	halt     sync.Once
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	ok, nf   int
-	failed   []string
-	unwanted error
-}
-
-func startDriver(t *testing.T, bind string) *driver {
-	d := &driver{t: t, done: make(chan struct{})}
-	// A test that fails before stop leaves no requests behind.
-	t.Cleanup(d.end)
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
-	d.wg.Go(func() {
-		tick := time.NewTicker(requestEvery)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-d.done:
-				return
-			case <-tick.C:
-			}
-			path := "/"
-			if i%5 == 4 {
-				path = "/missing"
-			}
-			d.wg.Go(func() { d.get(client, "http://"+bind+path) })
-		}
-	})
-	return d
-}
-
-func (d *driver) get(client *http.Client, url string) {
-	resp, err := client.Get(url)
-	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	switch {
-	case err != nil:
-		d.failed = append(d.failed, fmt.Sprintf("GET %s: %v", url, err))
-	case resp.StatusCode == http.StatusOK:
-		d.ok++
-	case resp.StatusCode == http.StatusNotFound:
-		d.nf++
-	default:
-		d.unwanted = errors.Join(d.unwanted, fmt.Errorf("GET %s: status %s", url, resp.Status))
-	}
-}
-
-// answered is the number of requests answered so far.
-func (d *driver) answered() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.ok + d.nf
-}
-
-// end stops sending and waits for the answers to the requests in flight.
-func (d *driver) end() {
-	d.halt.Do(func() { close(d.done) })
-	d.wg.Wait()
-}
-
-// stop ends the requests and returns what Puma answered.
-func (d *driver) stop() (ok, notFound int, failed []string) {
-	d.end()
-	if d.unwanted != nil {
-		d.t.Fatalf("Puma answered with an unexpected status: %v", d.unwanted)
-	}
-	return d.ok, d.nf, d.failed
 }
 
 // checkCreated reads each live worker's created timestamps from its

@@ -5,6 +5,7 @@ require_relative "workersd/agent"
 require_relative "workersd/metrics"
 require_relative "workersd/exposition"
 require_relative "workersd/tracer"
+require_relative "workersd/job_metrics"
 require_relative "workersd/endpoint"
 require_relative "workersd/worker"
 
