@@ -1,5 +1,6 @@
 import logging
 import os
+import socket
 import threading
 import time
 import unittest
@@ -23,6 +24,15 @@ def scrape(worker, path=None):
     url = "http://127.0.0.1:%d%s" % (worker.endpoint.port, path or worker.endpoint.path)
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read().decode()
+
+
+def refused(port):
+    """Whether nothing listens on 127.0.0.1:port any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 class WorkerTest(unittest.TestCase):
@@ -72,6 +82,25 @@ class WorkerTest(unittest.TestCase):
         began = time.monotonic()
         w.stop()
         self.assertLess(time.monotonic() - began, 1, "stop() waited for a scrape that cannot come")
+
+    def test_stop_closes_the_endpoint(self):
+        # As Ruby's and Node's: once deregistered, nothing serves the port.
+        self.agent.start()
+        w = self.worker().start()
+        self.assertTrue(w.wait_registered(5), "not registered")
+        port = w.endpoint.port
+        self.assertIn("test_requests_total 7", scrape(w))
+        threading.Timer(0.2, scrape, [w]).start()
+        w.stop()
+        self.assertEqual(agent.workers(path=self.agent.socket), [])
+        self.assertTrue(refused(port), "stop() left the endpoint serving port %d" % port)
+
+    def test_stop_without_registration_closes_the_endpoint(self):
+        w = self.worker().start()
+        port = w.endpoint.port
+        self.assertFalse(refused(port))
+        w.stop()
+        self.assertTrue(refused(port), "stop() left the endpoint serving port %d" % port)
 
     def test_refused_registration_is_not_retried(self):
         self.agent.start()

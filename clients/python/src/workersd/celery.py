@@ -20,7 +20,10 @@ by task name, with prometheus_client:
   celery_tasks_in_flight              tasks running now
 
 kwargs are Worker's (job, labels, ...); the job defaults to $WORKERSD_JOB,
-else the Celery app's main name.
+else the Celery app's main name. registry= puts the task metrics in that
+prometheus_client registry instead of the default one, and the endpoint
+serves it (unless app= gives the endpoint another WSGI app: then that app
+must serve the task metrics).
 """
 
 import os
@@ -28,6 +31,7 @@ import threading
 
 from celery import signals
 
+from .endpoint import prometheus_client_app
 from .metrics import reset_inherited_metrics
 from .tracer import Tracer
 from .worker import Worker
@@ -73,6 +77,10 @@ def setup(app, registry=None, **kwargs):
     """Connects the signals for app; returns the TaskMetrics."""
     metrics = TaskMetrics(registry)
     kwargs.setdefault("before_scrape", (metrics.tracer.collect,))
+    if registry is not None:
+        # The task metrics are in registry: the endpoint must serve it, not
+        # the default registry, or they never reach Prometheus.
+        kwargs.setdefault("app", prometheus_client_app(registry))
     if "job" not in kwargs and not os.environ.get("WORKERSD_JOB"):
         kwargs["job"] = app.main
 

@@ -56,6 +56,7 @@ class MetricsEndpoint:
         self._cond = threading.Condition()
         self._exit_began = None
         self._final_scrapes = 0
+        self._closed = False
         self.path = path or own_metrics_path()
         metrics = app if app is not None else prometheus_client_app()
         hooks = tuple(before_scrape)
@@ -94,7 +95,11 @@ class MetricsEndpoint:
             return self._cond.wait_for(lambda: self._final_scrapes > 0, timeout)
 
     def close(self):
-        """Stops serving and frees the port."""
+        """Stops serving and frees the port; closing again does nothing."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
         self._server.shutdown()
         self._server.server_close()
 

@@ -35,9 +35,10 @@ class Worker:
     stop() is for a graceful exit: if the worker was registered, it waits,
     at most final_scrape_timeout seconds, for one more scrape that begins
     after the call, so everything the worker counted reaches Prometheus,
-    then deregisters. A worker that never registered returns at once: no
-    scrape can come. If the process dies without stop(), the agent sees the
-    exit and removes the registration.
+    then deregisters. A worker that never registered does not wait: no
+    scrape can come. Either way stop() closes the endpoint last, which frees
+    its port. If the process dies without stop(), the agent sees the exit
+    and removes the registration.
 
     Every argument is optional:
       job: the Prometheus job; defaults to $WORKERSD_JOB (required one way
@@ -135,8 +136,16 @@ class Worker:
             return
 
     def stop(self):
-        """The graceful exit: final scrape (if registered), deregistration."""
+        """The graceful exit: final scrape (if registered), deregistration,
+        then the endpoint closes and frees its port."""
         self._stop.set()
+        try:
+            self._stop_registered()
+        finally:
+            if self.endpoint is not None:
+                self.endpoint.close()
+
+    def _stop_registered(self):
         if self._thread is not None:
             # An attempt in flight ends within the call's timeout; its
             # outcome decides whether there is anything to wait for.
