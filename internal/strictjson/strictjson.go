@@ -34,6 +34,11 @@ type Error struct {
 	Field   string
 	Msg     string
 	Unknown bool
+
+	// The way to the member, innermost first, gathered as the walk
+	// unwinds so that a valid document costs no path; nil for errors of
+	// the whole document.
+	steps []step
 }
 
 func (e *Error) Error() string {
@@ -64,12 +69,16 @@ func Unmarshal(data []byte, v any) error {
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return fmt.Errorf("strictjson: Unmarshal needs a non-nil pointer, not %T", v)
 	}
-	w := walker{data: data, path: make([]step, 0, 8)}
+	w := walker{data: data}
 	w.space()
 	if w.i == len(data) {
 		return &Error{Msg: "empty document: a JSON value is required"}
 	}
 	if err := w.value(schemaOf(rv.Type().Elem()), 0); err != nil {
+		if e, ok := err.(*Error); ok && e.steps != nil {
+			e.Field = fieldOf(e.steps)
+			e.steps = nil
+		}
 		return err
 	}
 	w.space()
@@ -188,10 +197,11 @@ type step struct {
 	index int
 }
 
-// field renders the way to the member being walked, for an error.
-func (w *walker) field() string {
+// fieldOf renders steps, innermost first, as "labels.version" or "list[1].name".
+func fieldOf(steps []step) string {
 	var b strings.Builder
-	for _, st := range w.path {
+	for i := len(steps) - 1; i >= 0; i-- {
+		st := steps[i]
 		switch {
 		case st.key == nil:
 			b.WriteString("[" + strconv.Itoa(st.index) + "]")
@@ -205,11 +215,23 @@ func (w *walker) field() string {
 	return b.String()
 }
 
+// memberErr is an error of the member at st (its parents add theirs).
+func memberErr(st step, msg string, unknown bool) error {
+	return &Error{Msg: msg, Unknown: unknown, steps: []step{st}}
+}
+
+// within adds st, the member err happened in, to err's way.
+func within(err error, st step) error {
+	if e, ok := err.(*Error); ok && e.steps != nil {
+		e.steps = append(e.steps, st)
+	}
+	return err
+}
+
 // walker checks a document's syntax and its keys against a schema.
 type walker struct {
 	data []byte
 	i    int
-	path []step // to the member being walked
 }
 
 func (w *walker) space() {
@@ -232,7 +254,8 @@ func (w *walker) syntax(what string) error {
 
 func (w *walker) value(s *schema, depth int) error {
 	if depth > MaxDepth {
-		return &Error{Field: w.field(), Msg: fmt.Sprintf("nested deeper than %d", MaxDepth)}
+		// The member's own step is added by its parent.
+		return &Error{Msg: fmt.Sprintf("nested deeper than %d", MaxDepth), steps: make([]step, 0, depth)}
 	}
 	if w.i >= len(w.data) {
 		return w.syntax("a value is expected")
@@ -282,15 +305,15 @@ func (w *walker) object(s *schema, depth int) error {
 			// U+FFFD), so that keys equal to it are equal here.
 			var k string
 			if err := json.Unmarshal(raw, &k); err != nil {
-				return &Error{Field: w.field(), Msg: fmt.Sprintf("invalid key %s: %v", raw, err)}
+				return &Error{Msg: fmt.Sprintf("invalid key %s: %v", raw, err)}
 			}
 			key = []byte(k)
 		}
-		w.path = append(w.path, step{key: key})
+		member := step{key: key}
 		if many == nil {
 			for _, k := range seen {
 				if bytes.Equal(k, key) {
-					return &Error{Field: w.field(), Msg: "duplicate key: a key may appear once in an object"}
+					return memberErr(member, "duplicate key: a key may appear once in an object", false)
 				}
 			}
 			if seen = append(seen, key); len(seen) > 32 {
@@ -301,7 +324,7 @@ func (w *walker) object(s *schema, depth int) error {
 			}
 		} else {
 			if _, dup := many[string(key)]; dup {
-				return &Error{Field: w.field(), Msg: "duplicate key: a key may appear once in an object"}
+				return memberErr(member, "duplicate key: a key may appear once in an object", false)
 			}
 			many[string(key)] = struct{}{}
 		}
@@ -310,7 +333,7 @@ func (w *walker) object(s *schema, depth int) error {
 		case s.fields != nil:
 			var ok bool
 			if sub, ok = s.fields[string(key)]; !ok {
-				return &Error{Field: w.field(), Msg: unknown(s, key), Unknown: true}
+				return memberErr(member, unknown(s, key), true)
 			}
 		case s.elem != nil:
 			sub = s.elem
@@ -322,9 +345,8 @@ func (w *walker) object(s *schema, depth int) error {
 		w.i++
 		w.space()
 		if err := w.value(sub, depth+1); err != nil {
-			return err
+			return within(err, member)
 		}
-		w.path = w.path[:len(w.path)-1]
 		w.space()
 		if w.i >= len(w.data) {
 			return w.syntax("',' or '}' is expected")
@@ -365,11 +387,9 @@ func (w *walker) array(s *schema, depth int) error {
 	}
 	for n := 0; ; n++ {
 		w.space()
-		w.path = append(w.path, step{index: n})
 		if err := w.value(elem, depth+1); err != nil {
-			return err
+			return within(err, step{index: n})
 		}
-		w.path = w.path[:len(w.path)-1]
 		w.space()
 		if w.i >= len(w.data) {
 			return w.syntax("',' or ']' is expected")

@@ -90,7 +90,7 @@ func TestRefuses(t *testing.T) {
 			err := Unmarshal([]byte(tc.doc), &d)
 			var e *Error
 			if !errors.As(err, &e) || e.Field != tc.field || !strings.Contains(e.Msg, tc.msg) {
-				t.Fatalf("Unmarshal(%.80q) = %.200v (field %.80q), want an *Error on %.80q saying %q", tc.doc, err, fieldOf(e), tc.field, tc.msg)
+				t.Fatalf("Unmarshal(%.80q) = %.200v (field %.80q), want an *Error on %.80q saying %q", tc.doc, err, errField(e), tc.field, tc.msg)
 			}
 			if e.Unknown != strings.Contains(tc.msg, "unknown field") && e.Unknown != strings.Contains(tc.msg, "case-sensitive") {
 				t.Errorf("Unknown is %v", e.Unknown)
@@ -102,7 +102,7 @@ func TestRefuses(t *testing.T) {
 	}
 }
 
-func fieldOf(e *Error) string {
+func errField(e *Error) string {
 	if e == nil {
 		return "<none>"
 	}
