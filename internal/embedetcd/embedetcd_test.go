@@ -155,11 +155,11 @@ func restart(cli *clientv3.Client, k registrar.Key, lease, holdLease clientv3.Le
 // Issue 23, acceptance 1: at least 20,000 registration changes through the
 // embedded etcd, compacting with a short retention, leave its database
 // under a bound, while the same churn without compaction grows it by about
-// 540 bytes a restart for ever (2.9 MB for these 20,000 changes, 13.5 MB
+// 540 bytes a restart for ever (2.5 MB for these 20,000 changes, 13.1 MB
 // for 100,000). The bound: 1 MiB. With a retention of R the history held
 // is at most 2R of changes (the periodic compactor's cycle), here 0.2 s;
 // the file's high-water mark stays near the live data plus that history:
-// 0.44 MB after 20,000 changes, 0.49 MB after 100,000 (docs/SCALING.md).
+// 0.43 MB after 20,000 changes, 0.50 MB after 100,000 (docs/SCALING.md).
 // WORKERSD_CHURN_CHANGES and WORKERSD_CHURN_RETENTION (-1s: no
 // compaction) change the run, for the figures.
 func TestChurnStaysBounded(t *testing.T) {
