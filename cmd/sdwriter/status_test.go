@@ -84,7 +84,7 @@ func TestStatusJSON(t *testing.T) {
 		t.Errorf("jobs %+v, want %+v", d.Jobs, want)
 	}
 	if len(d.Rejected) != 2 || d.Rejected[0].Key != prefix+"api/web-3/0" || d.Rejected[0].Reason != "value" ||
-		!strings.Contains(d.Rejected[0].Error, "invalid character") ||
+		!strings.Contains(d.Rejected[0].Error, "invalid JSON") ||
 		d.Rejected[1].Reason != "labels" || !strings.Contains(d.Rejected[1].Error, "bad-name") {
 		t.Errorf("rejected %+v", d.Rejected)
 	}
@@ -180,7 +180,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	row("registration", "api", "web-1", "10.0.0.1:9100", prefix+"api/web-1/0", "yes")
 	row("registration", "batch", "web-2", "10.0.0.2:9100", prefix+"batch/web-2/1", "yes")
 	row("registration dup", "api", "web-2", "10.0.0.2:9100", "no: duplicate")
-	row("rejected", prefix+"api/web-3/0", "value", "invalid character")
+	row("rejected", prefix+"api/web-3/0", "value", "invalid JSON")
 	row("rejected", prefix+"api/web-3/1", "labels", "bad-name")
 	row("duplicate", "10.0.0.2:9100", prefix+"api/web-2/0", prefix+"batch/web-2/1")
 	for _, want := range []string{`id="etcd-reachable"><span class="good">yes</span>`, `href="/metrics"`, `href="/sd"`, `href="/api/v1/status"`} {
