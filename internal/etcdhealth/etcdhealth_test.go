@@ -249,3 +249,39 @@ func TestNewNeedsAClient(t *testing.T) {
 		t.Error("New without a client")
 	}
 }
+
+// With authentication on, a user that may only read the registrations
+// (docs/ETCD.md's sdwriter role) gets the status and the alarms: etcd asks
+// only for a valid user.
+func TestReadOnlyUser(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	admin := etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, step := range []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "s3cret"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.RoleAdd(ctx, "reader"); return err },
+		func() error {
+			_, err := admin.RoleGrantPermission(ctx, "reader", "/workersd/", clientv3.GetPrefixRangeEnd("/workersd/"), clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error { _, err := admin.UserAdd(ctx, "sdwriter", "pw"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "sdwriter", "reader"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli, err := etcdclient.New([]string{etcd.Endpoint()}, clientv3.Config{Username: "sdwriter", Password: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	r, _ := newReporter(t, Config{Client: cli})
+	s := check(t, r)
+	if s.AlarmsError != "" || s.Endpoints[0].Error != "" || s.Endpoints[0].DBSizeBytes <= 0 {
+		t.Errorf("as a read-only user: %+v", s)
+	}
+}
