@@ -5,7 +5,7 @@ require_relative "lib/workersd/version"
 Gem::Specification.new do |s|
   s.name = "workersd"
   s.version = Workersd::VERSION
-  s.summary = "Every worker process of a pre-fork server (Puma) its own Prometheus target"
+  s.summary = "Every worker process of a Ruby server (Puma, Unicorn, Passenger, Sidekiq, DelayedJob) its own Prometheus target"
   s.description = <<~DESC
     Each worker serves /metrics on an ephemeral port and registers with the
     host's workersd agent over its Unix socket; a final scrape before a
