@@ -183,7 +183,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	row("rejected", prefix+"api/web-3/0", "value", "invalid JSON")
 	row("rejected", prefix+"api/web-3/1", "labels", "bad-name")
 	row("duplicate", "10.0.0.2:9100", prefix+"api/web-2/0", prefix+"batch/web-2/1")
-	for _, want := range []string{`id="etcd-reachable"><span class="good">yes</span>`, `href="/metrics"`, `href="/sd"`, `href="/api/v1/status"`} {
+	for _, want := range []string{`id="etcd-reachable"><span class="good">yes</span>`, `id="etcd-alarms"><span class="good">none</span>`, "% of the quota</td>", `href="/metrics"`, `href="/sd"`, `href="/api/v1/status"`} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the page lacks %s", want)
 		}
