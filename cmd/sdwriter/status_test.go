@@ -137,8 +137,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 	in, _ := statusFixture(t)
 	poll.Until(t, 10*time.Second, func() bool {
 		_, r := getStatus(t, in, "")
-		return r.Discovery.RejectedTotal == 2 && r.Discovery.DuplicatesTotal == 1
-	}, "status with 2 rejected keys and 1 duplicate")
+		return r.Discovery.RejectedTotal == 2 && r.Discovery.DuplicatesTotal == 1 && !r.Etcd.Health.CheckedAt.IsZero()
+	}, "status with 2 rejected keys, 1 duplicate and etcd's health checked")
 
 	browser := func(args ...string) []byte {
 		t.Helper()
