@@ -43,7 +43,7 @@ func TestDelayedJobPoolExactTotals(t *testing.T) {
 	rubytest.RequireLib(t, "prometheus/client", "apt-get install ruby-prometheus-client-mmap")
 	rubytest.RequireLib(t, "delayed_job_active_record", "apt-get install ruby-delayed-job-active-record")
 	rubytest.RequireLib(t, "sqlite3", "apt-get install ruby-sqlite3")
-	stack := servertest.Start(t, servertest.Options{})
+	stack := servertest.Start(t, rubytest.StackOptions)
 	began := time.Now()
 	env := append(stack.Env(),
 		"RUBYLIB="+rubytest.ClientLib(t),

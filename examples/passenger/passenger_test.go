@@ -43,7 +43,7 @@ const (
 func TestPassengerExactTotals(t *testing.T) {
 	passenger := buildtest.RequireTool(t, "passenger", "apt-get install passenger")
 	rubytest.RequireLib(t, "prometheus/client", "apt-get install ruby-prometheus-client-mmap")
-	stack := servertest.Start(t, servertest.Options{})
+	stack := servertest.Start(t, rubytest.StackOptions)
 	addr := etcdtest.FreeAddr(t)
 	host, port, _ := strings.Cut(addr, ":")
 	began := time.Now()

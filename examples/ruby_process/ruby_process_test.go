@@ -35,7 +35,7 @@ const (
 func TestRubyProcessExactTotals(t *testing.T) {
 	ruby := buildtest.RequireTool(t, "ruby", "apt-get install ruby")
 	rubytest.RequireLib(t, "prometheus/client", "apt-get install ruby-prometheus-client-mmap")
-	stack := servertest.Start(t, servertest.Options{})
+	stack := servertest.Start(t, rubytest.StackOptions)
 	began := time.Now()
 	env := append(stack.Env(), "RUBYLIB="+rubytest.ClientLib(t), "WORKERSD_JOB="+job)
 	n := 0

@@ -51,7 +51,7 @@ func TestSidekiqExactTotals(t *testing.T) {
 	redisCLI := buildtest.RequireTool(t, "redis-cli", "apt-get install redis-server")
 	ruby := buildtest.RequireTool(t, "ruby", "apt-get install ruby")
 	rubytest.RequireLib(t, "prometheus/client", "apt-get install ruby-prometheus-client-mmap")
-	stack := servertest.Start(t, servertest.Options{})
+	stack := servertest.Start(t, rubytest.StackOptions)
 	redisPort := strconv.Itoa(freePort(t))
 	servertest.Run(t, stack.Dir, "redis", nil, redis, "--port", redisPort, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	poll.Until(t, 10*time.Second, func() bool {

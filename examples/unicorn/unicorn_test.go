@@ -37,7 +37,7 @@ const (
 func TestUnicornExactTotals(t *testing.T) {
 	unicorn := buildtest.RequireTool(t, "unicorn", "apt-get install unicorn")
 	rubytest.RequireLib(t, "prometheus/client", "apt-get install ruby-prometheus-client-mmap")
-	stack := servertest.Start(t, servertest.Options{})
+	stack := servertest.Start(t, rubytest.StackOptions)
 	bind := etcdtest.FreeAddr(t)
 	began := time.Now()
 	env := append(stack.Env(),

@@ -212,3 +212,12 @@ func CheckLog(t testing.TB, log string) {
 		}
 	}
 }
+
+// StackOptions are the stack's settings for the Ruby examples: the
+// production default slot hold (30 s) rather than the harness' 15 s, so
+// that a test's recycles all fall within one hold window. Within it no slot
+// is reused, and the instances are bounded by the harness' check exactly; a
+// registration just after a freed slot's window may still find it held
+// (etcd expires a lease a little after its TTL), which that check does not
+// allow for.
+var StackOptions = servertest.Options{SlotHold: 30 * time.Second}
