@@ -39,7 +39,7 @@ var invariants = []string{invParses, invDead, invDupWorker, invDupAddr, invDupIn
 type ftarget struct {
 	job, addr, instance string
 	pid                 int
-	host           int
+	host                int
 }
 
 // wrec is what the monitor knows of one worker process.
