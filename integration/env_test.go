@@ -30,6 +30,7 @@ import (
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/registrar"
 )
 
 const prefix = "/workersd/v1/"
@@ -497,6 +498,19 @@ type workerOpts struct {
 	finalScrape time.Duration // default 30s: Prometheus may take 10s to see a new target
 }
 
+// demoworkerHold is demoworker's --slot-hold for workerOpts.slotHold, which
+// means what registrar.Config.SlotHold does (0: the default, negative: no
+// hold); the flag means what the agent's does (0s: no hold).
+func demoworkerHold(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return registrar.DefaultSlotHold
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
 type worker struct {
 	*proc
 	opts workerOpts
@@ -540,7 +554,7 @@ func (e *env) startWorkerErr(o workerOpts) (*worker, error) {
 		"--jobs="+strconv.Itoa(jobs), "--rate="+strconv.FormatFloat(rate, 'f', -1, 64),
 		"--job-duration="+o.jobDuration.String(),
 		"--final-scrape-timeout="+o.finalScrape.String(),
-		"--slot-hold="+o.slotHold.String(),
+		"--slot-hold="+demoworkerHold(o.slotHold).String(),
 		"--log.level=debug",
 	)
 	if err != nil {

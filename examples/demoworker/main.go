@@ -27,6 +27,7 @@ import (
 
 	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/worker"
 )
 
@@ -38,7 +39,7 @@ func main() {
 		job         = app.Flag("job", "Job name.").Default("demo").String()
 		host        = app.Flag("host", "Host name in the registration (default: the machine's host name).").String()
 		ttl         = app.Flag("ttl", "Registration lease TTL.").Default("10s").Duration()
-		slotHold    = app.Flag("slot-hold", "How long the slot stays taken after this worker stops (0: the registrar's default, negative: off).").Default("0s").Duration()
+		slotHold    = app.Flag("slot-hold", "How long the slot stays taken after this worker stops, as workersd-agent's --slot-hold: at least the scrape interval plus 15s. 0s: reuse at once (totals may miss restarts).").Default(registrar.DefaultSlotHold.String()).Duration()
 		listen      = app.Flag("listen-address", "Address of the metrics listener.").Default(worker.DefaultListenAddress).String()
 		advertise   = app.Flag("advertise-address", "Address Prometheus should scrape (host or host:port); default: the local address that reaches etcd.").String()
 		webConfig   = app.Flag("web.config.file", "exporter-toolkit web configuration (TLS, basic auth).").String()
@@ -54,6 +55,10 @@ func main() {
 	)
 	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &etcdTLS, Username: &etcdUser, PasswordFile: &etcdPWFile})
 	kingpin.MustParse(app.Parse(os.Args[1:]))
+	if *slotHold < 0 {
+		fmt.Fprintf(os.Stderr, "demoworker: --slot-hold: %s is negative\n", *slotHold)
+		os.Exit(2)
+	}
 	etcdConfig, err := etcdclient.Auth(etcdTLS, etcdUser, "", etcdPWFile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demoworker: --etcd.*:", err)
@@ -69,7 +74,7 @@ func main() {
 			EtcdConfig:         etcdConfig,
 			Prefix:             *prefix,
 			TTL:                *ttl,
-			SlotHold:           *slotHold,
+			SlotHold:           holdOrOff(*slotHold),
 			Labels:             *labels,
 			ListenAddress:      *listen,
 			AdvertiseAddress:   *advertise,
@@ -91,6 +96,16 @@ type config struct {
 	jobs        int
 	rate        float64
 	jobDuration time.Duration
+}
+
+// holdOrOff maps --slot-hold to worker.Config.SlotHold, where 0 means the
+// default and a negative value no hold: the flag's 0s means no hold, as
+// the agent's does.
+func holdOrOff(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func splitList(s string) []string {
