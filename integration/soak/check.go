@@ -80,9 +80,10 @@ func newMonitor(s *soak) *monitor {
 
 func (m *monitor) violate(inv, format string, args ...any) {
 	m.violations[inv]++
+	line := fmt.Sprintf("+%.1fs %s: %s", time.Since(m.s.phaseStart).Seconds(), inv, fmt.Sprintf(format, args...))
 	if m.violations[inv] <= 5 {
-		at := time.Since(m.s.phaseStart).Seconds()
-		m.first = append(m.first, fmt.Sprintf("+%.1fs %s: %s", at, inv, fmt.Sprintf(format, args...)))
+		m.first = append(m.first, line)
+		fmt.Println("soak: VIOLATION " + line)
 	}
 }
 
@@ -153,6 +154,15 @@ func (m *monitor) check() {
 	s.mu.Unlock()
 
 	b, err := os.ReadFile(s.targets)
+	if ts, perr := parseOutput(b); err == nil && perr == nil {
+		// A Go worker registers before the run reads its address and
+		// counts it among its workers: a process that is running is alive.
+		for _, t := range ts {
+			if _, ok := live[t.pid]; !ok && alive(t.pid) {
+				live[t.pid] = t.host
+			}
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.reads++
@@ -201,6 +211,8 @@ func (m *monitor) check() {
 	for pid, w := range m.workers {
 		if _, ok := live[pid]; !ok && w.died.IsZero() {
 			w.died = now
+		} else if ok && !w.died.IsZero() {
+			w.died, w.reportedDead, w.removalSeen = time.Time{}, false, false
 		}
 		_, present := file[pid]
 		if w.died.IsZero() {
