@@ -16,6 +16,13 @@
 // scrape happens), then sdwriter and Prometheus. Every child runs in its own
 // process group, is killed with its group if it does not stop in time, and
 // dies with the demo if the demo itself is killed (Linux parent-death signal).
+//
+// The demo only runs what it started: before anything, it refuses to run
+// when an address its parts would listen on is in use (a local etcd on
+// 127.0.0.1:2379, another sdwriter), naming it, since its workers would
+// register in that other etcd; it starts the workers only once its own
+// sdwriter is ready; and when a part it started exits unasked, it says
+// which, with the part's last log line, stops the rest and exits 1.
 package main
 
 import (
@@ -25,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -34,6 +42,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -98,6 +107,16 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	var prom *promBinary
+	if o.prometheus {
+		if prom, err = findPrometheus(root); err != nil {
+			fmt.Println("prometheus:", err)
+		}
+	}
+	// Before the build, so that a refusal comes at once.
+	if err := checkAddresses(o, prom != nil); err != nil {
+		return err
+	}
 	binDir := filepath.Join(dir, "bin")
 	fmt.Println("building sdwriter and demoworker (the first build takes a while)...")
 	build := exec.CommandContext(ctx, goBinary(), "build", "-o", binDir+string(filepath.Separator), "./cmd/sdwriter", "./examples/demoworker")
@@ -111,24 +130,33 @@ func run(ctx context.Context, o options) error {
 		defer cancel()
 	}
 
-	procs := &group{}
+	procs := newGroup(dir)
 	defer procs.stopAll()
 
 	output := filepath.Join(dir, "targets.json")
-	if _, err := procs.start("sdwriter", dir, filepath.Join(binDir, "sdwriter"),
+	sdwriter, err := procs.start("sdwriter", filepath.Join(binDir, "sdwriter"),
 		"--etcd.embed.listen-address="+o.etcdAddr,
 		"--etcd.embed.peer-address="+o.etcdPeerAddr,
 		"--etcd.embed.data-dir="+filepath.Join(dir, "etcd"),
 		"--output.file="+output,
 		"--web.listen-address="+o.sdwriterAddr,
-	); err != nil {
+	)
+	if err != nil {
 		return err
+	}
+	// The workers register only in this sdwriter's etcd: they start once
+	// it serves, and the demo stops if it exits.
+	if err := waitReady(ctx, sdwriter, "http://"+o.sdwriterAddr+"/-/ready", time.Minute); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return nil
 	}
 	fmt.Printf("sdwriter: embedded etcd on %s, file_sd output %s, web on http://%s\n", o.etcdAddr, output, o.sdwriterAddr)
 
 	var promURL string
-	if o.prometheus {
-		promURL, err = startPrometheus(procs, root, dir, output, o)
+	if prom != nil {
+		promURL, err = startPrometheus(procs, prom, root, dir, output, o)
 		if err != nil {
 			fmt.Println("prometheus:", err)
 		}
@@ -150,7 +178,7 @@ func run(ctx context.Context, o options) error {
 	var mu sync.Mutex
 	startWorker := func(n int, extra ...string) (*proc, error) {
 		name := "w" + strconv.Itoa(n)
-		p, err := procs.start(name, dir, filepath.Join(binDir, "demoworker"), append(workerArgs, extra...)...)
+		p, err := procs.start(name, filepath.Join(binDir, "demoworker"), append(workerArgs, extra...)...)
 		if err != nil {
 			return nil, err
 		}
@@ -252,6 +280,8 @@ func run(ctx context.Context, o options) error {
 			procs.stopWorkers()
 			printTotals(promURL, begin, tally.total(procs.workers()), true)
 			return nil
+		case p := <-procs.exited:
+			return p.exitError()
 		case <-tick.C:
 		}
 	}
@@ -475,21 +505,32 @@ func printTotals(promURL string, begin time.Time, truth float64, final bool) {
 	}
 }
 
-// startPrometheus runs the Prometheus 3 that ./scripts/prometheus builds,
-// with created-timestamp-zero-ingestion (the setup docs/RESTARTS.md
-// recommends), else a prometheus on PATH, configured from
-// examples/prometheus.yml with its discovery pointed at this demo's sdwriter,
-// or from a minimal generated configuration when that file is missing.
-func startPrometheus(procs *group, root, dir, output string, o options) (string, error) {
+// promBinary is the Prometheus the demo runs, with its flags.
+type promBinary struct {
+	bin   string
+	flags []string
+}
+
+// findPrometheus finds the Prometheus 3 that ./scripts/prometheus builds,
+// run with created-timestamp-zero-ingestion (the setup docs/RESTARTS.md
+// recommends), else a prometheus on PATH.
+func findPrometheus(root string) (*promBinary, error) {
 	bin := filepath.Join(root, "bin", "prometheus-3.15.0")
-	flags := []string{"--enable-feature=created-timestamp-zero-ingestion"}
-	if _, err := os.Stat(bin); err != nil {
-		flags = nil
-		if bin, err = exec.LookPath("prometheus"); err != nil {
-			return "", errors.New("none found; ./scripts/prometheus builds Prometheus 3.15 into bin/ (about 4 minutes, once)")
-		}
-		fmt.Printf("prometheus: using %s; for totals that stay exact through restarts, ./scripts/prometheus builds 3.15 (about 4 minutes, once)\n", bin)
+	if _, err := os.Stat(bin); err == nil {
+		return &promBinary{bin: bin, flags: []string{"--enable-feature=created-timestamp-zero-ingestion"}}, nil
 	}
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		return nil, errors.New("none found; ./scripts/prometheus builds Prometheus 3.15 into bin/ (about 4 minutes, once)")
+	}
+	fmt.Printf("prometheus: using %s; for totals that stay exact through restarts, ./scripts/prometheus builds 3.15 (about 4 minutes, once)\n", bin)
+	return &promBinary{bin: bin}, nil
+}
+
+// startPrometheus runs prom configured from examples/prometheus.yml with its
+// discovery pointed at this demo's sdwriter, or from a minimal generated
+// configuration when that file is missing.
+func startPrometheus(procs *group, prom *promBinary, root, dir, output string, o options) (string, error) {
 	cfg, note, err := prometheusConfig(filepath.Join(root, "examples", "prometheus.yml"), output, o.sdwriterAddr)
 	if err != nil {
 		return "", err
@@ -498,11 +539,11 @@ func startPrometheus(procs *group, root, dir, output string, o options) (string,
 	if err := os.WriteFile(file, cfg, 0o644); err != nil {
 		return "", err
 	}
-	if _, err := procs.start("prometheus", dir, bin, append([]string{
+	if _, err := procs.start("prometheus", prom.bin, append([]string{
 		"--config.file=" + file,
 		"--storage.tsdb.path=" + filepath.Join(dir, "prometheus-data"),
 		"--web.listen-address=" + o.promAddr,
-	}, flags...)...); err != nil {
+	}, prom.flags...)...); err != nil {
 		return "", err
 	}
 	fmt.Printf("prometheus: http://%s (%s)\n", o.promAddr, note)
@@ -579,14 +620,23 @@ scrape_configs:
 
 // group owns the child processes.
 type group struct {
-	mu    sync.Mutex
-	procs []*proc
+	dir    string     // where each child's log is written
+	exited chan *proc // a child that exited unasked
+	mu     sync.Mutex
+	procs  []*proc
+}
+
+func newGroup(dir string) *group {
+	return &group{dir: dir, exited: make(chan *proc, 16)}
 }
 
 type proc struct {
 	name      string
 	cmd       *exec.Cmd
+	log       string // its stderr and stdout
 	done      chan struct{}
+	asked     atomic.Bool   // the demo stops or kills it: its exit is expected
+	lastLine  string        // of its log, once done
 	addrReady chan struct{} // closed once addr is known or stdout ended
 	addr      string        // from the "listening on" line of a demoworker
 
@@ -602,8 +652,9 @@ func (p *proc) finalCount() (int64, bool) {
 	return p.final, p.hasFinal
 }
 
-func (g *group) start(name, dir, bin string, args ...string) (*proc, error) {
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
+func (g *group) start(name, bin string, args ...string) (*proc, error) {
+	logName := filepath.Join(g.dir, name+".log")
+	logf, err := os.Create(logName)
 	if err != nil {
 		return nil, err
 	}
@@ -621,7 +672,7 @@ func (g *group) start(name, dir, bin string, args ...string) (*proc, error) {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), addrReady: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, log: logName, done: make(chan struct{}), addrReady: make(chan struct{})}
 	stdoutDone := make(chan struct{})
 	go func() {
 		defer close(stdoutDone)
@@ -651,7 +702,14 @@ func (g *group) start(name, dir, bin string, args ...string) (*proc, error) {
 		<-stdoutDone // Wait closes the pipe: read it all first
 		cmd.Wait()
 		logf.Close()
+		p.lastLine = lastLine(logName)
 		close(p.done)
+		if !p.asked.Load() {
+			select {
+			case g.exited <- p:
+			default:
+			}
+		}
 	}()
 	g.mu.Lock()
 	g.procs = append(g.procs, p)
@@ -670,6 +728,7 @@ func (p *proc) listenAddr() string {
 }
 
 func (p *proc) kill() {
+	p.asked.Store(true)
 	select {
 	case <-p.done:
 	default:
@@ -680,6 +739,7 @@ func (p *proc) kill() {
 
 // stop asks politely, then kills the group.
 func (p *proc) stop(grace time.Duration) {
+	p.asked.Store(true)
 	select {
 	case <-p.done:
 	default:
@@ -730,4 +790,111 @@ func (g *group) stopAll() {
 		}
 	}
 	wg.Wait()
+}
+
+// exitError says which part exited and why: how it ended and the last line
+// it logged. Call it once p is done.
+func (p *proc) exitError() error {
+	why := p.lastLine
+	if why == "" {
+		why = "(it logged nothing)"
+	}
+	return fmt.Errorf("%s exited (%s), stopping the demo; its last log line:\n  %s", p.name, p.cmd.ProcessState, why)
+}
+
+// lastLine is the last non-blank line of a file, "" when there is none.
+func lastLine(file string) string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), " \t\r\n"), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// waitReady waits until url answers 200 (sdwriter's /-/ready: its etcd
+// serves and it has listed it). It fails as soon as p exits, or after
+// timeout; it returns nil when ctx ends first (Ctrl-C).
+func waitReady(ctx context.Context, p *proc, url string, timeout time.Duration) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if resp, err := httpClient.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-p.done:
+			return p.exitError()
+		case <-ctx.Done():
+			return nil
+		case <-deadline.C:
+			return fmt.Errorf("%s is not ready after %s (%s), stopping the demo; its last log line:\n  %s", p.name, timeout, url, lastLine(p.log))
+		case <-tick.C:
+		}
+	}
+}
+
+// checkAddresses refuses to run when an address a part of the demo would
+// listen on is in use: with 127.0.0.1:2379 taken (a local etcd, another
+// sdwriter), the demo's sdwriter would exit at start and its workers would
+// register in that other etcd. It names each address in use and suggests
+// free ones.
+func checkAddresses(o options, prometheus bool) error {
+	type addr struct{ flag, what, addr string }
+	addrs := []addr{
+		{"--etcd.listen-address", "the embedded etcd's client address", o.etcdAddr},
+		{"--etcd.peer-address", "the embedded etcd's peer address", o.etcdPeerAddr},
+		{"--sdwriter.listen-address", "sdwriter's web address", o.sdwriterAddr},
+	}
+	if prometheus {
+		addrs = append(addrs, addr{"--prometheus.listen-address", "Prometheus' web address", o.promAddr})
+	}
+	var busy, other, suggest []string
+	for _, a := range addrs {
+		l, err := net.Listen("tcp", a.addr)
+		if err == nil {
+			l.Close()
+			continue
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			other = append(other, fmt.Sprintf("%s %s (%s): %v", a.flag, a.addr, a.what, err))
+			continue
+		}
+		busy = append(busy, fmt.Sprintf("  %s (%s, %s) is in use", a.addr, a.what, a.flag))
+		if free := freeAddr(a.addr); free != "" {
+			suggest = append(suggest, a.flag+"="+free)
+		}
+	}
+	if len(other) > 0 {
+		return fmt.Errorf("cannot listen: %s", strings.Join(other, "; "))
+	}
+	if len(busy) == 0 {
+		return nil
+	}
+	msg := "refusing to start: another program listens where the demo's parts would:\n" + strings.Join(busy, "\n") +
+		"\nA local etcd or another sdwriter, perhaps: the demo's sdwriter would exit at start and its workers would register in that other etcd." +
+		"\nStop it, or give the demo addresses of its own"
+	if len(suggest) > 0 {
+		msg += ", e.g.\n  go run ./examples/demo " + strings.Join(suggest, " ")
+	}
+	return errors.New(msg)
+}
+
+// freeAddr is a free port on addr's host, "" when none can be had.
+func freeAddr(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return ""
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
