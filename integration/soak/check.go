@@ -71,11 +71,15 @@ type monitor struct {
 	// faults that concern it) to its resolution.
 	maxToTarget, maxToRemoval time.Duration
 	toTarget, toRemoval       int
+	// instance of each worker, and the moves of live workers to another
+	// instance (each puts a worker's count in a second series)
+	instance map[int]string
+	moves    []string
 }
 
 func newMonitor(s *soak) *monitor {
 	return &monitor{s: s, stop: make(chan struct{}), done: make(chan struct{}),
-		workers: map[int]*wrec{}, checks: map[string]int{}, violations: map[string]int{}}
+		workers: map[int]*wrec{}, instance: map[int]string{}, checks: map[string]int{}, violations: map[string]int{}}
 }
 
 func (m *monitor) violate(inv, format string, args ...any) {
@@ -194,6 +198,13 @@ func (m *monitor) check() {
 		file[t.pid], addrs[t.addr], insts[t.job+" "+t.instance] = t, t.pid, t.pid
 	}
 	m.file = file
+	for pid, t := range file {
+		key := t.job + " " + t.instance
+		if old, ok := m.instance[pid]; ok && old != key && len(m.moves) < 20 {
+			m.moves = append(m.moves, fmt.Sprintf("+%.1fs worker %d from %s to %s", time.Since(s.phaseStart).Seconds(), pid, old, key))
+		}
+		m.instance[pid] = key
+	}
 
 	for pid, h := range live {
 		if _, ok := m.workers[pid]; !ok {

@@ -451,6 +451,9 @@ func (s *soak) finish() int {
 	for _, u := range unconfirmed {
 		fmt.Println("  unconfirmed: " + u)
 	}
+	for _, mv := range m.moves {
+		fmt.Println("  a live worker moved to another instance (its count in two series; docs/SOAK.md, Found): " + mv)
+	}
 	fmt.Println("\nResources (settled samples: no fault active or ended within 10 s):")
 	for _, l := range resLines {
 		fmt.Println("  " + l)
