@@ -18,6 +18,7 @@ module AppMetrics
   LOADS = registry.counter(:app_loads_total, "Times this process loaded the application.")
   # The series exist from the start, at 0, as Prometheus' docs advise.
   %w[200 404].each { |code| REQUESTS.increment({ code: code }, 0) }
+  LOADS.increment({}, 0)
   IN_FLIGHT.set({}, 0)
   DURATION.get({})
 end
