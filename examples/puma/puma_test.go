@@ -156,7 +156,10 @@ func (p *pumaRun) recycle(t *testing.T, stack *servertest.Stack, d *rubytest.Dri
 			}
 			gone = keys(live)
 		case "term":
-			victim := keys(live)[0]
+			// The oldest worker: Prometheus scrapes it already, so its
+			// final scrape comes at once and the recycles stay within one
+			// hold window (a young one waits for discovery, up to 5 s).
+			victim := slots.oldest(live)
 			if err := syscall.Kill(victim, syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
@@ -339,22 +342,39 @@ func checkEveryType(t *testing.T, stack *servertest.Stack, start, end time.Time)
 }
 
 // slotLog records which workers each instance held.
-type slotLog struct{ byInstance map[string]map[int]bool }
+type slotLog struct {
+	byInstance map[string]map[int]bool
+	seen       map[int]int // pid: order of its first sighting
+}
 
 func newSlotLog(ts []servertest.Target) *slotLog {
-	l := &slotLog{byInstance: map[string]map[int]bool{}}
+	l := &slotLog{byInstance: map[string]map[int]bool{}, seen: map[int]int{}}
 	l.add(ts)
 	return l
 }
 
 func (l *slotLog) add(ts []servertest.Target) {
 	for _, tg := range ts {
+		if _, ok := l.seen[tg.Pid()]; !ok {
+			l.seen[tg.Pid()] = len(l.seen)
+		}
 		in := tg.Labels["instance"]
 		if l.byInstance[in] == nil {
 			l.byInstance[in] = map[int]bool{}
 		}
 		l.byInstance[in][tg.Pid()] = true
 	}
+}
+
+// oldest is the live worker registered first.
+func (l *slotLog) oldest(live map[int]bool) int {
+	best, order := 0, -1
+	for pid := range live {
+		if o := l.seen[pid]; order < 0 || o < order {
+			best, order = pid, o
+		}
+	}
+	return best
 }
 
 // counts is how many registrations took an instance another worker had
