@@ -323,3 +323,49 @@ func TestStartDoesNotWaitForEtcd(t *testing.T) {
 	}
 	h.etcd.Restart()
 }
+
+// Found by the soak: an agent restarted after its host lease had expired
+// gave its live workers new slots. Its start-up reconciler saw the slots'
+// holds (on the hold lease, which lives longer) without a live key, since
+// the adopted registrations had not claimed again yet, and moved them off
+// the hold lease: the slots were then held against their own workers.
+func TestRestartAfterLeaseExpiryKeepsSlots(t *testing.T) {
+	h := newHarness(t, nil, func(c *Config) {
+		c.TTL = 2 * time.Second
+		c.ReconcileInterval = 20 * time.Millisecond // many looks while the workers claim again
+	})
+	const n = 8
+	slots := map[int]string{}
+	for i := range n {
+		w := child(t)
+		code, body := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000 + i, "pid": w.Process.Pid})
+		if code != 201 {
+			t.Fatalf("register: %d %v", code, body)
+		}
+		slots[w.Process.Pid] = ""
+	}
+	poll.Until(t, 10*time.Second, func() bool { return len(h.keys()) == n }, "not registered")
+	for _, w := range h.agent.List() {
+		slots[w.PID] = w.Key
+	}
+	h.stop()
+	poll.Until(t, 10*time.Second, func() bool { return len(h.keys()) == 0 }, "the keys did not expire with the host lease")
+	h.start()
+	poll.Until(t, 15*time.Second, func() bool {
+		ws := h.agent.List()
+		if len(ws) != n {
+			return false
+		}
+		for _, w := range ws {
+			if w.State != "registered" {
+				return false
+			}
+		}
+		return true
+	}, "not registered again")
+	for _, w := range h.agent.List() {
+		if w.Key != slots[w.PID] {
+			t.Errorf("pid %d came back on %s; want its slot %s", w.PID, w.Key, slots[w.PID])
+		}
+	}
+}

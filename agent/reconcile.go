@@ -44,7 +44,9 @@ func (a *Agent) startReconciler() {
 // A live registration may be claiming a key right now, before its state
 // names it: such a key holds the registration's value, which is what
 // tells it from an orphan. A key of a registration being removed is an
-// orphan here too; removing it twice does no harm.
+// orphan here too; removing it twice does no harm. A registration's slot
+// is live as long as the registration is, by its current key or the one
+// last recorded (adopted after a restart, claiming its slot again).
 func (a *Agent) reconcile(ctx context.Context) error {
 	lease := a.lease.ID()
 	if lease == 0 {
@@ -70,9 +72,15 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	live := make(map[string]bool, len(a.byID))
 	values := make([][]byte, 0, len(a.byID))
 	for _, e := range a.byID {
+		// The recorded key too: an adopted registration claims its slot
+		// again (its lease expired while the agent was away), and its
+		// slot's hold, still on the hold lease, is what keeps that slot
+		// for it meanwhile.
+		live[e.key] = true
 		live[e.reg.State().Key] = true
 		values = append(values, e.encoded)
 	}
+	delete(live, "")
 	a.mu.Unlock()
 	isLive := func(v []byte) bool {
 		for _, lv := range values {
