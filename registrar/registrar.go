@@ -250,15 +250,20 @@ func New(cfg Config) (*Registrar, error) {
 // at most: the TTL of the hold's lease, 1.5 x (ttl + hold).
 func HoldWindow(ttl, hold time.Duration) time.Duration { return 3 * (ttl + hold) / 2 }
 
+// LeaseExpiryLag is how late etcd may delete an expired lease's keys: its
+// leader looks for expired leases every 500 ms and revokes them in
+// batches, so a hold outlives its lease's TTL by up to about a second.
+const LeaseExpiryLag = time.Second
+
 // MaxSlots is the bound on the slots (instance values) one (job, host)
 // uses: peak, the most registrations alive at once, plus the most
-// registrations that ended within any HoldWindow, given their end times.
-// Without holds, it is peak.
+// registrations that ended within any HoldWindow (plus LeaseExpiryLag),
+// given their end times. Without holds, it is peak.
 func MaxSlots(peak int, ends []time.Time, ttl, hold time.Duration) int {
 	if hold <= 0 {
 		return peak
 	}
-	window := HoldWindow(ttl, hold)
+	window := HoldWindow(ttl, hold) + LeaseExpiryLag
 	ends = slices.SortedFunc(slices.Values(ends), time.Time.Compare)
 	most := 0
 	for i := range ends {
