@@ -19,7 +19,8 @@ import (
 //	POST   /v1/workers        register {"job","port"|"address","pid","labels","scheme","metrics_path"}
 //	GET    /v1/workers        list
 //	GET    /v1/workers/{id}   one, by pid or ID
-//	DELETE /v1/workers/{id}   revoke at once, by pid or ID
+//	DELETE /v1/workers/{id}   remove at once, by pid or ID: 200 "deregistered" when
+//	                          etcd confirmed, 202 "removal_pending" while the agent tries
 //	GET    /-/healthy
 //
 // Errors are {"error": "...", "field": "..."} with a 4xx status (500 when /proc cannot be read, 503 when the agent is not running), and change
@@ -197,7 +198,11 @@ func (a *Agent) handleDelete(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wk)
+	status := http.StatusOK
+	if wk.State == "removal_pending" {
+		status = http.StatusAccepted // the agent goes on trying
+	}
+	writeJSON(w, status, wk)
 }
 
 func writeErr(w http.ResponseWriter, err error) {

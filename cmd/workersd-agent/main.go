@@ -320,9 +320,6 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
-	// Graceful stop keeps the leases (see agent.Close): a restart within
-	// the TTL is invisible to Prometheus.
-	defer a.Close()
 
 	errc := make(chan error, len(listeners)+1)
 	for _, l := range listeners {
@@ -349,8 +346,16 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	logger.Info("shutting down; registrations stay until their leases expire or a restarted agent adopts them")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
+	// The API first: a DELETE in flight waits at most the agent's
+	// RemoveWait, then its removal is pending and persisted. Then the
+	// agent, which keeps the leases (see agent.Close): a restart within the
+	// TTL is invisible to Prometheus. All within shutdownTimeout, whatever
+	// etcd does.
 	api.Shutdown(sctx)
 	tcpAPI.Shutdown(sctx)
+	if err := a.Close(sctx); err != nil {
+		logger.Warn("stopping the agent took too long; registrations and pending removals are as last persisted", "error", err)
+	}
 	if webSrv != nil {
 		webSrv.Shutdown(sctx)
 	}
