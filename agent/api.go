@@ -70,7 +70,7 @@ func (a *Agent) requireCaller(h http.Handler) http.Handler {
 
 // Defaults of ServerConfig. A request is a few hundred bytes on a local
 // socket, read in microseconds; the longest answer waits for etcd (a
-// registration up to RegisterWait, a removal up to the lease TTL).
+// registration up to RegisterWait, a removal up to RemoveWait).
 const (
 	DefaultReadTimeout  = 10 * time.Second
 	DefaultWriteTimeout = 30 * time.Second

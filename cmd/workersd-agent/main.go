@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,6 +35,7 @@ import (
 	"github.com/workersd/workersd/agent"
 	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/internal/etcdhealth"
 	"github.com/workersd/workersd/internal/netaddr"
 	"github.com/workersd/workersd/registrar"
 )
@@ -43,6 +45,8 @@ const (
 	// defaultSocket is where the agent serves its API and list asks.
 	defaultSocket   = "/run/workersd/agent.sock"
 	shutdownTimeout = 5 * time.Second
+	// alarmInterval is how often the agent asks etcd for its alarms.
+	alarmInterval = 30 * time.Second
 )
 
 func main() {
@@ -240,6 +244,22 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		versioncollector.NewCollector("workersd"), // workersd_build_info, as in sdwriter
 	)
+	// etcd's alarms (NOSPACE above all: no worker can register) in the
+	// agent's own metrics and log, where a host's operator looks. Alarms
+	// only, every 30 s: one request per host, whatever the fleet's size.
+	healthMetrics := etcdhealth.NewMetrics(prometheus.WrapRegistererWithPrefix("workersd_agent_", reg))
+	if err := healthMetrics.Register(); err != nil {
+		return err
+	}
+	health, err := etcdhealth.New(etcdhealth.Config{Client: client, AlarmsOnly: true, Interval: alarmInterval,
+		Logger: logger.Named("etcdhealth"), Metrics: healthMetrics})
+	if err != nil {
+		return err
+	}
+	hctx, hstop := context.WithCancel(context.WithoutCancel(ctx))
+	var hwg sync.WaitGroup
+	hwg.Go(func() { health.Run(hctx) })
+	defer func() { hstop(); hwg.Wait() }()
 	if f.stateFile != "" {
 		if err := os.MkdirAll(filepath.Dir(f.stateFile), 0o755); err != nil {
 			return fmt.Errorf("--state.file: %w", err)

@@ -44,6 +44,10 @@ type Config struct {
 	// Endpoints are the members whose status is asked, each on its own;
 	// empty means Client.Endpoints().
 	Endpoints []string
+	// AlarmsOnly asks for the alarms only, one request a check, and for
+	// no member's status: for a component that runs on every host of a
+	// fleet (the host agent), whose status checks would add up.
+	AlarmsOnly bool
 	// Interval between checks in Run; 0 means DefaultInterval.
 	Interval time.Duration
 	// Timeout bounds each request; 0 means DefaultTimeout.
@@ -144,7 +148,9 @@ func New(cfg Config) (*Reporter, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("etcdhealth: no client")
 	}
-	if len(cfg.Endpoints) == 0 {
+	if cfg.AlarmsOnly {
+		cfg.Endpoints = nil
+	} else if len(cfg.Endpoints) == 0 {
 		cfg.Endpoints = cfg.Client.Endpoints()
 	}
 	if cfg.Interval <= 0 {
