@@ -43,7 +43,7 @@ type Worker struct {
 	mu          sync.Mutex
 	stopStarted bool
 	stopping    chan struct{} // closed when Stop is called
-	finalScrape chan struct{} // closed once a scrape that began after Stop was served
+	finalScrape chan struct{} // closed once a scrape that began after Stop was delivered
 	finalOnce   sync.Once
 	stopped     chan struct{} // closed when Stop has finished
 	stopErr     error
@@ -160,6 +160,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	w.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       withConn, // the final scrape looks at its socket
 		ErrorLog:          log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
 	go func() {
@@ -179,19 +180,6 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	w.registrar.Register(ctx)
 	log.Info("worker started", "job", cfg.Job, "host", cfg.Host, "address", w.addr, "listen", w.ln.Addr().String())
 	return w, nil
-}
-
-// finalScrapeAware marks the first scrape that began after Stop was called,
-// once it has been served.
-func (w *Worker) finalScrapeAware(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		select {
-		case <-w.stopping:
-			defer w.finalOnce.Do(func() { close(w.finalScrape) })
-		default:
-		}
-		h.ServeHTTP(rw, r)
-	})
 }
 
 // Registry is where the application registers its metrics. It already holds
@@ -229,8 +217,9 @@ func (w *Worker) WaitRegistered(ctx context.Context) error {
 func (w *Worker) Stopping() <-chan struct{} { return w.stopping }
 
 // Stop shuts the worker down without losing the last increments: it waits
-// for one scrape that begins after Stop was called (at most the final-scrape
-// timeout; not at all when it is zero), then revokes the registration (the
+// for one scrape that begins after Stop was called and whose answer the
+// scraper received in time (at most the final-scrape timeout; not at all
+// when it is zero; see finalScrapeAware), then revokes the registration (the
 // target disappears at once), then closes the listener. When ctx ends, Stop
 // stops waiting and closes everything at once; the key then expires with its
 // lease. Calling Stop again waits for the first call and returns its result.
@@ -262,7 +251,7 @@ func (w *Worker) stop(ctx context.Context) error {
 		t := time.NewTimer(d)
 		select {
 		case <-w.finalScrape:
-			w.log.Debug("final scrape served")
+			w.log.Debug("final scrape delivered")
 		case <-t.C:
 			w.log.Warn("no scrape within the final-scrape timeout; increments since the last scrape are lost", "timeout", d)
 		case <-ctx.Done():
