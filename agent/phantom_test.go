@@ -25,6 +25,7 @@ import (
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/logtest"
 	"github.com/workersd/workersd/internal/nospacetest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
@@ -233,7 +234,7 @@ func TestNoSpaceStillRemovesDeadWorkers(t *testing.T) {
 	}
 	t.Cleanup(func() { cli.Close() })
 	reg := prometheus.NewRegistry()
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	a, err := New(Config{
 		Client: cli, Host: "web-1", TTL: 2 * time.Second, StateFile: filepath.Join(t.TempDir(), "agent.json"), Registerer: reg,
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs}),
@@ -282,23 +283,6 @@ func TestNoSpaceStillRemovesDeadWorkers(t *testing.T) {
 		w, ok := a.Get(strconv.Itoa(other.Process.Pid))
 		return ok && w.State == "registered"
 	}, "no registration after compaction, defragmentation and disarm")
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // Issue 21: the agent's start used to look for orphans on the resumed

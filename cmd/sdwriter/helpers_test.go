@@ -22,6 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/logtest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/registrar"
 )
@@ -74,22 +75,7 @@ func (l testLog) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer struct{ logtest.Buffer }
 
 var client = &http.Client{Timeout: 5 * time.Second}
 

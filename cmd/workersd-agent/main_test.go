@@ -19,24 +19,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/logtest"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the agent's log as the tests read it.
+type syncBuffer = logtest.Buffer
 
 // start runs the agent in-process until the returned stop is called.
 func start(t *testing.T, args ...string) (stop func() int, logs *syncBuffer) {

@@ -21,6 +21,7 @@ import (
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/logtest"
 	"github.com/workersd/workersd/internal/metrictest"
 	"github.com/workersd/workersd/internal/nospacetest"
 	"github.com/workersd/workersd/internal/poll"
@@ -59,22 +60,7 @@ func status(t *testing.T, cli *clientv3.Client) *clientv3.StatusResponse {
 }
 
 // logBuffer is an hclog output the test reads.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer struct{ logtest.Buffer }
 
 func (l *logBuffer) logger() hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "etcd", Output: l, Level: hclog.Info})
