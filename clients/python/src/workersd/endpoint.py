@@ -13,6 +13,67 @@ class _Quiet(WSGIRequestHandler):
     def log_message(self, *args):
         pass
 
+    def get_environ(self):
+        env = super().get_environ()
+        env["workersd.socket"] = self.connection  # for the final scrape
+        return env
+
+
+# A final scrape counts only once the scraper has received its whole answer
+# in time: handing it to the kernel is not enough, a scraper cut off from
+# the worker (a link cut or slowed just then) times out and stores nothing
+# (docs/SOAK.md, "a final scrape that never arrived"). While the worker
+# exits, a scrape of its path counts once the kernel reports every byte of
+# the answer acknowledged by the peer (TIOCOUTQ is 0, the connection still
+# established) before the request's start plus the timeout Prometheus sends
+# (X-Prometheus-Scrape-Timeout-Seconds) less a margin. Where the kernel does
+# not report it (not Linux), a scrape counts once its answer was written.
+_DEFAULT_SCRAPE_TIMEOUT = 10.0  # Prometheus' default, for requests naming none
+_TCP_ESTABLISHED, _TCP_CLOSE_WAIT = 1, 8
+
+
+def _scrape_deadline(environ, began):
+    try:
+        timeout = float(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS", ""))
+        if not 0 < timeout < 1e6:
+            raise ValueError
+    except ValueError:
+        timeout = _DEFAULT_SCRAPE_TIMEOUT
+    return began + timeout - min(timeout / 10, 0.5)
+
+
+def _unacked(sock):
+    """Bytes written to sock its peer has not acknowledged; -1 once the
+    connection is no longer established (a reset empties the queue); None
+    when the kernel does not say."""
+    try:
+        import fcntl
+        import struct
+        import termios
+
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        n = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0)))[0]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+    if state not in (_TCP_ESTABLISHED, _TCP_CLOSE_WAIT):
+        return -1
+    return n
+
+
+def _delivered(sock, deadline):
+    """Whether sock's peer acknowledged everything written by deadline."""
+    while True:
+        n = _unacked(sock)
+        if n is None:
+            return True  # no way to know: as before, written is delivered
+        if n < 0:
+            return False
+        if n == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
@@ -56,6 +117,7 @@ class MetricsEndpoint:
         self._cond = threading.Condition()
         self._exit_began = None
         self._final_scrapes = 0
+        self.undelivered_scrapes = 0  # scrapes after exit began not received in time
         self._closed = False
         self.path = path or own_metrics_path()
         metrics = app if app is not None else prometheus_client_app()
@@ -70,7 +132,17 @@ class MetricsEndpoint:
             for hook in hooks:
                 hook()
             body = metrics(environ, start_response)
-            return _Counted(body, self, began) if at == self.path else body
+            if at != self.path:
+                return body
+            deadline = None
+            sock = environ.get("workersd.socket")
+            with self._cond:
+                exiting = self._exit_began is not None and began >= self._exit_began
+            if exiting and sock is not None and _unacked(sock) is not None:
+                deadline = _scrape_deadline(environ, began)
+                # A scraper that reads nothing must not hold the write past it.
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            return _Counted(body, self, began, sock, deadline)
 
         class Server(_ThreadingWSGIServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -80,15 +152,23 @@ class MetricsEndpoint:
         self._thread = threading.Thread(target=self._server.serve_forever, name="workersd-metrics", daemon=True)
         self._thread.start()
 
-    def _served(self, began):
+    def _served(self, began, sent, sock, deadline):
         with self._cond:
-            if self._exit_began is not None and began >= self._exit_began:
-                self._final_scrapes += 1
+            if self._exit_began is None or began < self._exit_began:
+                return
+        if not sent or (deadline is not None and not _delivered(sock, deadline)):
+            with self._cond:
+                self.undelivered_scrapes += 1
                 self._cond.notify_all()
+            return
+        with self._cond:
+            self._final_scrapes += 1
+            self._cond.notify_all()
 
     def wait_final_scrape(self, timeout):
         """Waits up to timeout seconds for a scrape that begins from now on
-        and is fully sent; returns whether one was."""
+        and whose whole answer the scraper received in time (see above);
+        returns whether one was."""
         with self._cond:
             if self._exit_began is None:
                 self._exit_began = time.monotonic()
@@ -105,16 +185,20 @@ class MetricsEndpoint:
 
 
 class _Counted:
-    """The response body; wsgiref calls close() once it has been sent."""
+    """The response body; wsgiref calls close() once it has been sent, or
+    once sending it failed (then the iteration did not end)."""
 
-    def __init__(self, body, endpoint, began):
+    def __init__(self, body, endpoint, began, sock, deadline):
         self._body, self._endpoint, self._began = body, endpoint, began
+        self._sock, self._deadline = sock, deadline
+        self._sent = False
 
     def __iter__(self):
-        return iter(self._body)
+        yield from self._body
+        self._sent = True  # asked for more after the last piece was written
 
     def close(self):
         close = getattr(self._body, "close", None)
         if close is not None:
             close()
-        self._endpoint._served(self._began)
+        self._endpoint._served(self._began, self._sent, self._sock, self._deadline)
