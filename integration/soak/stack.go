@@ -647,7 +647,7 @@ func (s *soak) accountDemo(d *demo) {
 			n, err := strconv.Atoi(strings.TrimSuffix(rest, " units"))
 			if err == nil {
 				s.truth.goUnits += float64(n)
-				if !strings.Contains(log, "final scrape served") {
+				if !strings.Contains(log, "final scrape delivered") { // worker.Stop: the scraper has the whole answer
 					s.truth.unconfirmed = append(s.truth.unconfirmed, fmt.Sprintf("Go worker %d (%s) stopped without a final scrape (log %s)", d.p.pid(), d.addr, d.p.logPath))
 				}
 				return
