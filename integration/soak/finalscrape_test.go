@@ -98,8 +98,11 @@ func TestFinalScrapeThatNeverArrived(t *testing.T) {
 			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nX-Prometheus-Scrape-Timeout-Seconds: 1\r\n\r\n", w.MetricsPath())
 			if tc.read > 0 {
 				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				// On a loaded machine the worker's write deadline (0.9 s
+				// here) may end before this reads: the answer is then not
+				// delivered all the same, which is what is checked below.
 				if _, err := io.ReadFull(c, make([]byte, tc.read)); err != nil {
-					t.Fatal(err)
+					t.Logf("reading the first byte: %v", err)
 				}
 				c.(*net.TCPConn).SetLinger(0) // RST, the rest unread
 				c.Close()
