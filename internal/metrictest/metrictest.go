@@ -23,8 +23,8 @@ func Value(c prometheus.Collector) float64 {
 }
 
 // Gathered gathers g and returns the counter or gauge sample named name; with
-// label given as a name and a value, the sample that carries that label. It
-// fails the test when there is none.
+// label given as names and values (name, value, name, value...), the sample
+// that carries all those labels. It fails the test when there is none.
 func Gathered(t testing.TB, g prometheus.Gatherer, name string, label ...string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -36,10 +36,14 @@ func Gathered(t testing.TB, g prometheus.Gatherer, name string, label ...string)
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			match := len(label) == 0
+			have := map[string]string{}
 			for _, l := range m.GetLabel() {
-				if len(label) == 2 && l.GetName() == label[0] && l.GetValue() == label[1] {
-					match = true
+				have[l.GetName()] = l.GetValue()
+			}
+			match := true
+			for i := 0; i+1 < len(label); i += 2 {
+				if v, ok := have[label[i]]; !ok || v != label[i+1] {
+					match = false
 				}
 			}
 			if match {
