@@ -142,4 +142,50 @@ class TestEndpoint < Minitest::Test
   ensure
     endpoint&.close
   end
+
+  # A final scrape counts only once the scraper received its whole answer in
+  # time (docs/SOAK.md, "a final scrape that never arrived"; the Go worker's
+  # TestFinalScrapeThatNeverArrived, the Python client's test_final_scrape).
+  def test_unread_answer_is_not_the_final_scrape
+    check_undelivered(20_000, 0)
+  end
+
+  def test_cut_off_answer_is_not_the_final_scrape
+    check_undelivered(20_000_000, 1)
+  end
+
+  private
+
+  # A scraper that sends its request after the exit began and reads read
+  # bytes of the answer (then resets the connection; 0: reads nothing, as
+  # over a cut link) does not make the final scrape; a scrape read whole
+  # after it does.
+  def check_undelivered(size, read)
+    skip "the kernel reports a socket's unacknowledged bytes on Linux only" unless RUBY_PLATFORM.include?("linux")
+    body = "# TYPE test_requests counter\ntest_requests_total 7\n" + ("# padding\n" * (size / 10))
+    endpoint = Workersd::Endpoint.new(-> { body }, host: "127.0.0.1", path: "/metrics/42-ab").start
+    waiter = Thread.new { endpoint.wait_final_scrape(20) }
+    wait_until(2, "the waiter did not start") { waiter.status == "sleep" }
+
+    bad = Socket.new(:INET, :STREAM)
+    bad.setsockopt(Socket::SOL_SOCKET, Socket::SO_RCVBUF, 1024)
+    bad.connect(Socket.sockaddr_in(endpoint.port, "127.0.0.1"))
+    bad.write("GET /metrics/42-ab HTTP/1.1\r\nHost: x\r\nX-Prometheus-Scrape-Timeout-Seconds: 1\r\n\r\n")
+    if read.positive?
+      refute_empty bad.readpartial(read)
+      bad.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii")) # RST, the rest unread
+      bad.close
+    end
+    wait_until(10, "the undelivered scrape neither counted nor refused") { !waiter.alive? || endpoint.undelivered_scrapes.positive? }
+    assert waiter.alive?, "a scrape whose answer was never read counted as the final scrape"
+    bad.close unless bad.closed?
+
+    status, _, got = http_get(endpoint.port, "/metrics/42-ab")
+    assert_equal 200, status
+    assert_includes got, "test_requests_total 7"
+    assert_equal true, waiter.value
+  ensure
+    bad&.close unless bad.nil? || bad.closed?
+    endpoint&.close
+  end
 end

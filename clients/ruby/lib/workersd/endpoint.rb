@@ -10,10 +10,28 @@ module Workersd
   #
   # It also tells a worker that is about to exit when its last counts have
   # reached Prometheus: wait_final_scrape returns once a scrape of path that
-  # began after the call has been sent in full.
+  # began after the call has been received in full by the scraper in time.
+  #
+  # Handing the answer to the kernel is not enough: a scraper cut off from
+  # the worker (a link cut or slowed just then) times out and stores nothing
+  # (docs/SOAK.md, "a final scrape that never arrived"). While the worker
+  # exits, a scrape counts once the kernel reports every byte of the answer
+  # acknowledged by the peer (SIOCOUTQ 0, the connection still established)
+  # before the request's start plus the timeout Prometheus sends
+  # (X-Prometheus-Scrape-Timeout-Seconds) less a margin. Where the kernel
+  # does not say (not Linux), a written answer counts. The Go worker and the
+  # Python client do the same.
   class Endpoint
     READ_TIMEOUT = 10 # seconds a client may take to send its request
     MAX_HEAD = 16_384
+    # Prometheus' default, for a request that names no timeout.
+    DEFAULT_SCRAPE_TIMEOUT = 10.0
+    # Linux: SIOCOUTQ (TIOCOUTQ), a socket's bytes not yet acknowledged;
+    # TCP_INFO's first byte is the connection's state.
+    SIOCOUTQ = 0x5411
+    TCP_ESTABLISHED = 1
+    TCP_CLOSE_WAIT = 8
+    LINUX = RUBY_PLATFORM.include?("linux")
 
     attr_reader :port, :path
 
@@ -35,8 +53,13 @@ module Workersd
       @exit_began = nil
       @final_scrapes = 0
       @final_failure = nil
+      @undelivered_scrapes = 0
       @causes = {}
     end
+
+    # Scrapes that began after the exit began whose answer the scraper did
+    # not receive in time: none of them is the final scrape.
+    attr_reader :undelivered_scrapes
 
     # Why the last scrape that ended a wait_final_scrape failed; nil if it
     # succeeded (or none did).
@@ -126,9 +149,18 @@ module Workersd
           respond(client, "500 Internal Server Error", "text/plain", "rendering the metrics failed: #{e.class}\n")
           return
         end
-        respond(client, "200 OK", type, body)
-        # Only Prometheus' scrapes carry the counts away, not someone's curl.
-        counted(began) if path == @path
+        deadline = scrape_deadline(head, began)
+        sent = begin
+          respond(client, "200 OK", type, body, deadline)
+          true
+        rescue SystemCallError, IOError
+          false
+        end
+        # Only Prometheus' scrapes carry the counts away, not someone's
+        # curl; a final one once the scraper has received it in time.
+        if path == @path && final?(began)
+          sent && delivered?(client, deadline) ? counted(began) : undelivered
+        end
       end
     rescue SystemCallError, IOError
       # The scraper went away: nothing to answer.
@@ -163,9 +195,22 @@ module Workersd
       out.is_a?(Array) ? out : [Exposition::TEXT, out.to_s]
     end
 
-    def respond(client, status, type, body)
-      client.write("HTTP/1.1 #{status}\r\nContent-Type: #{type}\r\n" \
-                   "Content-Length: #{body.bytesize}\r\nConnection: close\r\n\r\n", body)
+    # Writes the answer by deadline, or raises IOError: a scraper that
+    # stopped reading does not hold the thread for ever.
+    def respond(client, status, type, body, deadline = monotonic + READ_TIMEOUT)
+      [+"HTTP/1.1 #{status}\r\nContent-Type: #{type}\r\n" \
+       "Content-Length: #{body.bytesize}\r\nConnection: close\r\n\r\n", body].each do |data|
+        off = 0
+        while off < data.bytesize
+          n = client.write_nonblock(data.byteslice(off, 1 << 20), exception: false)
+          if n == :wait_writable
+            left = deadline - monotonic
+            raise IOError, "the scraper did not read the answer in time" if left <= 0 || !client.wait_writable(left)
+          else
+            off += n
+          end
+        end
+      end
     end
 
     # A scrape failed: logged once per cause (the exception's class and
@@ -198,6 +243,48 @@ module Workersd
           @scraped.broadcast
         end
       end
+    end
+
+    def final?(began)
+      @mutex.synchronize { @exit_began && began >= @exit_began }
+    end
+
+    def scrape_deadline(head, began)
+      timeout = Float(head[/^x-prometheus-scrape-timeout-seconds:[ \t]*(.*?)\r?$/i, 1].to_s, exception: false)
+      timeout = DEFAULT_SCRAPE_TIMEOUT unless timeout&.positive? && timeout < 1e6
+      began + timeout - [timeout / 10, 0.5].min
+    end
+
+    # Whether the peer acknowledged everything written to client by
+    # deadline.
+    def delivered?(client, deadline)
+      loop do
+        n = unacked(client)
+        return true if n.nil? || n.zero?
+        return false if n.negative? || monotonic >= deadline
+
+        sleep 0.002
+      end
+    end
+
+    def undelivered
+      @mutex.synchronize { @undelivered_scrapes += 1 }
+    end
+
+    # Bytes written to client its peer has not acknowledged; -1 once the
+    # connection is no longer established (a reset empties the queue); nil
+    # when the kernel does not say.
+    def unacked(client)
+      return nil unless LINUX
+
+      state = client.getsockopt(Socket::IPPROTO_TCP, Socket::TCP_INFO).data.unpack1("C")
+      buf = [0].pack("i")
+      client.ioctl(SIOCOUTQ, buf)
+      return -1 unless [TCP_ESTABLISHED, TCP_CLOSE_WAIT].include?(state)
+
+      buf.unpack1("i")
+    rescue NameError, NotImplementedError, SystemCallError, IOError
+      nil
     end
 
     def monotonic
