@@ -3,6 +3,7 @@
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
+const { spawn } = require('node:child_process');
 const workersd = require('..');
 const { ownMetricsPath } = require('../lib/endpoint');
 
@@ -250,3 +251,53 @@ test('withCreated: one _created after each series, label sets as they are', () =
     ].join('\n'),
   );
 });
+
+// A final scrape counts only once the scraper received its whole answer in
+// time (docs/SOAK.md, "a final scrape that never arrived"; the Go worker's
+// TestFinalScrapeThatNeverArrived, the Python and Ruby clients' tests). A
+// scraper sends its request after the exit began and reads `read` bytes of
+// the answer (then resets the connection; 0: reads nothing, as over a cut
+// link): not the final scrape; a scrape read whole after it is. The
+// scraper is Python's socket, since Node cannot shrink a TCP socket's
+// receive buffer: with 1 KiB of window, most of a 20 KB answer is handed
+// to the kernel (the response finishes) but never acknowledged.
+const BAD_SCRAPER = String.raw`
+import socket, struct, sys, time
+port, path, read = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+s.connect(("127.0.0.1", port))
+s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Prometheus-Scrape-Timeout-Seconds: 1\r\n\r\n" % path.encode())
+if read:
+    s.settimeout(10)
+    assert s.recv(read)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+print("sent", flush=True)
+time.sleep(60)
+`;
+
+for (const [name, read] of [['an unread answer', 0], ['an answer cut off', 1]]) {
+  test(`${name} is not the final scrape`, { skip: process.platform !== 'linux' && 'the kernel reports unacknowledged bytes on Linux only' }, async (t) => {
+    const body = TEXT + '# padding\n'.repeat(2000);
+    const e = await endpoint({ exposition: () => body, created: false });
+    t.after(() => e.close());
+    let result = null;
+    const waiting = e.waitFinalScrape(20000).then((ok) => (result = ok));
+
+    const bad = spawn('python3', ['-c', BAD_SCRAPER, String(e.port), e.path, String(read)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    t.after(() => bad.kill('SIGKILL'));
+    const start = Date.now();
+    while ((e.undeliveredScrapes || 0) === 0 && result === null) {
+      assert.ok(Date.now() - start < 10000, 'the undelivered scrape neither counted nor refused');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(result, null, 'a scrape whose answer was never read counted as the final scrape');
+    bad.kill('SIGKILL');
+
+    const res = await get(e.port, e.path);
+    assert.equal(res.status, 200);
+    await waiting;
+    assert.equal(result, true);
+  });
+}
