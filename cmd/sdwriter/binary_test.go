@@ -159,4 +159,52 @@ func TestBinaryFlags(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "sdwriter") {
 		t.Errorf("--version: %v %q", err, out)
 	}
+	out, err = exec.Command(bin, "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "sdwriter check --help") || !strings.Contains(string(out), "--prometheus.url") {
+		t.Errorf("--help does not mention sdwriter check and --prometheus.url: %v\n%s", err, out)
+	}
+}
+
+// Issue 24: "sdwriter check" exits 2 on a bad flag, naming it, and 1 when
+// a finding is an error (here: no Prometheus answers), printing it.
+func TestBinaryCheck(t *testing.T) {
+	bin := binary(t)
+	exit := func(err error) int {
+		var e *exec.ExitError
+		if errors.As(err, &e) {
+			return e.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	}
+	file := filepath.Join(t.TempDir(), "workersd.json")
+	if err := os.WriteFile(file, []byte("[]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ args, flag string }{
+		{"--prometheus.url=http://localhost:9090 --output.file=" + file + " --check.slot-hold=soon", "--check.slot-hold"},
+		{"--prometheus.url=http://localhost:9090 --output.file=" + file + " --check.final-scrape-timeout=0s", "--check.final-scrape-timeout"},
+		{"--prometheus.url=localhost:9090 --output.file=" + file, "--prometheus.url"},
+		{"--output.file=" + file, "--prometheus.url"},
+		{"--prometheus.url=http://localhost:9090 --prometheus.http-config-file=" + file + ".missing --output.file=" + file, "--prometheus.http-config-file"},
+		{"--prometheus.url=http://localhost:9090", "--output.file or --sdwriter.url"},
+		{"--prometheus.url=http://localhost:9090 --sdwriter.url=localhost:9850", "--sdwriter.url"},
+		{"--prometheus.url=http://localhost:9090 --output.file=" + file + " --format=xml", "--format"},
+		{"--prometheus.url=http://localhost:9090 --output.file=" + file + " --no-such-flag", "--no-such-flag"},
+	} {
+		out, err := exec.Command(bin, append([]string{"check"}, strings.Fields(c.args)...)...).CombinedOutput()
+		if code := exit(err); code != 2 || !strings.Contains(string(out), "sdwriter check: error: ") || !strings.Contains(string(out), c.flag) {
+			t.Errorf("check %s: exit %d, want 2 and an error naming %s:\n%s", c.args, code, c.flag, out)
+		}
+	}
+	out, err := exec.Command(bin, "check", "--prometheus.url=http://"+etcdtest.FreeAddr(t), "--output.file="+file).CombinedOutput()
+	if code := exit(err); code != 1 || !strings.Contains(string(out), "error prometheus_unreachable: cannot reach it") {
+		t.Errorf("check of nothing: exit %d, want 1 and prometheus_unreachable:\n%s", code, out)
+	}
+	out, err = exec.Command(bin, "check", "--help").CombinedOutput()
+	if exit(err) != 0 || !strings.Contains(string(out), "--sdwriter.url") || !strings.Contains(string(out), "--check.slot-hold") {
+		t.Errorf("check --help: %v\n%s", err, out)
+	}
 }

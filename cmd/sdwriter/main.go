@@ -5,6 +5,12 @@
 // 127.0.0.1:2379, where workers look by default, so one host needs nothing
 // else. It serves /metrics (its own), /sd (http_sd), /-/healthy and
 // /-/ready on --web.listen-address, by default :9850.
+//
+// With --prometheus.url it checks, through their HTTP API, that the
+// Prometheus servers reading its output are set up for exact totals, and
+// shows the findings on its status page, at /api/v1/checks and in its
+// metrics. "sdwriter check" runs the same check once, for deploy
+// pipelines, on the output of a running sdwriter or of its files.
 package main
 
 import (
@@ -16,6 +22,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,6 +47,7 @@ import (
 	"github.com/workersd/workersd/internal/etcdhealth"
 	"github.com/workersd/workersd/internal/hclogslog"
 	"github.com/workersd/workersd/internal/netaddr"
+	"github.com/workersd/workersd/promcheck"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 )
@@ -61,11 +69,19 @@ const (
 	minRetention = time.Second
 	// minStatusInterval bounds --etcd.status-interval.
 	minStatusInterval = 100 * time.Millisecond
+	// minCheckInterval bounds --prometheus.check-interval: each check asks
+	// a server for all its targets.
+	minCheckInterval = time.Second
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	code := run(ctx, os.Args[1:], os.Stderr)
+	var code int
+	if len(os.Args) > 1 && os.Args[1] == "check" {
+		code = runCheck(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		code = run(ctx, os.Args[1:], os.Stderr)
+	}
 	stop()
 	os.Exit(code)
 }
@@ -86,14 +102,17 @@ type flags struct {
 	writeRate   units.Base2Bytes
 	web         *web.FlagConfig
 	log         *cliflags.Log
+	prom        promFlags
+	checkers    []*promcheck.Checker // one per --prometheus.url
+	checkEvery  time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	f := &flags{}
 	// Parsed below, so that a bad value's error names its flag (kingpin's
 	// says "time: invalid duration" and nothing else).
-	var embedQuota, embedRetain, statusEvery string
-	app := kingpin.New(name, "Writes the worker registrations in etcd as Prometheus file_sd and http_sd targets.")
+	var embedQuota, embedRetain, statusEvery, checkEvery string
+	app := kingpin.New(name, "Writes the worker registrations in etcd as Prometheus file_sd and http_sd targets. 'sdwriter check --help': the one-shot check of the Prometheus servers that read them, for deploy pipelines.")
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
 	app.UsageWriter(stderr)
@@ -123,6 +142,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		Default(fmt.Sprintf("%dMiB", sdfile.DefaultWriteRate>>20)).BytesVar(&f.writeRate)
 	f.web = kingpinflag.AddFlags(app, defaultWebAddress)
 	f.log = cliflags.AddLog(app)
+	addPromFlags(app, &f.prom)
+	app.Flag("prometheus.check-interval", "How often to check each --prometheus.url server; also at once (at most every 5s) when a shard of the output gets its first target or loses its last.").
+		Default(promcheck.DefaultInterval.String()).StringVar(&checkEvery)
 
 	if _, err := app.Parse(args); err != nil {
 		return nil, err
@@ -151,6 +173,12 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	if f.writeRate < 0 {
 		return nil, fmt.Errorf("--output.write-rate=%s: want a size per second, 0 to write every change at once", f.writeRate)
+	}
+	if f.checkEvery, err = time.ParseDuration(checkEvery); err != nil || f.checkEvery < minCheckInterval {
+		return nil, fmt.Errorf("--prometheus.check-interval=%s: want a duration of at least %s, such as 1m", checkEvery, minCheckInterval)
+	}
+	if f.checkers, err = f.prom.checkers(); err != nil {
+		return nil, err
 	}
 	if err := registrar.ValidatePrefix(f.sd.Prefix); err != nil {
 		return nil, fmt.Errorf("--etcd.prefix: %w", err)
@@ -196,6 +224,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	logger.Info("starting", "version", version.Info(), "build", version.BuildContext())
+	// What Prometheus' file_sd patterns are matched against: the files as
+	// given, a symbolic link's own path rather than the file it points to.
+	paths, err := absFiles(f.outputFile, f.shards)
+	if err != nil {
+		return fmt.Errorf("--output.file: %w", err)
+	}
 	// Refused at start rather than at the first write: a device, FIFO or
 	// directory there is a mistake, and replacing it would break the
 	// system (/dev/null).
@@ -312,7 +346,52 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	wg.Go(func() { disc.RunSink(ctx, syncer) })
 	wg.Go(func() { health.Run(ctx) })
 
-	st := &status{disc: disc, syncer: syncer, health: health, endpoints: f.sd.Endpoints, embedded: embedded, prefix: f.sd.Prefix}
+	var checks *promcheck.Runner
+	if len(f.checkers) > 0 {
+		m := promcheck.NewMetrics(own)
+		if err := m.Register(); err != nil {
+			return err
+		}
+		port := ""
+		if addrs := *f.web.WebListenAddresses; len(addrs) > 0 {
+			port = promcheck.PortOf(addrs[0])
+		}
+		checks = promcheck.NewRunner(promcheck.RunnerConfig{
+			Checkers: f.checkers,
+			Output: func() (promcheck.Output, <-chan struct{}) {
+				shards, next := syncer.ShardOutputs()
+				return promcheck.Output{Shards: shards, Files: paths, SDPort: port}, next
+			},
+			Interval: f.checkEvery,
+			Logger:   logger.Named("promcheck"),
+			Metrics:  m,
+		})
+		wg.Go(func() {
+			// Not before the first listing of etcd is out: against no
+			// targets, every target Prometheus still has from before
+			// would be one sdwriter does not serve.
+			for {
+				shards, next := syncer.ShardOutputs()
+				if shards[0] != nil {
+					break
+				}
+				select {
+				case <-next:
+				case <-ctx.Done():
+					return
+				}
+			}
+			checks.Run(ctx)
+		})
+		var urls []string
+		for _, c := range f.checkers {
+			urls = append(urls, c.URL())
+		}
+		logger.Info("checking the Prometheus servers that read the output", "prometheus", urls, "interval", f.checkEvery, "files", paths, "sd_port", port)
+	}
+
+	st := &status{disc: disc, syncer: syncer, health: health, endpoints: f.sd.Endpoints, embedded: embedded, prefix: f.sd.Prefix,
+		shards: f.shards, paths: paths, checks: checks}
 	server := &http.Server{Handler: handler(reg, syncer, st), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- web.ListenAndServe(server, f.web, hclogslog.New(logger.Named("web"))) }()
@@ -355,5 +434,23 @@ func handler(reg *prometheus.Registry, syncer *sdfile.Syncer, st *status) http.H
 	// links, and what sdwriter sees (docs/STATUS.md).
 	mux.HandleFunc("/", st.serveHTML)
 	mux.HandleFunc("/api/v1/status", st.serveJSON)
+	mux.HandleFunc("/api/v1/checks", st.serveChecks)
 	return mux
+}
+
+// absFiles returns the absolute paths of the files of an output written
+// to file in shards (sdfile.ShardFile), none when file is empty.
+func absFiles(file string, shards int) ([]string, error) {
+	if file == "" {
+		return nil, nil
+	}
+	var paths []string
+	for k := range shards {
+		p, err := filepath.Abs(sdfile.ShardFile(file, k, shards))
+		if err != nil {
+			return nil, err
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/workersd/workersd/etcdsd"
 	"github.com/workersd/workersd/internal/etcdhealth"
+	"github.com/workersd/workersd/promcheck"
 	"github.com/workersd/workersd/sdfile"
 )
 
@@ -25,6 +26,9 @@ type status struct {
 	endpoints []string
 	embedded  bool
 	prefix    string
+	shards    int
+	paths     []string          // the output files, absolute
+	checks    *promcheck.Runner // nil without --prometheus.url
 }
 
 // report is /api/v1/status.
@@ -39,9 +43,29 @@ type report struct {
 		// quota, and the cluster's active alarms.
 		Health etcdhealth.Snapshot `json:"health"`
 	} `json:"etcd"`
-	Output    sdfile.SyncStatus `json:"output"`
-	Discovery etcdsd.Status     `json:"discovery"`
-	Query     etcdsd.Query      `json:"query"`
+	Output    outputStatus  `json:"output"`
+	Discovery etcdsd.Status `json:"discovery"`
+	Query     etcdsd.Query  `json:"query"`
+	// Prometheus is the last check of each --prometheus.url server; absent
+	// without one.
+	Prometheus []promcheck.Result `json:"prometheus,omitempty"`
+}
+
+// outputStatus is the output's part of /api/v1/status.
+type outputStatus struct {
+	sdfile.SyncStatus
+	// Shards is --output.shards: /sd answers ?shard=0 to ?shard=Shards-1.
+	Shards int `json:"shards"`
+	// AbsFiles are the files as absolute paths, a symbolic link's own
+	// rather than its target's: what Prometheus' file_sd patterns are
+	// matched against (sdwriter check --sdwriter.url reads them here).
+	AbsFiles []string `json:"abs_files,omitempty"`
+}
+
+// checksReport is /api/v1/checks, and what sdwriter check --format=json
+// prints.
+type checksReport struct {
+	Prometheus []promcheck.Result `json:"prometheus"`
 }
 
 // query reads the page's selection; a bad parameter is an error naming it.
@@ -66,7 +90,10 @@ func (s *status) report(q etcdsd.Query) report {
 	var r report
 	r.Version = version.Info()
 	r.Etcd.Endpoints, r.Etcd.Embedded, r.Etcd.Prefix = s.endpoints, s.embedded, s.prefix
-	r.Output = s.syncer.Status()
+	r.Output = outputStatus{SyncStatus: s.syncer.Status(), Shards: s.shards, AbsFiles: s.paths}
+	if s.checks != nil {
+		r.Prometheus = s.checks.Results()
+	}
 	r.Discovery = s.disc.Status(q)
 	r.Etcd.Reachable = r.Discovery.Reachable
 	r.Etcd.Health = s.health.Snapshot()
@@ -86,6 +113,19 @@ func (s *status) serveJSON(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(s.report(q))
+}
+
+// serveChecks serves the last check of each --prometheus.url server,
+// none without one.
+func (s *status) serveChecks(w http.ResponseWriter, _ *http.Request) {
+	rep := checksReport{Prometheus: []promcheck.Result{}}
+	if s.checks != nil {
+		rep.Prometheus = s.checks.Results()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(rep)
 }
 
 func (s *status) serveHTML(w http.ResponseWriter, r *http.Request) {
@@ -147,7 +187,10 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 		}
 		return t.UTC().Format(time.RFC3339)
 	},
-	"add": func(a, b int) int { return a + b },
+	"add":    func(a, b int) int { return a + b },
+	"sub":    func(a, b int) int { return a - b },
+	"ms":     func(d time.Duration) time.Duration { return d.Round(time.Millisecond) },
+	"plural": plural,
 	"bytes": func(n int64) string {
 		switch {
 		case n < 1<<20:
@@ -178,6 +221,7 @@ th { background: #f0f0f0; }
 .bad { color: #b00; font-weight: bold; }
 .good { color: #070; font-weight: bold; }
 .dup td { color: #888; }
+.warn { color: #a60; font-weight: bold; }
 code { font-size: 90%; }
 </style>
 </head>
@@ -207,6 +251,27 @@ code { font-size: 90%; }
 <tr><th>size</th><td>{{.Output.Bytes}} bytes</td></tr>
 </table>
 
+<h2 id="prometheus">Prometheus servers reading the output</h2>
+{{range .Prometheus}}<div class="prometheus">
+<h3><code>{{.URL}}</code></h3>
+<table>
+<tr><th>version</th><td>{{if .Version}}{{.Version}}{{else}}unknown{{end}}</td></tr>
+<tr><th>last checked</th><td class="checked">{{if .Checked.IsZero}}not checked yet{{else}}{{when .Checked}}, {{age $.Now .Checked}} ago, in {{ms .Took}}{{end}}</td></tr>
+<tr><th>result</th><td class="check-result">{{if .Checked.IsZero}}not checked yet{{else if .Findings}}<span class="bad">{{plural .Errors "error"}}</span>, {{plural (sub (len .Findings) .Errors) "warning"}}{{else}}<span class="good">no findings</span>: set up for exact totals{{end}}</td></tr>
+<tr><th>pending</th><td class="pending">{{plural .Pending "target problem"}} seen but too recent to be findings{{if .Pending}}: confirmed or cleared by a check after {{when .ConfirmAt}}{{end}}</td></tr>
+</table>
+{{if .Jobs}}<table>
+<tr><th>job</th><th>reads</th><th>shards</th><th>interval</th><th>timeout</th><th>protocols</th><th>keeps</th><th>targets</th><th>active</th><th>up</th></tr>
+{{range .Jobs}}<tr class="job"><td>{{.Name}}</td><td>{{range .Reads}}<code>{{.}}</code> {{end}}</td><td>{{range $i, $k := .Shards}}{{if $i}}, {{end}}{{$k}}{{end}}</td><td>{{.ScrapeInterval}}</td><td>{{.ScrapeTimeout}}</td><td>{{range $i, $p := .Protocols}}{{if $i}}, {{end}}{{$p}}{{else}}default{{end}}</td><td>{{.Keeps}}</td><td>{{.Targets}}</td><td>{{.Active}}</td><td>{{.Up}}</td></tr>
+{{end}}</table>
+{{end}}{{if .Findings}}<table>
+<tr><th>severity</th><th>check</th><th>job</th><th>problem</th><th>cost</th><th>fix</th><th>targets</th></tr>
+{{range .Findings}}<tr class="finding {{.Severity}}"><td><span class="{{if eq .Severity "error"}}bad{{else}}warn{{end}}">{{.Severity}}</span></td><td><code>{{.ID}}</code></td><td>{{.Job}}</td><td>{{.Message}}</td><td>{{.Cost}}</td><td>{{.Fix}}</td><td>{{range .Targets}}<code>{{.}}</code> {{end}}{{if gt .Count (len .Targets)}}and {{sub .Count (len .Targets)}} more{{end}}</td></tr>
+{{end}}</table>
+{{end}}</div>
+{{else}}<p id="prometheus-off">Not checked: give sdwriter a <code>--prometheus.url</code> for each Prometheus server that reads its output, and it checks that each is set up for exact totals (docs/CHECKS.md).</p>
+{{end}}{{if .Prometheus}}<p><a href="/api/v1/checks">The checks as JSON</a></p>
+{{end}}
 <h2 id="jobs">Registrations by job</h2>
 <p>{{.Discovery.Registrations}} registrations, {{.Discovery.Targets}} targets.</p>
 <table>

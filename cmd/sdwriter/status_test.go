@@ -142,40 +142,14 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 	browser := func(args ...string) []byte {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, chromium, append([]string{"--headless", "--no-sandbox", "--disable-gpu",
-			"--disable-background-networking", "--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir()}, args...)...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("chromium %v: %v\n%s", args, err, stderr.String())
-		}
-		return out
+		return runChromium(t, chromium, args...)
 	}
 	dom := string(browser("--dump-dom", "http://"+in.web+"/"))
 	row := func(class string, cells ...string) {
 		t.Helper()
-		var parts []string
-		for _, c := range cells {
-			parts = append(parts, html.EscapeString(c))
+		if !hasRow(dom, class, cells...) {
+			t.Errorf("no %s row with %q on the page as Chromium renders it", class, cells)
 		}
-		for _, line := range strings.Split(dom, "\n") {
-			if !strings.HasPrefix(strings.TrimSpace(line), `<tr class="`+class+`"`) {
-				continue
-			}
-			ok := true
-			for _, p := range parts {
-				if !strings.Contains(line, p) {
-					ok = false
-				}
-			}
-			if ok {
-				return
-			}
-		}
-		t.Errorf("no %s row with %q on the page as Chromium renders it", class, cells)
 	}
 	row("registration", "api", "web-1", "10.0.0.1:9100", prefix+"api/web-1/0", "yes")
 	row("registration", "batch", "web-2", "10.0.0.2:9100", prefix+"batch/web-2/1", "yes")
@@ -201,6 +175,41 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatalf("screenshot %s: %d bytes, %v", shot, len(png), err)
 	}
 	t.Logf("screenshot: %s (%d bytes)", shot, len(png))
+}
+
+// runChromium runs Debian's Chromium, headless, with args, and returns
+// what it printed.
+func runChromium(t *testing.T, chromium string, args ...string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, chromium, append([]string{"--headless", "--no-sandbox", "--disable-gpu",
+		"--disable-background-networking", "--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir()}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("chromium %v: %v\n%s", args, err, stderr.String())
+	}
+	return out
+}
+
+// hasRow says whether dom, a page as Chromium renders it, has a table row
+// of class with every one of cells.
+func hasRow(dom, class string, cells ...string) bool {
+	for line := range strings.SplitSeq(dom, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), `<tr class="`+class+`"`) {
+			continue
+		}
+		ok := true
+		for _, c := range cells {
+			ok = ok && strings.Contains(line, html.EscapeString(c))
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 // Issue 21, smaller findings: the status page's "next" link at a huge

@@ -1,0 +1,347 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/servertest"
+	"github.com/workersd/workersd/promcheck"
+)
+
+// startPrometheus runs bin with the configuration cfg and flags, on a free
+// address; it is killed when the test ends. It returns the server's URL
+// and a function that waits until it is ready.
+func startPrometheus(t *testing.T, name, bin, cfg string, flags ...string) (url string, ready func()) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := etcdtest.FreeAddr(t)
+	servertest.Run(t, dir, name, nil, bin, append([]string{
+		"--config.file=" + filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path=" + filepath.Join(dir, "data"),
+		"--web.listen-address=" + addr,
+	}, flags...)...)
+	url = "http://" + addr
+	return url, func() {
+		t.Helper()
+		poll.Until(t, 60*time.Second, func() bool {
+			code, _, _ := httpGet(url + "/-/ready")
+			return code == http.StatusOK
+		}, "%s on %s ready", name, addr)
+	}
+}
+
+// metricsEndpoint is a worker's metrics endpoint: a real HTTP server with
+// a counter, closed when the test ends.
+func metricsEndpoint(t *testing.T) *httptest.Server {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "units_processed_total", Help: "Units."})
+	reg.MustRegister(c)
+	c.Add(3)
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func getChecks(t *testing.T, in *instance) checksReport {
+	t.Helper()
+	code, ct, body := httpGet("http://" + in.web + "/api/v1/checks")
+	if code != http.StatusOK || ct != "application/json" {
+		t.Fatalf("/api/v1/checks: %d %q", code, ct)
+	}
+	var r checksReport
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatalf("/api/v1/checks: %v in %s", err, body)
+	}
+	return r
+}
+
+// findingIDs lists a result's finding IDs.
+func findingIDs(r promcheck.Result) string {
+	ids := []string{}
+	for _, f := range r.Findings {
+		ids = append(ids, f.ID)
+	}
+	return strings.Join(ids, ",")
+}
+
+// checkCommand runs "sdwriter check" with args in this process, bounded in
+// time, and returns its exit code and what it printed.
+func checkCommand(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out, errs bytes.Buffer
+	start := time.Now()
+	code = runCheck(ctx, args, &out, &errs)
+	t.Logf("sdwriter check %s: exit %d in %s\n%s%s", strings.Join(args, " "), code, time.Since(start).Round(time.Millisecond), out.String(), errs.String())
+	return code, out.String(), errs.String()
+}
+
+// Issue 24: sdwriter checks the Prometheus servers that read its output.
+// Two real Prometheus 3.15 servers read sdwriter's file through file_sd,
+// one set up as README recommends, one without
+// created-timestamp-zero-ingestion; two workers' endpoints are the
+// targets. The running sdwriter shows the first with no finding and the
+// second with created_timestamps_off in /api/v1/checks, /api/v1/status,
+// its metrics and its status page in Chromium; "sdwriter check" exits 0 on
+// the first and 1 on the second, printing the fix, reading the output
+// from the file or from the running sdwriter. Last, a worker's endpoint
+// goes away: the check waits until Prometheus has had time to catch up,
+// then finds the target down.
+func TestPrometheusChecks(t *testing.T) {
+	bin := buildtest.RequirePrometheus3(t)
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "targets", "workersd.json")
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: workersd
+    file_sd_configs:
+      - files: [%q]
+        refresh_interval: 1s
+`, filepath.Join(dir, "targets", "*.json"))
+	good, goodReady := startPrometheus(t, "prometheus-good", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion")
+	bad, badReady := startPrometheus(t, "prometheus-no-flag", bin, cfg)
+	goodReady()
+	badReady()
+
+	w1, w2 := metricsEndpoint(t), metricsEndpoint(t)
+	putReg(t, cli, "api/web-1/0", strings.TrimPrefix(w1.URL, "http://"))
+	putReg(t, cli, "api/web-1/1", strings.TrimPrefix(w2.URL, "http://"))
+	in := startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint(),
+		"--prometheus.url="+good, "--prometheus.url="+bad, "--prometheus.check-interval=1s")
+
+	var last string
+	took := poll.Until(t, 90*time.Second, func() bool {
+		r := getChecks(t, in)
+		b, _ := json.Marshal(r)
+		last = string(b)
+		if len(r.Prometheus) != 2 {
+			return false
+		}
+		g, n := r.Prometheus[0], r.Prometheus[1]
+		return !g.Checked.IsZero() && findingIDs(g) == "" && g.Pending == 0 && len(g.Jobs) == 1 && g.Jobs[0].Up == 2 &&
+			findingIDs(n) == promcheck.IDCreatedTimestampsOff && n.Pending == 0 && len(n.Jobs) == 1 && n.Jobs[0].Up == 2
+	}, "/api/v1/checks: no finding for %s, created_timestamps_off for %s; last: %s", good, bad, poll.Latest(&last))
+	t.Logf("checks settled in %s", took.Round(time.Millisecond))
+
+	t.Run("checks as JSON", func(t *testing.T) {
+		r := getChecks(t, in)
+		g, n := r.Prometheus[0], r.Prometheus[1]
+		if g.URL != good || n.URL != bad || !strings.HasPrefix(g.Version, "3.15") {
+			t.Errorf("servers %s %s, version %q", g.URL, n.URL, g.Version)
+		}
+		j := g.Jobs[0]
+		if j.Name != "workersd" || len(j.Reads) != 1 || fmt.Sprint(j.Shards) != "[0]" || j.ScrapeInterval != "1s" || j.Targets != 2 || j.Active != 2 {
+			t.Errorf("job %+v", j)
+		}
+		f := n.Findings[0]
+		if f.Severity != promcheck.Error || !strings.Contains(f.Fix, "--enable-feature=created-timestamp-zero-ingestion") || f.Cost == "" {
+			t.Errorf("finding %+v", f)
+		}
+		_, st := getStatus(t, in, "")
+		if len(st.Prometheus) != 2 || findingIDs(st.Prometheus[1]) != promcheck.IDCreatedTimestampsOff {
+			t.Errorf("/api/v1/status: prometheus %+v", st.Prometheus)
+		}
+		if st.Output.Shards != 1 || fmt.Sprint(st.Output.AbsFiles) != fmt.Sprint([]string{file}) {
+			t.Errorf("/api/v1/status: output.shards %d, output.abs_files %v; want 1, [%s]", st.Output.Shards, st.Output.AbsFiles, file)
+		}
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		if n := in.metric(t, "workersd_sdwriter_prometheus_check_findings", "prometheus", good); n != 0 {
+			t.Errorf("findings of %s: %v, want 0", good, n)
+		}
+		if n := in.metric(t, "workersd_sdwriter_prometheus_check_findings", "prometheus", bad, "check", promcheck.IDCreatedTimestampsOff, "severity", "error"); n != 1 {
+			t.Errorf("created_timestamps_off of %s: %v, want 1", bad, n)
+		}
+		if n := in.metric(t, "workersd_sdwriter_prometheus_check_findings", "prometheus", bad); n != 1 {
+			t.Errorf("findings of %s: %v, want 1", bad, n)
+		}
+		if n := in.metric(t, "workersd_sdwriter_prometheus_check_pending_targets"); n != 0 {
+			t.Errorf("pending targets: %v", n)
+		}
+		if at := in.metric(t, "workersd_sdwriter_prometheus_check_last_run_timestamp_seconds", "prometheus", good); time.Since(time.Unix(int64(at), 0)) > time.Minute {
+			t.Errorf("last check of %s at %v", good, at)
+		}
+	})
+
+	t.Run("status page in Chromium", func(t *testing.T) {
+		chromium := buildtest.RequireTool(t, "chromium", "apt-get install chromium")
+		dom := string(runChromium(t, chromium, "--dump-dom", "http://"+in.web+"/"))
+		_, sections, _ := strings.Cut(dom, `<h2 id="prometheus">`)
+		sections, _, _ = strings.Cut(sections, `<h2 id="jobs">`)
+		goodSection, badSection, ok := strings.Cut(sections, "<code>"+bad+"</code>")
+		if !ok || !strings.Contains(goodSection, "<code>"+good+"</code>") {
+			t.Fatalf("no section for %s then %s on the page as Chromium renders it:\n%s", good, bad, sections)
+		}
+		for _, want := range []string{`<span class="good">no findings</span>`, "0 target problems"} {
+			if !strings.Contains(goodSection, want) {
+				t.Errorf("%s's section lacks %s:\n%s", good, want, goodSection)
+			}
+		}
+		if !hasRow(goodSection, "job", "workersd", filepath.Join(dir, "targets", "*.json"), "1s", "every target", "2") {
+			t.Errorf("%s's section has no row for job workersd:\n%s", good, goodSection)
+		}
+		if strings.Contains(goodSection, `class="finding`) {
+			t.Errorf("%s's section shows a finding:\n%s", good, goodSection)
+		}
+		if !hasRow(badSection, "finding error", "error", promcheck.IDCreatedTimestampsOff, "created-timestamp-zero-ingestion is off",
+			"start Prometheus with --enable-feature=created-timestamp-zero-ingestion") {
+			t.Errorf("%s's section has no row for created_timestamps_off:\n%s", bad, badSection)
+		}
+		if !strings.Contains(badSection, `<span class="bad">1 error</span>, 0 warnings`) {
+			t.Errorf("%s's section does not count 1 error:\n%s", bad, badSection)
+		}
+		// WORKERSD_CHECKS_SCREENSHOT names where to keep a screenshot of
+		// the section (docs/STATUS.md may show one).
+		if shot := os.Getenv("WORKERSD_CHECKS_SCREENSHOT"); shot != "" {
+			shot, _ = filepath.Abs(shot)
+			runChromium(t, chromium, "--screenshot="+shot, "--window-size=1280,2000", "--hide-scrollbars", "http://"+in.web+"/")
+			t.Logf("screenshot: %s", shot)
+		}
+	})
+
+	t.Run("check reading the file", func(t *testing.T) {
+		code, out, _ := checkCommand(t, "--prometheus.url="+good, "--output.file="+file)
+		if code != 0 || !strings.Contains(out, "  no findings\n") || !strings.Contains(out, "job workersd reads") ||
+			!strings.HasSuffix(out, "sdwriter check: no errors, 0 warnings on 1 Prometheus server\n") {
+			t.Errorf("good setup: exit %d\n%s", code, out)
+		}
+		code, out, _ = checkCommand(t, "--prometheus.url="+good, "--prometheus.url="+bad, "--output.file="+file)
+		if code != 1 || !strings.Contains(out, "error created_timestamps_off: ") ||
+			!strings.Contains(out, "    fix:  start Prometheus with --enable-feature=created-timestamp-zero-ingestion\n") ||
+			!strings.HasSuffix(out, "sdwriter check: 1 error, 0 warnings on 2 Prometheus servers: not set up for exact totals\n") {
+			t.Errorf("one server without the flag: exit %d\n%s", code, out)
+		}
+	})
+
+	t.Run("check asking sdwriter", func(t *testing.T) {
+		code, out, _ := checkCommand(t, "--prometheus.url="+good, "--sdwriter.url=http://"+in.web)
+		if code != 0 || !strings.Contains(out, "  no findings\n") || !strings.Contains(out, "2 targets, 2 active, 2 up") {
+			t.Errorf("good setup: exit %d\n%s", code, out)
+		}
+		code, out, _ = checkCommand(t, "--prometheus.url="+bad, "--sdwriter.url=http://"+in.web, "--format=json")
+		var r checksReport
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("--format=json: %v\n%s", err, out)
+		}
+		if code != 1 || len(r.Prometheus) != 1 || findingIDs(r.Prometheus[0]) != promcheck.IDCreatedTimestampsOff ||
+			!strings.Contains(r.Prometheus[0].Findings[0].Fix, "--enable-feature=created-timestamp-zero-ingestion") {
+			t.Errorf("no flag, as JSON: exit %d\n%s", code, out)
+		}
+	})
+
+	t.Run("check of an unreachable server", func(t *testing.T) {
+		code, out, _ := checkCommand(t, "--prometheus.url=http://"+etcdtest.FreeAddr(t), "--output.file="+file)
+		if code != 1 || !strings.Contains(out, "error prometheus_unreachable: ") || !strings.Contains(out, "fix:  check --prometheus.url") {
+			t.Errorf("exit %d\n%s", code, out)
+		}
+	})
+
+	// Last: it spoils the good setup.
+	t.Run("a target down", func(t *testing.T) {
+		w2.Close()
+		// The check starts once Prometheus has seen it down, so that its
+		// first look sees the problem and its second confirms it.
+		poll.Until(t, 30*time.Second, func() bool {
+			var targets struct {
+				Data struct {
+					ActiveTargets []struct {
+						ScrapeURL string `json:"scrapeUrl"`
+						Health    string `json:"health"`
+					} `json:"activeTargets"`
+				} `json:"data"`
+			}
+			_, _, body := httpGet(good + "/api/v1/targets?state=active")
+			json.Unmarshal(body, &targets)
+			for _, a := range targets.Data.ActiveTargets {
+				if strings.HasPrefix(a.ScrapeURL, w2.URL) && a.Health == "down" {
+					return true
+				}
+			}
+			return false
+		}, "Prometheus sees %s down", w2.URL)
+		start := time.Now()
+		code, out, _ := checkCommand(t, "--prometheus.url="+good, "--sdwriter.url=http://"+in.web)
+		// Prometheus' discovery delay and two scrape intervals.
+		if took := time.Since(start); code != 1 || took < 10*time.Second || !strings.Contains(out, "error target_down (job workersd): 1 of the 2 targets") ||
+			!strings.Contains(out, strings.TrimPrefix(w2.URL, "http://")) || !strings.Contains(out, "    fix:  let the server reach the workers'") {
+			t.Errorf("exit %d after %s\n%s", code, took, out)
+		}
+		poll.Until(t, 30*time.Second, func() bool {
+			return findingIDs(getChecks(t, in).Prometheus[0]) == promcheck.IDTargetDown
+		}, "target_down in /api/v1/checks")
+	})
+}
+
+// blackHole returns the address of a listener that never accepts: a
+// server that never answers.
+func blackHole(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String()
+}
+
+// Issue 24: without --prometheus.url the page says how to check the
+// Prometheus servers and /api/v1/checks lists none; with one that has not
+// answered yet, the page says "not checked yet". (The server here accepts
+// connections and never answers.)
+func TestChecksBeforeTheFirstAndDisabled(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	in := startSdwriter(t, "", "--etcd.endpoints="+etcd.Endpoint())
+	if r := getChecks(t, in); r.Prometheus == nil || len(r.Prometheus) != 0 {
+		t.Errorf("/api/v1/checks without --prometheus.url: %+v, want an empty list", r)
+	}
+	_, _, body := httpGet("http://" + in.web + "/api/v1/status")
+	if bytes.Contains(body, []byte(`"prometheus"`)) {
+		t.Errorf("/api/v1/status without --prometheus.url has a prometheus field:\n%s", body)
+	}
+	_, _, body = httpGet("http://" + in.web + "/")
+	if !bytes.Contains(body, []byte(`<p id="prometheus-off">Not checked: give sdwriter a <code>--prometheus.url</code>`)) {
+		t.Errorf("the page does not say how to check Prometheus:\n%s", body)
+	}
+
+	silent := blackHole(t)
+	in = startSdwriter(t, "", "--etcd.endpoints="+etcd.Endpoint(), "--prometheus.url=http://"+silent)
+	r := getChecks(t, in)
+	if len(r.Prometheus) != 1 || r.Prometheus[0].URL != "http://"+silent || !r.Prometheus[0].Checked.IsZero() || len(r.Prometheus[0].Findings) != 0 {
+		t.Errorf("/api/v1/checks before the first check: %+v", r)
+	}
+	_, _, body = httpGet("http://" + in.web + "/")
+	if !bytes.Contains(body, []byte(`<td class="check-result">not checked yet</td>`)) || bytes.Contains(body, []byte("prometheus-off")) {
+		t.Errorf("the page does not say not checked yet:\n%s", body)
+	}
+}
