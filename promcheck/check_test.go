@@ -144,7 +144,23 @@ func TestMatrix(t *testing.T) {
 // with a hashmod of the wrong modulus, or keeping the wrong shard, gets its
 // finding; http_sd on sdwriter's /sd is recognised like the file.
 func TestShards(t *testing.T) {
-	p := prometheus3(t)
+	for _, tc := range []struct {
+		name string
+		prom func(*testing.T) *promServer
+		base []string // the findings of the recommended setup
+	}{
+		{"3.15", prometheus3, nil},
+		{"2.42", prometheus2, []string{IDVersion2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testShards(t, tc.prom(t), tc.base)
+		})
+	}
+}
+
+func testShards(t *testing.T, p *promServer, base []string) {
+	want := func(extra ...string) []string { return append(append([]string{}, extra...), base...) }
 	o := newOutput(t, 2)
 	for k := range 2 {
 		for range 2 {
@@ -158,7 +174,7 @@ func TestShards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := checkUntil(t, c, o, 60*time.Second)
+	r := checkUntil(t, c, o, 60*time.Second, want()...)
 	if r.Jobs[0].Targets != 2 || !slices.Equal(r.Jobs[0].Shards, []int{0}) {
 		t.Fatalf("jobs: %+v", r.Jobs)
 	}
@@ -176,26 +192,26 @@ func TestShards(t *testing.T) {
 			j := shard0
 			j.relabel = cs.relabel
 			p.reload(renderConfig(j))
-			var want []string
+			var ids []string
 			if cs.id != "" {
-				want = []string{cs.id}
+				ids = []string{cs.id}
 			}
-			r := checkUntil(t, c, o, 40*time.Second, want...)
+			r := checkUntil(t, c, o, 40*time.Second, want(ids...)...)
 			t.Logf("%s", describe(&r))
 			p.reload(renderConfig(shard0))
-			checkUntil(t, c, o, 40*time.Second)
+			checkUntil(t, c, o, 40*time.Second, want()...)
 		})
 	}
 	t.Run("http_sd", func(t *testing.T) {
 		j := job{name: "workersd", httpSD: o.sd.URL + "/sd?shard=1"}
 		p.reload(renderConfig(j))
-		r := checkUntil(t, c, o, 40*time.Second)
+		r := checkUntil(t, c, o, 40*time.Second, want()...)
 		if !slices.Equal(r.Jobs[0].Shards, []int{1}) || r.Jobs[0].Up != 2 {
 			t.Fatalf("jobs: %+v", r.Jobs)
 		}
 		j.relabel = hashmod(2, 0)
 		p.reload(renderConfig(j))
-		checkUntil(t, c, o, 40*time.Second, IDHashmodWrongShard)
+		checkUntil(t, c, o, 40*time.Second, want(IDHashmodWrongShard)...)
 	})
 }
 
