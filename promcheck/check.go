@@ -457,28 +457,22 @@ func (c *Checker) checkJob(j *jobCheck, nShards int) []Finding {
 		}
 	}
 	if h == nil && len(dropped) > 0 {
-		f := newFinding(IDRelabelDropsTargets, name,
+		fs = append(fs, withTargets(newFinding(IDRelabelDropsTargets, name,
 			fmt.Sprintf("the job's relabelling drops %d of sdwriter's %d targets", len(dropped), len(j.targets)),
 			"those workers are not scraped by this server; if no other server scrapes them, their counts are missing from every total",
-			"if that is meant (another server scrapes them), nothing; else remove the keep or drop rule that matches them")
-		setTargets(&f, dropped)
-		fs = append(fs, f)
+			"if that is meant (another server scrapes them), nothing; else remove the keep or drop rule that matches them"), dropped))
 	}
 	if len(rewroteInstance) > 0 {
-		f := newFinding(IDRelabelRewritesInstance, name,
+		fs = append(fs, withTargets(newFinding(IDRelabelRewritesInstance, name,
 			fmt.Sprintf("the job's relabelling rewrites the instance label of %d targets", len(rewroteInstance)),
 			"instance is the worker's slot (host/slot): rewritten, two workers can share a series, which then counts neither right, or a slot's series is no longer bounded",
-			"remove the relabel rule that writes instance; put what you need in another label")
-		setTargets(&f, rewroteInstance)
-		fs = append(fs, f)
+			"remove the relabel rule that writes instance; put what you need in another label"), rewroteInstance))
 	}
 	if len(rewroteJob) > 0 {
-		f := newFinding(IDRelabelRewritesJob, name,
+		fs = append(fs, withTargets(newFinding(IDRelabelRewritesJob, name,
 			fmt.Sprintf("the job's relabelling rewrites the job label of %d targets", len(rewroteJob)),
 			"the recording rules and alerts in examples/ group by the registration's job; rewritten, workers of different applications may be summed together",
-			"remove the relabel rule that writes job, unless every worker of a job keeps its own")
-		setTargets(&f, rewroteJob)
-		fs = append(fs, f)
+			"remove the relabel rule that writes job, unless every worker of a job keeps its own"), rewroteJob))
 	}
 	return fs
 }
@@ -490,11 +484,13 @@ func firstOr(ks []int, d int) int {
 	return d
 }
 
-func setTargets(f *Finding, ts []target) {
+// withTargets names some of ts in f, and counts them.
+func withTargets(f Finding, ts []target) Finding {
 	f.Count = len(ts)
 	for _, t := range ts[:min(len(ts), maxExamples)] {
 		f.Targets = append(f.Targets, t.String())
 	}
+	return f
 }
 
 func (c *Checker) checkInterval(j *jobCheck) (Finding, bool) {
@@ -617,23 +613,19 @@ func (c *Checker) checkTargets(jobs []*jobCheck, active []activeTarget, r *Resul
 			}
 		}
 		if len(missing) > 0 {
-			f := newFinding(IDTargetMissing, name,
+			fs = append(fs, withTargets(newFinding(IDTargetMissing, name,
 				fmt.Sprintf("%d of the %d targets sdwriter serves to job %s are not among the server's active targets, for longer than %s", len(missing), len(j.expected), name, grace),
 				"those workers are not scraped: their counts are missing from every total",
-				"check that the server reads sdwriter's current file (its file_sd refresh, the file's permissions, the directory it watches) and its discovery log lines")
-			setTargets(&f, missing)
-			fs = append(fs, f)
+				"check that the server reads sdwriter's current file (its file_sd refresh, the file's permissions, the directory it watches) and its discovery log lines"), missing))
 		}
 		if len(down) > 0 {
 			msg := fmt.Sprintf("%d of the %d targets of job %s that sdwriter serves are down, for longer than %s", len(down), len(j.expected), name, grace)
 			if lastError != "" {
 				msg += "; the last error: " + lastError
 			}
-			f := newFinding(IDTargetDown, name, msg,
+			fs = append(fs, withTargets(newFinding(IDTargetDown, name, msg,
 				"those workers are registered and alive (their registration lives) but not scraped: their counts are missing from every total",
-				"let the server reach the workers' ephemeral ports (firewall, network policy), and check that each worker's address is one this server can reach (workersd-agent --advertise-address, worker.Config.Address)")
-			setTargets(&f, down)
-			fs = append(fs, f)
+				"let the server reach the workers' ephemeral ports (firewall, network policy), and check that each worker's address is one this server can reach (workersd-agent --advertise.host, worker.Config.AdvertiseAddress)"), down))
 		}
 		if len(notServed) > 0 {
 			f := newFinding(IDTargetNotServed, name,
