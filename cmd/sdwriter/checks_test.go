@@ -24,6 +24,7 @@ import (
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/internal/servertest"
 	"github.com/workersd/workersd/promcheck"
+	"github.com/workersd/workersd/sdfile"
 )
 
 // startPrometheus runs bin with the configuration cfg and flags, on a free
@@ -46,10 +47,18 @@ func startPrometheus(t *testing.T, name, bin, cfg string, flags ...string) (url 
 		t.Helper()
 		poll.Until(t, 60*time.Second, func() bool {
 			code, _, _ := httpGet(url + "/-/ready")
-			return code == http.StatusOK
+			return code == http.StatusOK || code == http.StatusUnauthorized
 		}, "%s on %s ready", name, addr)
 	}
 }
+
+// basicAuth is a Prometheus --web.config.file asking for user "checker"
+// with password "s3cret" (bcrypt, cost 4), and the
+// --prometheus.http-config-file that gives them.
+const (
+	basicAuthWebConfig  = "basic_auth_users:\n  checker: $2a$04$dLJlIUlN1eJryGCty3hycuqlP1JRZP.JbaZixwkzxGTN02IaLmUPe\n"
+	basicAuthHTTPConfig = "basic_auth:\n  username: checker\n  password: s3cret\n"
+)
 
 // metricsEndpoint is a worker's metrics endpoint: a real HTTP server with
 // a counter, closed when the test ends.
@@ -100,24 +109,32 @@ func checkCommand(t *testing.T, args ...string) (code int, stdout, stderr string
 }
 
 // Issue 24: sdwriter checks the Prometheus servers that read its output.
-// Two real Prometheus 3.15 servers read sdwriter's file through file_sd,
+// Three real Prometheus 3.15 servers read sdwriter's file through file_sd:
 // one set up as README recommends, one without
-// created-timestamp-zero-ingestion; two workers' endpoints are the
-// targets. The running sdwriter shows the first with no finding and the
-// second with created_timestamps_off in /api/v1/checks, /api/v1/status,
-// its metrics and its status page in Chromium; "sdwriter check" exits 0 on
-// the first and 1 on the second, printing the fix, reading the output
-// from the file or from the running sdwriter. Last, a worker's endpoint
-// goes away: the check waits until Prometheus has had time to catch up,
-// then finds the target down.
+// created-timestamp-zero-ingestion, and one set up right that asks for
+// basic auth; two workers' endpoints are the targets. The running sdwriter
+// (with the credentials in --prometheus.http-config-file) shows the first
+// and third with no finding and the second with created_timestamps_off in
+// /api/v1/checks, /api/v1/status, its metrics and its status page in
+// Chromium; "sdwriter check" exits 0 on the first and 1 on the second,
+// printing the fix, reading the output from the file or from the running
+// sdwriter, and 1 on the third without credentials. Last, a worker's
+// endpoint goes away: the check waits until Prometheus has had time to
+// catch up, then finds the target down.
 func TestPrometheusChecks(t *testing.T) {
 	bin := buildtest.RequirePrometheus3(t)
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "targets", "workersd.json")
-	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-		t.Fatal(err)
+	// A second sdwriter writes 2 shards; job sharded reads shard 0 and
+	// keeps it, as examples/prometheus.yml shows.
+	sharded := filepath.Join(dir, "sharded", "workersd.json")
+	shard0 := sdfile.ShardFile(sharded, 0, 2)
+	for _, d := range []string{filepath.Dir(file), filepath.Dir(shard0)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
@@ -127,30 +144,53 @@ scrape_configs:
     file_sd_configs:
       - files: [%q]
         refresh_interval: 1s
-`, filepath.Join(dir, "targets", "*.json"))
+  - job_name: sharded
+    file_sd_configs:
+      - files: [%q]
+        refresh_interval: 1s
+    relabel_configs:
+      - source_labels: [instance]
+        modulus: 2
+        target_label: __tmp_shard
+        action: hashmod
+      - source_labels: [__tmp_shard]
+        regex: "0"
+        action: keep
+`, filepath.Join(dir, "targets", "*.json"), filepath.Join(filepath.Dir(shard0), "*.json"))
+	webConfig, httpConfig := filepath.Join(dir, "web.yml"), filepath.Join(dir, "http.yml")
+	for f, s := range map[string]string{webConfig: basicAuthWebConfig, httpConfig: basicAuthHTTPConfig} {
+		if err := os.WriteFile(f, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	good, goodReady := startPrometheus(t, "prometheus-good", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion")
 	bad, badReady := startPrometheus(t, "prometheus-no-flag", bin, cfg)
+	auth, authReady := startPrometheus(t, "prometheus-auth", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion", "--web.config.file="+webConfig)
 	goodReady()
 	badReady()
+	authReady()
 
 	w1, w2 := metricsEndpoint(t), metricsEndpoint(t)
 	putReg(t, cli, "api/web-1/0", strings.TrimPrefix(w1.URL, "http://"))
-	putReg(t, cli, "api/web-1/1", strings.TrimPrefix(w2.URL, "http://"))
+	putReg(t, cli, "api/web-1/1", strings.TrimPrefix(w2.URL, "http://")) // shard 1 of 2
+	sh := startSdwriter(t, sharded, "--etcd.endpoints="+etcd.Endpoint(), "--output.shards=2")
 	in := startSdwriter(t, file, "--etcd.endpoints="+etcd.Endpoint(),
-		"--prometheus.url="+good, "--prometheus.url="+bad, "--prometheus.check-interval=1s")
+		"--prometheus.url="+good, "--prometheus.url="+bad, "--prometheus.url="+auth,
+		"--prometheus.http-config-file="+httpConfig, "--prometheus.check-interval=1s")
 
 	var last string
 	took := poll.Until(t, 90*time.Second, func() bool {
 		r := getChecks(t, in)
 		b, _ := json.Marshal(r)
 		last = string(b)
-		if len(r.Prometheus) != 2 {
+		if len(r.Prometheus) != 3 {
 			return false
 		}
-		g, n := r.Prometheus[0], r.Prometheus[1]
+		g, n, a := r.Prometheus[0], r.Prometheus[1], r.Prometheus[2]
 		return !g.Checked.IsZero() && findingIDs(g) == "" && g.Pending == 0 && len(g.Jobs) == 1 && g.Jobs[0].Up == 2 &&
-			findingIDs(n) == promcheck.IDCreatedTimestampsOff && n.Pending == 0 && len(n.Jobs) == 1 && n.Jobs[0].Up == 2
-	}, "/api/v1/checks: no finding for %s, created_timestamps_off for %s; last: %s", good, bad, poll.Latest(&last))
+			findingIDs(n) == promcheck.IDCreatedTimestampsOff && n.Pending == 0 && len(n.Jobs) == 1 && n.Jobs[0].Up == 2 &&
+			findingIDs(a) == "" && a.Pending == 0 && len(a.Jobs) == 1 && a.Jobs[0].Up == 2
+	}, "/api/v1/checks: no finding for %s and %s, created_timestamps_off for %s; last: %s", good, auth, bad, poll.Latest(&last))
 	t.Logf("checks settled in %s", took.Round(time.Millisecond))
 
 	t.Run("checks as JSON", func(t *testing.T) {
@@ -168,7 +208,7 @@ scrape_configs:
 			t.Errorf("finding %+v", f)
 		}
 		_, st := getStatus(t, in, "")
-		if len(st.Prometheus) != 2 || findingIDs(st.Prometheus[1]) != promcheck.IDCreatedTimestampsOff {
+		if len(st.Prometheus) != 3 || findingIDs(st.Prometheus[1]) != promcheck.IDCreatedTimestampsOff {
 			t.Errorf("/api/v1/status: prometheus %+v", st.Prometheus)
 		}
 		if st.Output.Shards != 1 || fmt.Sprint(st.Output.AbsFiles) != fmt.Sprint([]string{file}) {
@@ -199,9 +239,13 @@ scrape_configs:
 		dom := string(runChromium(t, chromium, "--dump-dom", "http://"+in.web+"/"))
 		_, sections, _ := strings.Cut(dom, `<h2 id="prometheus">`)
 		sections, _, _ = strings.Cut(sections, `<h2 id="jobs">`)
-		goodSection, badSection, ok := strings.Cut(sections, "<code>"+bad+"</code>")
-		if !ok || !strings.Contains(goodSection, "<code>"+good+"</code>") {
-			t.Fatalf("no section for %s then %s on the page as Chromium renders it:\n%s", good, bad, sections)
+		goodSection, badSection, ok1 := strings.Cut(sections, "<code>"+bad+"</code>")
+		badSection, authSection, ok2 := strings.Cut(badSection, "<code>"+auth+"</code>")
+		if !ok1 || !ok2 || !strings.Contains(goodSection, "<code>"+good+"</code>") {
+			t.Fatalf("no section for %s, %s then %s on the page as Chromium renders it:\n%s", good, bad, auth, sections)
+		}
+		if !strings.Contains(authSection, `<span class="good">no findings</span>`) {
+			t.Errorf("%s's section does not say no findings:\n%s", auth, authSection)
 		}
 		for _, want := range []string{`<span class="good">no findings</span>`, "0 target problems"} {
 			if !strings.Contains(goodSection, want) {
@@ -264,6 +308,31 @@ scrape_configs:
 		code, out, _ := checkCommand(t, "--prometheus.url=http://"+etcdtest.FreeAddr(t), "--output.file="+file)
 		if code != 1 || !strings.Contains(out, "error prometheus_unreachable: ") || !strings.Contains(out, "fix:  check --prometheus.url") {
 			t.Errorf("exit %d\n%s", code, out)
+		}
+	})
+
+	t.Run("check with credentials", func(t *testing.T) {
+		code, out, _ := checkCommand(t, "--prometheus.url="+auth, "--output.file="+file)
+		if code != 1 || !strings.Contains(out, "error prometheus_unreachable: GET /api/v1/status/buildinfo: 401 Unauthorized: the server wants credentials (--prometheus.http-config-file)") {
+			t.Errorf("without credentials: exit %d\n%s", code, out)
+		}
+		code, out, _ = checkCommand(t, "--prometheus.url="+auth, "--output.file="+file, "--prometheus.http-config-file="+httpConfig)
+		if code != 0 || !strings.Contains(out, "  no findings\n") {
+			t.Errorf("with credentials: exit %d\n%s", code, out)
+		}
+	})
+
+	t.Run("check of a sharded output", func(t *testing.T) {
+		_, st := getStatus(t, sh, "")
+		if want := []string{shard0, sdfile.ShardFile(sharded, 1, 2)}; st.Output.Shards != 2 || fmt.Sprint(st.Output.AbsFiles) != fmt.Sprint(want) {
+			t.Errorf("/api/v1/status: output.shards %d, output.abs_files %v; want 2, %v", st.Output.Shards, st.Output.AbsFiles, want)
+		}
+		for _, from := range [][]string{{"--sdwriter.url=http://" + sh.web}, {"--output.file=" + sharded, "--output.shards=2"}} {
+			code, out, _ := checkCommand(t, append([]string{"--prometheus.url=" + good}, from...)...)
+			if code != 0 || !strings.Contains(out, "job sharded reads "+filepath.Dir(shard0)+"/*.json (shard 0)") ||
+				!strings.Contains(out, "keeps hashmod of instance, modulus 2: keeps shard 0; 1 target, 1 active, 1 up") || !strings.Contains(out, "  no findings\n") {
+				t.Errorf("%s: exit %d\n%s", from, code, out)
+			}
 		}
 	})
 
