@@ -39,6 +39,8 @@ type checkCmd struct {
 	prom     promFlags
 	checkers []*promcheck.Checker
 	format   string
+
+	stderrMu sync.Mutex // the servers are checked at once
 	stderr   io.Writer
 
 	// The output from files...
@@ -163,7 +165,9 @@ func (c *checkCmd) run(ctx context.Context) ([]promcheck.Result, error) {
 				// stopped meanwhile are no problem.
 				now, err := c.output(ctx)
 				if err != nil {
+					c.stderrMu.Lock()
 					fmt.Fprintf(c.stderr, "%s check: reading sdwriter's output again: %v; checking %s against the output read before\n", name, err, ch.URL())
+					c.stderrMu.Unlock()
 					now = out
 				}
 				res = ch.Check(ctx, now)
