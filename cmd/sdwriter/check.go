@@ -61,7 +61,7 @@ func parseCheckFlags(args []string, stderr io.Writer) (*checkCmd, error) {
 	app.UsageWriter(stderr)
 	app.ErrorWriter(stderr)
 	addPromFlags(app, &c.prom)
-	app.Flag("output.file", "sdwriter's --output.file: read the output from its file (with --output.shards, from its shards' files). Prometheus' file_sd patterns are matched against it.").
+	app.Flag("output.file", "sdwriter's --output.file: read the output from its file (with --output.shards, from its shards' files). Prometheus' file_sd patterns are matched against it; for servers reading sdwriter's /sd (http_sd), use --sdwriter.url instead.").
 		Default("").StringVar(&c.outputFile)
 	app.Flag("output.shards", "sdwriter's --output.shards, with --output.file.").
 		Default("1").IntVar(&c.shards)

@@ -366,6 +366,15 @@ func TestFlagErrors(t *testing.T) {
 		{"--output.shards=0"},
 		{"--output.shards=100000"},
 		{"--output.write-rate=fast"},
+		// Issue 24: the checks of the Prometheus servers.
+		{"--prometheus.url=localhost:9090"},
+		{"--prometheus.url=http://localhost:9090/?x=1"},
+		{"--prometheus.url=http://a:9090", "--prometheus.url=http://a:9090"},
+		{"--prometheus.url=http://a:9090", "--prometheus.http-config-file=no-such-file.yml"},
+		{"--prometheus.http-config-file=http.yml"},
+		{"--prometheus.check-interval=100ms"},
+		{"--check.slot-hold=-1s"},
+		{"--check.final-scrape-timeout=never"},
 	} {
 		var stderr bytes.Buffer
 		if code := run(context.Background(), args, &stderr); code != 2 {
@@ -373,6 +382,11 @@ func TestFlagErrors(t *testing.T) {
 		}
 		if !strings.Contains(stderr.String(), "error:") {
 			t.Errorf("%v: no clear error: %q", args, stderr.String())
+		}
+		if flag, _, _ := strings.Cut(args[len(args)-1], "="); strings.HasPrefix(flag, "--prometheus.") || strings.HasPrefix(flag, "--check.") {
+			if !strings.Contains(stderr.String(), flag) {
+				t.Errorf("%v: the error does not name %s: %q", args, flag, stderr.String())
+			}
 		}
 	}
 }
