@@ -27,28 +27,52 @@ import (
 	"github.com/workersd/workersd/sdfile"
 )
 
+// promProc is a Prometheus server for a test.
+type promProc struct {
+	name, url, config string
+}
+
 // startPrometheus runs bin with the configuration cfg and flags, on a free
-// address; it is killed when the test ends. It returns the server's URL
-// and a function that waits until it is ready.
-func startPrometheus(t *testing.T, name, bin, cfg string, flags ...string) (url string, ready func()) {
+// address; it is killed when the test ends. It does not wait until the
+// server is ready: ready does.
+func startPrometheus(t *testing.T, name, bin, cfg string, flags ...string) promProc {
 	t.Helper()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
+	p := promProc{name: name, url: "http://" + etcdtest.FreeAddr(t), config: filepath.Join(dir, "prometheus.yml")}
+	if err := os.WriteFile(p.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := etcdtest.FreeAddr(t)
 	servertest.Run(t, dir, name, nil, bin, append([]string{
-		"--config.file=" + filepath.Join(dir, "prometheus.yml"),
+		"--config.file=" + p.config,
 		"--storage.tsdb.path=" + filepath.Join(dir, "data"),
-		"--web.listen-address=" + addr,
+		"--web.listen-address=" + strings.TrimPrefix(p.url, "http://"),
+		"--web.enable-lifecycle",
 	}, flags...)...)
-	url = "http://" + addr
-	return url, func() {
-		t.Helper()
-		poll.Until(t, 60*time.Second, func() bool {
-			code, _, _ := httpGet(url + "/-/ready")
-			return code == http.StatusOK || code == http.StatusUnauthorized
-		}, "%s on %s ready", name, addr)
+	return p
+}
+
+// ready waits until the server answers (401 too: it may want credentials).
+func (p promProc) ready(t *testing.T) {
+	t.Helper()
+	poll.Until(t, 60*time.Second, func() bool {
+		code, _, _ := httpGet(p.url + "/-/ready")
+		return code == http.StatusOK || code == http.StatusUnauthorized
+	}, "%s on %s ready", p.name, p.url)
+}
+
+// reload makes the server load cfg, failing the test if it refuses it.
+func (p promProc) reload(t *testing.T, cfg string) {
+	t.Helper()
+	if err := os.WriteFile(p.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client.Post(p.url+"/-/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s refused the configuration (%s):\n%s", p.name, resp.Status, cfg)
 	}
 }
 
@@ -118,9 +142,11 @@ func checkCommand(t *testing.T, args ...string) (code int, stdout, stderr string
 // /api/v1/checks, /api/v1/status, its metrics and its status page in
 // Chromium; "sdwriter check" exits 0 on the first and 1 on the second,
 // printing the fix, reading the output from the file or from the running
-// sdwriter, and 1 on the third without credentials. Last, a worker's
-// endpoint goes away: the check waits until Prometheus has had time to
-// catch up, then finds the target down.
+// sdwriter, and 1 on the third without credentials; a second sdwriter
+// writes shards, of which a job keeps one. The first server's job then
+// reads sdwriter's /sd (http_sd) instead: still no finding. Last, a
+// worker's endpoint goes away: the check waits until Prometheus has had
+// time to catch up, then finds the target down.
 func TestPrometheusChecks(t *testing.T) {
 	bin := buildtest.RequirePrometheus3(t)
 	etcd := etcdtest.Start(t)
@@ -136,14 +162,15 @@ func TestPrometheusChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cfg := fmt.Sprintf(`global:
+	// config is the servers' configuration, where job workersd reads
+	// sdwriter's output with sd.
+	config := func(sd string) string {
+		return fmt.Sprintf(`global:
   scrape_interval: 1s
   scrape_timeout: 1s
 scrape_configs:
   - job_name: workersd
-    file_sd_configs:
-      - files: [%q]
-        refresh_interval: 1s
+%s
   - job_name: sharded
     file_sd_configs:
       - files: [%q]
@@ -156,19 +183,22 @@ scrape_configs:
       - source_labels: [__tmp_shard]
         regex: "0"
         action: keep
-`, filepath.Join(dir, "targets", "*.json"), filepath.Join(filepath.Dir(shard0), "*.json"))
+`, sd, filepath.Join(filepath.Dir(shard0), "*.json"))
+	}
+	cfg := config(fmt.Sprintf("    file_sd_configs:\n      - files: [%q]\n        refresh_interval: 1s", filepath.Join(dir, "targets", "*.json")))
 	webConfig, httpConfig := filepath.Join(dir, "web.yml"), filepath.Join(dir, "http.yml")
 	for f, s := range map[string]string{webConfig: basicAuthWebConfig, httpConfig: basicAuthHTTPConfig} {
 		if err := os.WriteFile(f, []byte(s), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	good, goodReady := startPrometheus(t, "prometheus-good", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion")
-	bad, badReady := startPrometheus(t, "prometheus-no-flag", bin, cfg)
-	auth, authReady := startPrometheus(t, "prometheus-auth", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion", "--web.config.file="+webConfig)
-	goodReady()
-	badReady()
-	authReady()
+	goodProm := startPrometheus(t, "prometheus-good", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion")
+	badProm := startPrometheus(t, "prometheus-no-flag", bin, cfg)
+	authProm := startPrometheus(t, "prometheus-auth", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion", "--web.config.file="+webConfig)
+	for _, p := range []promProc{goodProm, badProm, authProm} {
+		p.ready(t)
+	}
+	good, bad, auth := goodProm.url, badProm.url, authProm.url
 
 	w1, w2 := metricsEndpoint(t), metricsEndpoint(t)
 	putReg(t, cli, "api/web-1/0", strings.TrimPrefix(w1.URL, "http://"))
@@ -333,6 +363,23 @@ scrape_configs:
 				!strings.Contains(out, "keeps hashmod of instance, modulus 2: keeps shard 0; 1 target, 1 active, 1 up") || !strings.Contains(out, "  no findings\n") {
 				t.Errorf("%s: exit %d\n%s", from, code, out)
 			}
+		}
+	})
+
+	// The job reads sdwriter's /sd instead: http_sd URLs are matched by
+	// the port of sdwriter's --web.listen-address, and of --sdwriter.url.
+	t.Run("http_sd", func(t *testing.T) {
+		sd := "http://" + in.web + "/sd"
+		goodProm.reload(t, config(fmt.Sprintf("    http_sd_configs:\n      - url: %s\n        refresh_interval: 1s", sd)))
+		poll.Until(t, 60*time.Second, func() bool {
+			r := getChecks(t, in).Prometheus[0]
+			b, _ := json.Marshal(r)
+			last = string(b)
+			return findingIDs(r) == "" && r.Pending == 0 && len(r.Jobs) == 1 && fmt.Sprint(r.Jobs[0].Reads) == "["+sd+"]" && r.Jobs[0].Up == 2
+		}, "/api/v1/checks: job workersd reads %s, no findings; last: %s", sd, poll.Latest(&last))
+		code, out, _ := checkCommand(t, "--prometheus.url="+good, "--sdwriter.url=http://"+in.web)
+		if code != 0 || !strings.Contains(out, "job workersd reads "+sd+" (shard 0)") || !strings.Contains(out, "  no findings\n") {
+			t.Errorf("exit %d\n%s", code, out)
 		}
 	})
 
