@@ -154,6 +154,7 @@ func (c *checkCmd) run(ctx context.Context) ([]promcheck.Result, error) {
 		wg.Go(func() {
 			res := ch.Check(ctx, out)
 			for res.Pending > 0 && !res.ConfirmAt.After(deadline) {
+				c.warnf("%s: %s too recent to tell; checking again in %s", ch.URL(), plural(res.Pending, "target problem"), time.Until(res.ConfirmAt).Round(time.Second))
 				wait := time.NewTimer(time.Until(res.ConfirmAt))
 				select {
 				case <-ctx.Done():
@@ -165,9 +166,7 @@ func (c *checkCmd) run(ctx context.Context) ([]promcheck.Result, error) {
 				// stopped meanwhile are no problem.
 				now, err := c.output(ctx)
 				if err != nil {
-					c.stderrMu.Lock()
-					fmt.Fprintf(c.stderr, "%s check: reading sdwriter's output again: %v; checking %s against the output read before\n", name, err, ch.URL())
-					c.stderrMu.Unlock()
+					c.warnf("reading sdwriter's output again: %v; checking %s against the output read before", err, ch.URL())
 					now = out
 				}
 				res = ch.Check(ctx, now)
@@ -180,6 +179,13 @@ func (c *checkCmd) run(ctx context.Context) ([]promcheck.Result, error) {
 		return nil, fmt.Errorf("interrupted before the check was complete: %w", err)
 	}
 	return results, nil
+}
+
+// warnf tells on stderr what the check is doing.
+func (c *checkCmd) warnf(format string, args ...any) {
+	c.stderrMu.Lock()
+	defer c.stderrMu.Unlock()
+	fmt.Fprintf(c.stderr, name+" check: "+format+"\n", args...)
 }
 
 // output reads sdwriter's output from its files or from the running

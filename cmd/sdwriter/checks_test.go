@@ -407,7 +407,10 @@ scrape_configs:
 			return false
 		}, "Prometheus sees %s down", w2.URL)
 		start := time.Now()
-		code, out, _ := checkCommand(t, "--prometheus.url="+good, "--sdwriter.url=http://"+in.web)
+		code, out, stderr := checkCommand(t, "--prometheus.url="+good, "--sdwriter.url=http://"+in.web)
+		if !strings.Contains(stderr, good+": 1 target problem too recent to tell; checking again in ") {
+			t.Errorf("the check does not say why it waits:\n%s", stderr)
+		}
 		// Prometheus' discovery delay and two scrape intervals.
 		if took := time.Since(start); code != 1 || took < 10*time.Second || !strings.Contains(out, "error target_down (job workersd): 1 of the 2 targets") ||
 			!strings.Contains(out, strings.TrimPrefix(w2.URL, "http://")) || !strings.Contains(out, "    fix:  let the server reach the workers'") {
