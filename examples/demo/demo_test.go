@@ -13,9 +13,9 @@ import (
 )
 
 // The quick start runs, shows four targets, replaces a killed worker in a
-// slot of its own while the killed one's is held, ends with Prometheus'
-// job-wide total equal to the units processed, and leaves no process
-// behind.
+// slot of its own while the killed one's is held, finds its Prometheus set
+// up for exact totals with "sdwriter check", ends with Prometheus' job-wide
+// total equal to the units processed, and leaves no process behind.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds sdwriter and runs processes")
@@ -28,7 +28,7 @@ func TestDemo(t *testing.T) {
 	bin := filepath.Join(dir, "demo")
 	work := filepath.Join(dir, "work")
 	cmd := exec.Command(bin,
-		"--duration=25s", "--interval=1s", "--kill-after=5s", "--ttl=2s",
+		"--duration=40s", "--interval=1s", "--kill-after=5s", "--ttl=2s",
 		"--prometheus.listen-address="+etcdtest.FreeAddr(t),
 		"--etcd.listen-address="+etcdtest.FreeAddr(t),
 		"--etcd.peer-address="+etcdtest.FreeAddr(t),
@@ -49,6 +49,8 @@ func TestDemo(t *testing.T) {
 		">>> killed w1",
 		">>> w1 is gone from the targets",
 		"is held until Prometheus is surely done",
+		">>> is this Prometheus set up for exact totals? sdwriter check",
+		"sdwriter check: no errors, 0 warnings on 1 Prometheus server",
 		"final: Prometheus' job-wide total",
 		"exact, through the kill and the replacement",
 	} {

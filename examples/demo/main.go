@@ -10,7 +10,9 @@
 // since the demo began next to the units the workers processed. After a
 // while it kills one worker with SIGKILL: the target disappears when its
 // lease expires, the replacement takes a slot of its own while the old one
-// is held, and the two totals still agree.
+// is held, and the two totals still agree. Early on it runs "sdwriter
+// check" on its Prometheus, as a deploy pipeline would, and prints whether
+// that Prometheus is set up for exact totals (docs/CHECKS.md).
 //
 // Ctrl-C (or --duration) stops everything: workers first (so their final
 // scrape happens), then sdwriter and Prometheus. Every child runs in its own
@@ -219,6 +221,10 @@ func run(ctx context.Context, o options) error {
 	begin := time.Now()
 	tick := time.NewTicker(o.interval)
 	defer tick.Stop()
+	// The check a deploy pipeline runs: is this Prometheus set up for
+	// exact totals? Once Prometheus has had time to scrape every worker.
+	var checked chan string
+	checkAt := begin.Add(checkAfter)
 	var (
 		killed      *proc
 		killedAddr  string
@@ -239,6 +245,10 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 		printTotals(promURL, begin, tally.total(procs.workers()), false)
+		if promURL != "" && checked == nil && time.Now().After(checkAt) {
+			checked = make(chan string, 1)
+			go func() { checked <- checkPrometheus(ctx, filepath.Join(binDir, "sdwriter"), o.sdwriterAddr, promURL) }()
+		}
 
 		switch {
 		case killed == nil && o.killAfter > 0 && time.Since(begin) >= o.killAfter && len(workers) > 0 &&
@@ -282,9 +292,42 @@ func run(ctx context.Context, o options) error {
 			return nil
 		case p := <-procs.exited:
 			return p.exitError()
+		case report := <-checked:
+			fmt.Println(report)
 		case <-tick.C:
 		}
 	}
+}
+
+// checkAfter is when the demo checks its Prometheus: after a few scrapes
+// of every worker.
+const checkAfter = 8 * time.Second
+
+// checkPrometheus runs "sdwriter check" on this demo's sdwriter and
+// Prometheus, as a deploy pipeline would, and returns what it printed.
+func checkPrometheus(ctx context.Context, sdwriter, sdwriterAddr, promURL string) string {
+	args := []string{"check", "--sdwriter.url=http://" + sdwriterAddr, "--prometheus.url=" + promURL,
+		// The demo's workers wait 5 s for their final scrape.
+		"--check.final-scrape-timeout=5s"}
+	cmd := exec.CommandContext(ctx, sdwriter, args...)
+	out, err := cmd.CombinedOutput()
+	var head string
+	switch {
+	case ctx.Err() != nil:
+		return ""
+	case err == nil:
+		head = "set up for exact totals"
+	case cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == 1:
+		head = "NOT set up for exact totals: see the fixes below"
+	default:
+		head = "the check did not run: " + err.Error()
+	}
+	return fmt.Sprintf(">>> is this Prometheus %s? sdwriter %s\n%s", head, strings.Join(args, " "),
+		indent(strings.TrimRight(string(out), "\n"), "    "))
+}
+
+func indent(s, prefix string) string {
+	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix) + "\n"
 }
 
 func hasAddress(ts []target, addr string) bool {
