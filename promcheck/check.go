@@ -52,7 +52,8 @@ type Config struct {
 	// defaults to registrar.DefaultSlotHold; negative: no hold.
 	SlotHold time.Duration
 	// FinalScrapeTimeout is how long a stopping worker waits for its final
-	// scrape. Optional, defaults to DefaultFinalScrapeTimeout.
+	// scrape. Optional, defaults to DefaultFinalScrapeTimeout; negative:
+	// the workers wait for none.
 	FinalScrapeTimeout time.Duration
 }
 
@@ -85,7 +86,7 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.SlotHold == 0 {
 		cfg.SlotHold = registrar.DefaultSlotHold
 	}
-	if cfg.FinalScrapeTimeout <= 0 {
+	if cfg.FinalScrapeTimeout == 0 {
 		cfg.FinalScrapeTimeout = DefaultFinalScrapeTimeout
 	}
 	return &Checker{cfg: cfg, base: u, pending: map[string]time.Time{}}, nil
@@ -96,8 +97,9 @@ func (c *Checker) URL() string { return c.base.Redacted() }
 
 // Result is one check of one server.
 type Result struct {
-	URL     string    `json:"url"`
-	Checked time.Time `json:"checked"`
+	URL string `json:"url"`
+	// Checked is when the check began; zero before the first.
+	Checked time.Time `json:"checked,omitzero"`
 	// Took is how long the check took.
 	Took time.Duration `json:"took_ns"`
 	// Version is the server's, when it answered.
@@ -504,7 +506,7 @@ func (c *Checker) checkInterval(j *jobCheck) (Finding, bool) {
 		why = append(why, fmt.Sprintf("a restarted worker's slot is held %s, which must exceed the scrape interval by %s", hold, holdMargin))
 		fix = append(fix, fmt.Sprintf("raise the workers' slot hold (worker SlotHold, workersd-agent --slot-hold) to at least %s or scrape at least every %s", iv+holdMargin, max(hold-holdMargin, time.Second)))
 	}
-	if f := c.cfg.FinalScrapeTimeout; iv > f {
+	if f := c.cfg.FinalScrapeTimeout; f > 0 && iv > f {
 		why = append(why, fmt.Sprintf("a stopping worker waits %s for its final scrape", f))
 		fix = append(fix, fmt.Sprintf("scrape at least every %s or raise the workers' final-scrape timeout above %s", f, iv))
 	}

@@ -185,7 +185,7 @@ func TestBinaryCheck(t *testing.T) {
 	}
 	for _, c := range []struct{ args, flag string }{
 		{"--prometheus.url=http://localhost:9090 --output.file=" + file + " --check.slot-hold=soon", "--check.slot-hold"},
-		{"--prometheus.url=http://localhost:9090 --output.file=" + file + " --check.final-scrape-timeout=0s", "--check.final-scrape-timeout"},
+		{"--prometheus.url=http://localhost:9090 --output.file=" + file + " --check.final-scrape-timeout=-1s", "--check.final-scrape-timeout"},
 		{"--prometheus.url=localhost:9090 --output.file=" + file, "--prometheus.url"},
 		{"--output.file=" + file, "--prometheus.url"},
 		{"--prometheus.url=http://localhost:9090 --prometheus.http-config-file=" + file + ".missing --output.file=" + file, "--prometheus.http-config-file"},

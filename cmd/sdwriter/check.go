@@ -21,9 +21,11 @@ import (
 )
 
 const (
-	// maxConfirmWait bounds how long "sdwriter check" waits for target
-	// problems that are too recent to tell to be confirmed or cleared.
-	maxConfirmWait = 2 * time.Minute
+	// defaultMaxWait bounds how long "sdwriter check" waits for target
+	// problems that are too recent to tell to be confirmed or cleared by
+	// default: one is confirmed after 10 s and two scrape intervals, 130 s
+	// at Prometheus' default interval of 1m.
+	defaultMaxWait = 3 * time.Minute
 	// sdReadyWait bounds a request to a running sdwriter, with the wait
 	// for its first listing of etcd (its /sd answers 503 until then): a
 	// pipeline may check right after starting it.
@@ -39,6 +41,7 @@ type checkCmd struct {
 	prom     promFlags
 	checkers []*promcheck.Checker
 	format   string
+	maxWait  time.Duration
 
 	stderrMu sync.Mutex // the servers are checked at once
 	stderr   io.Writer
@@ -55,7 +58,7 @@ type checkCmd struct {
 
 func parseCheckFlags(args []string, stderr io.Writer) (*checkCmd, error) {
 	c := &checkCmd{stderr: stderr}
-	app := kingpin.New(name+" check", "Checks once, through their HTTP API, that the Prometheus servers reading sdwriter's output are set up for exact totals, and prints what to fix. Reads the output from sdwriter's files (--output.file) or from a running sdwriter (--sdwriter.url); needs no etcd. Target problems too recent to tell are checked again once due, for at most "+maxConfirmWait.String()+". Exits 0 when no finding is an error, 1 when one is (or the output cannot be read), 2 on bad flags.")
+	app := kingpin.New(name+" check", "Checks once, through their HTTP API, that the Prometheus servers reading sdwriter's output are set up for exact totals, and prints what to fix. Reads the output from sdwriter's files (--output.file) or from a running sdwriter (--sdwriter.url); needs no etcd. Target problems too recent to tell are checked again once due, for at most --max-wait. Exits 0 when no finding is an error, 1 when one is (or the output cannot be read), 2 on bad flags.")
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
 	app.UsageWriter(stderr)
@@ -69,10 +72,15 @@ func parseCheckFlags(args []string, stderr io.Writer) (*checkCmd, error) {
 		PlaceHolder("URL").Default("").StringVar(&c.sdwriterURL)
 	app.Flag("sdwriter.http-config-file", "HTTP client settings for --sdwriter.url (when its --web.config.file asks for TLS or basic auth), in the format of --prometheus.http-config-file.").
 		Default("").StringVar(&c.sdwriterHTTPConfig)
+	app.Flag("max-wait", "How long to wait at most for target problems too recent to tell (a target problem is a finding once it has lasted 10s and two scrape intervals). 0s: report what the first look finds.").
+		Default(defaultMaxWait.String()).DurationVar(&c.maxWait)
 	app.Flag("format", "text: a report to read; json: the results, as sdwriter serves them at /api/v1/checks.").
 		Default("text").StringVar(&c.format)
 	if _, err := app.Parse(args); err != nil {
 		return nil, err
+	}
+	if c.maxWait < 0 {
+		return nil, fmt.Errorf("--max-wait=%s: want a duration such as 3m, 0s not to wait", c.maxWait)
 	}
 	if c.format != "text" && c.format != "json" {
 		return nil, fmt.Errorf("--format=%s: want text or json", c.format)
@@ -131,7 +139,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		enc.SetIndent("", "  ")
 		enc.Encode(checksReport{Prometheus: results})
 	} else {
-		writeReport(stdout, results)
+		writeReport(stdout, results, c.maxWait)
 	}
 	if errs > 0 {
 		return 1
@@ -141,9 +149,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 // run checks every server at once. A server's target problems that are too
 // recent to tell are checked again once due, until none is left or the
-// next is due after maxConfirmWait; its Checker keeps them meanwhile.
+// next is due after --max-wait; its Checker keeps them meanwhile.
 func (c *checkCmd) run(ctx context.Context) ([]promcheck.Result, error) {
-	deadline := time.Now().Add(maxConfirmWait)
+	deadline := time.Now().Add(c.maxWait)
 	out, err := c.output(ctx)
 	if err != nil {
 		return nil, err
@@ -304,7 +312,7 @@ func excerpt(b []byte) string { return strings.TrimSpace(string(b[:min(len(b), 2
 // writeReport prints results for a reader: each server, the jobs that
 // read the output, each finding with its cost and fix, and a last line
 // that sums up.
-func writeReport(w io.Writer, results []promcheck.Result) {
+func writeReport(w io.Writer, results []promcheck.Result, maxWait time.Duration) {
 	errs, warnings := 0, 0
 	for _, r := range results {
 		v := r.Version
@@ -356,8 +364,8 @@ func writeReport(w io.Writer, results []promcheck.Result) {
 			fmt.Fprintln(w, "  no findings")
 		}
 		if r.Pending > 0 {
-			fmt.Fprintf(w, "  %s still too recent to tell: due at %s, after the check's bound of %s (check again then)\n",
-				plural(r.Pending, "target problem"), r.ConfirmAt.UTC().Format(time.RFC3339), maxConfirmWait)
+			fmt.Fprintf(w, "  %s still too recent to tell: due at %s, after --max-wait=%s (check again then)\n",
+				plural(r.Pending, "target problem"), r.ConfirmAt.UTC().Format(time.RFC3339), maxWait)
 		}
 		fmt.Fprintln(w)
 	}

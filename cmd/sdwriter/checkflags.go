@@ -30,7 +30,7 @@ func addPromFlags(app *kingpin.Application, p *promFlags) {
 		Default("").StringVar(&p.httpConfig)
 	app.Flag("check.slot-hold", "How long the workers hold a freed slot (worker.Config.SlotHold, workersd-agent --slot-hold): must match theirs, since the check compares each scrape interval with it. 0s: the workers hold no slot.").
 		Default(registrar.DefaultSlotHold.String()).StringVar(&p.slotHold)
-	app.Flag("check.final-scrape-timeout", "How long a stopping worker waits for its final scrape (worker.Config.FinalScrapeTimeout, the clients' final_scrape_timeout or $WORKERSD_FINAL_SCRAPE_TIMEOUT): must match the workers', since the check compares each scrape interval with it.").
+	app.Flag("check.final-scrape-timeout", "How long a stopping worker waits for its final scrape (worker.Config.FinalScrapeTimeout, the clients' final_scrape_timeout or $WORKERSD_FINAL_SCRAPE_TIMEOUT): must match the workers', since the check compares each scrape interval with it. 0s: the workers wait for no final scrape.").
 		Default(promcheck.DefaultFinalScrapeTimeout.String()).StringVar(&p.finalScrape)
 }
 
@@ -42,8 +42,8 @@ func (p *promFlags) checkers() ([]*promcheck.Checker, error) {
 		return nil, fmt.Errorf("--check.slot-hold=%s: want a duration such as 30s, 0s when the workers hold no slot", p.slotHold)
 	}
 	final, err := time.ParseDuration(p.finalScrape)
-	if err != nil || final <= 0 {
-		return nil, fmt.Errorf("--check.final-scrape-timeout=%s: want a positive duration such as 15s", p.finalScrape)
+	if err != nil || final < 0 {
+		return nil, fmt.Errorf("--check.final-scrape-timeout=%s: want a duration such as 15s, 0s when the workers wait for no final scrape", p.finalScrape)
 	}
 	if len(p.urls) == 0 {
 		if p.httpConfig != "" {
@@ -55,8 +55,12 @@ func (p *promFlags) checkers() ([]*promcheck.Checker, error) {
 	if err != nil {
 		return nil, err
 	}
+	// promcheck: negative is none, 0 its default.
 	if hold == 0 {
-		hold = -1 // promcheck: negative is no hold, 0 its default
+		hold = -1
+	}
+	if final == 0 {
+		final = -1
 	}
 	var cs []*promcheck.Checker
 	for i, u := range p.urls {
