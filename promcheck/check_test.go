@@ -36,7 +36,7 @@ func TestMatrix(t *testing.T) {
 			o.add(registration{w2.addr(), "api", "web-1/2"})
 			good := job{name: "workersd", files: []string{filepath.Join(o.dir, "*.json")}}
 			p.start(renderConfig(good))
-			c, err := New(Config{URL: p.url()})
+			c, err := New(Config{URL: p.URL()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,28 +60,28 @@ func TestMatrix(t *testing.T) {
 				wait  time.Duration // target problems need to last
 			}{
 				{name: "scrape interval too long for the hold", id: IDScrapeIntervalTooLong,
-					apply: func() { j := good; j.interval = "20s"; p.reload(renderConfig(j)) },
-					fix:   func() { p.reload(renderConfig(good)) }},
+					apply: func() { j := good; j.interval = "20s"; p.Reload(renderConfig(j)) },
+					fix:   func() { p.Reload(renderConfig(good)) }},
 				{name: "a job reading another file", id: IDOutputNotRead,
 					apply: func() {
 						j := good
 						j.files = []string{filepath.Join(t.TempDir(), "*.json")}
-						p.reload(renderConfig(j))
+						p.Reload(renderConfig(j))
 					},
-					fix: func() { p.reload(renderConfig(good)) }},
+					fix: func() { p.Reload(renderConfig(good)) }},
 				{name: "two jobs reading the output", id: IDOutputReadTwice,
-					apply: func() { j := good; j.name = "again"; p.reload(renderConfig(good, j)) },
-					fix:   func() { p.reload(renderConfig(good)) }},
+					apply: func() { j := good; j.name = "again"; p.Reload(renderConfig(good, j)) },
+					fix:   func() { p.Reload(renderConfig(good)) }},
 				{name: "protocols without OpenMetrics or protobuf", id: IDScrapeProtocols, only3: true,
-					apply: func() { j := good; j.protocols = "[PrometheusText0.0.4]"; p.reload(renderConfig(j)) },
-					fix:   func() { p.reload(renderConfig(good)) }},
+					apply: func() { j := good; j.protocols = "[PrometheusText0.0.4]"; p.Reload(renderConfig(j)) },
+					fix:   func() { p.Reload(renderConfig(good)) }},
 				{name: "relabelling rewrites instance", id: IDRelabelRewritesInstance,
 					apply: func() {
 						j := good
 						j.relabel = "      - source_labels: [host]\n        target_label: instance\n"
-						p.reload(renderConfig(j))
+						p.Reload(renderConfig(j))
 					},
-					fix: func() { p.reload(renderConfig(good)) }},
+					fix: func() { p.Reload(renderConfig(good)) }},
 				{name: "a target down", id: IDTargetDown, wait: 40 * time.Second,
 					apply: func() { w2.broken.Store(true) },
 					fix:   func() { w2.broken.Store(false) }},
@@ -121,14 +121,14 @@ func TestMatrix(t *testing.T) {
 
 			if is3 {
 				t.Run("created timestamps off", func(t *testing.T) {
-					p.restart(renderConfig(good))
+					p.Restart(renderConfig(good))
 					checkUntil(t, c, o, 30*time.Second, IDCreatedTimestampsOff)
-					p.restart(renderConfig(good), "--enable-feature=created-timestamp-zero-ingestion")
+					p.Restart(renderConfig(good), "--enable-feature=created-timestamp-zero-ingestion")
 					checkUntil(t, c, o, 30*time.Second)
 				})
 			}
 			t.Run("unreachable", func(t *testing.T) {
-				p.stop()
+				p.Stop()
 				r := checkUntil(t, c, o, 10*time.Second, IDUnreachable)
 				if !strings.Contains(r.Findings[0].Message, "cannot reach") {
 					t.Errorf("message %q", r.Findings[0].Message)
@@ -170,7 +170,7 @@ func testShards(t *testing.T, p *promServer, base []string) {
 	}
 	shard0 := job{name: "workersd", files: []string{o.files[0]}}
 	p.start(renderConfig(shard0))
-	c, err := New(Config{URL: p.url()})
+	c, err := New(Config{URL: p.URL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,26 +191,26 @@ func testShards(t *testing.T, p *promServer, base []string) {
 		t.Run(cs.name, func(t *testing.T) {
 			j := shard0
 			j.relabel = cs.relabel
-			p.reload(renderConfig(j))
+			p.Reload(renderConfig(j))
 			var ids []string
 			if cs.id != "" {
 				ids = []string{cs.id}
 			}
 			r := checkUntil(t, c, o, 40*time.Second, want(ids...)...)
 			t.Logf("%s", describe(&r))
-			p.reload(renderConfig(shard0))
+			p.Reload(renderConfig(shard0))
 			checkUntil(t, c, o, 40*time.Second, want()...)
 		})
 	}
 	t.Run("http_sd", func(t *testing.T) {
 		j := job{name: "workersd", httpSD: o.sd.URL + "/sd?shard=1"}
-		p.reload(renderConfig(j))
+		p.Reload(renderConfig(j))
 		r := checkUntil(t, c, o, 40*time.Second, want()...)
 		if !slices.Equal(r.Jobs[0].Shards, []int{1}) || r.Jobs[0].Up != 2 {
 			t.Fatalf("jobs: %+v", r.Jobs)
 		}
 		j.relabel = hashmod(2, 0)
-		p.reload(renderConfig(j))
+		p.Reload(renderConfig(j))
 		checkUntil(t, c, o, 40*time.Second, want(IDHashmodWrongShard)...)
 	})
 }

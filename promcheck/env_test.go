@@ -20,22 +20,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/internal/servertest"
 	"github.com/workersd/workersd/sdfile"
 )
 
-// promServer is a Prometheus server for a test: a real binary, its
-// configuration written by the test and reloaded through its API.
+// promServer is a Prometheus server for a test, started at its first
+// start and on the same address after a stop.
 type promServer struct {
+	*servertest.Prometheus
 	t     *testing.T
 	name  string // "3.15" or "2.42"
 	bin   string
 	flags []string
-	dir   string
-	addr  string
-	proc  *servertest.Proc
 }
 
 func prometheus3(t *testing.T) *promServer {
@@ -46,61 +43,15 @@ func prometheus2(t *testing.T) *promServer {
 	return &promServer{t: t, name: "2.42", bin: buildtest.RequireTool(t, "prometheus", "apt-get install prometheus")}
 }
 
-func (p *promServer) url() string { return "http://" + p.addr }
-
-// start runs the server with cfg, on the same address as before if it ran.
+// start runs the server with cfg and waits until it is ready.
 func (p *promServer) start(cfg string) {
 	p.t.Helper()
-	if p.dir == "" {
-		p.dir = p.t.TempDir()
-		p.addr = etcdtest.FreeAddr(p.t)
+	if p.Prometheus != nil {
+		p.Resume(cfg)
+		return
 	}
-	p.write(cfg)
-	p.proc = servertest.Run(p.t, p.dir, "prometheus", nil, p.bin, append([]string{
-		"--config.file=" + filepath.Join(p.dir, "prometheus.yml"),
-		"--storage.tsdb.path=" + filepath.Join(p.dir, "data"),
-		"--web.listen-address=" + p.addr,
-		"--web.enable-lifecycle",
-	}, p.flags...)...)
-	poll.Until(p.t, 60*time.Second, func() bool {
-		resp, err := http.Get(p.url() + "/-/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, "Prometheus %s on %s not ready", p.name, p.addr)
-}
-
-func (p *promServer) stop() { p.proc.Kill() }
-
-// restart runs the server again with other flags.
-func (p *promServer) restart(cfg string, flags ...string) {
-	p.t.Helper()
-	p.stop()
-	p.flags = flags
-	p.start(cfg)
-}
-
-func (p *promServer) write(cfg string) {
-	p.t.Helper()
-	if err := os.WriteFile(filepath.Join(p.dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
-		p.t.Fatal(err)
-	}
-}
-
-// reload makes the server load cfg, and fails the test if it refuses it.
-func (p *promServer) reload(cfg string) {
-	p.t.Helper()
-	p.write(cfg)
-	resp, err := http.Post(p.url()+"/-/reload", "", nil)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		p.t.Fatalf("Prometheus %s refused the configuration (%s):\n%s", p.name, resp.Status, cfg)
-	}
+	p.Prometheus = servertest.StartPrometheus(p.t, "prometheus-"+p.name, p.bin, cfg, p.flags...)
+	p.Ready()
 }
 
 // job is a scrape job for renderConfig.

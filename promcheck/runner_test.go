@@ -42,7 +42,7 @@ func TestRunner(t *testing.T) {
 	o := newOutput(t, 1)
 	good := job{name: "workersd", files: []string{o.dir + "/*.json"}}
 	p.start(renderConfig(good))
-	c, err := New(Config{URL: p.url()})
+	c, err := New(Config{URL: p.URL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestRunner(t *testing.T) {
 	poll.Until(t, 30*time.Second, func() bool { return !checked().IsZero() }, "no first check")
 	first := checked()
 	findings := func(id string) float64 {
-		return metrictest.Gathered(t, reg, "prometheus_check_findings", "prometheus", p.url(), "check", id, "severity", string(severityOf(id)))
+		return metrictest.Gathered(t, reg, "prometheus_check_findings", "prometheus", p.URL(), "check", id, "severity", string(severityOf(id)))
 	}
 	if n := findings(IDScrapeIntervalTooLong); n != 0 {
 		t.Fatalf("findings before: %v", n)
@@ -88,7 +88,7 @@ func TestRunner(t *testing.T) {
 	// though the interval is an hour away.
 	j := good
 	j.interval = "20s"
-	p.reload(renderConfig(j))
+	p.Reload(renderConfig(j))
 	mu.Lock()
 	o.add(registration{newWorker(t).addr(), "api", "web-1/1"})
 	close(changed)

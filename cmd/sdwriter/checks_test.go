@@ -27,55 +27,6 @@ import (
 	"github.com/workersd/workersd/sdfile"
 )
 
-// promProc is a Prometheus server for a test.
-type promProc struct {
-	name, url, config string
-}
-
-// startPrometheus runs bin with the configuration cfg and flags, on a free
-// address; it is killed when the test ends. It does not wait until the
-// server is ready: ready does.
-func startPrometheus(t *testing.T, name, bin, cfg string, flags ...string) promProc {
-	t.Helper()
-	dir := t.TempDir()
-	p := promProc{name: name, url: "http://" + etcdtest.FreeAddr(t), config: filepath.Join(dir, "prometheus.yml")}
-	if err := os.WriteFile(p.config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	servertest.Run(t, dir, name, nil, bin, append([]string{
-		"--config.file=" + p.config,
-		"--storage.tsdb.path=" + filepath.Join(dir, "data"),
-		"--web.listen-address=" + strings.TrimPrefix(p.url, "http://"),
-		"--web.enable-lifecycle",
-	}, flags...)...)
-	return p
-}
-
-// ready waits until the server answers (401 too: it may want credentials).
-func (p promProc) ready(t *testing.T) {
-	t.Helper()
-	poll.Until(t, 60*time.Second, func() bool {
-		code, _, _ := httpGet(p.url + "/-/ready")
-		return code == http.StatusOK || code == http.StatusUnauthorized
-	}, "%s on %s ready", p.name, p.url)
-}
-
-// reload makes the server load cfg, failing the test if it refuses it.
-func (p promProc) reload(t *testing.T, cfg string) {
-	t.Helper()
-	if err := os.WriteFile(p.config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := client.Post(p.url+"/-/reload", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s refused the configuration (%s):\n%s", p.name, resp.Status, cfg)
-	}
-}
-
 // basicAuth is a Prometheus --web.config.file asking for user "checker"
 // with password "s3cret" (bcrypt, cost 4), and the
 // --prometheus.http-config-file that gives them.
@@ -192,13 +143,13 @@ scrape_configs:
 			t.Fatal(err)
 		}
 	}
-	goodProm := startPrometheus(t, "prometheus-good", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion")
-	badProm := startPrometheus(t, "prometheus-no-flag", bin, cfg)
-	authProm := startPrometheus(t, "prometheus-auth", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion", "--web.config.file="+webConfig)
-	for _, p := range []promProc{goodProm, badProm, authProm} {
-		p.ready(t)
+	goodProm := servertest.StartPrometheus(t, "prometheus-good", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion")
+	badProm := servertest.StartPrometheus(t, "prometheus-no-flag", bin, cfg)
+	authProm := servertest.StartPrometheus(t, "prometheus-auth", bin, cfg, "--enable-feature=created-timestamp-zero-ingestion", "--web.config.file="+webConfig)
+	for _, p := range []*servertest.Prometheus{goodProm, badProm, authProm} {
+		p.Ready()
 	}
-	good, bad, auth := goodProm.url, badProm.url, authProm.url
+	good, bad, auth := goodProm.URL(), badProm.URL(), authProm.URL()
 
 	w1, w2 := metricsEndpoint(t), metricsEndpoint(t)
 	putReg(t, cli, "api/web-1/0", strings.TrimPrefix(w1.URL, "http://"))
@@ -370,7 +321,7 @@ scrape_configs:
 	// the port of sdwriter's --web.listen-address, and of --sdwriter.url.
 	t.Run("http_sd", func(t *testing.T) {
 		sd := "http://" + in.web + "/sd"
-		goodProm.reload(t, config(fmt.Sprintf("    http_sd_configs:\n      - url: %s\n        refresh_interval: 1s", sd)))
+		goodProm.Reload(config(fmt.Sprintf("    http_sd_configs:\n      - url: %s\n        refresh_interval: 1s", sd)))
 		poll.Until(t, 60*time.Second, func() bool {
 			r := getChecks(t, in).Prometheus[0]
 			b, _ := json.Marshal(r)

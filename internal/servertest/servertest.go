@@ -166,8 +166,6 @@ func Start(t testing.TB, o Options) *Stack {
 		"--web.listen-address="+sdwAddr)
 	s.SdwriterURL = "http://" + sdwAddr
 
-	promAddr := etcdtest.FreeAddr(t)
-	promCfg := filepath.Join(dir, "prometheus.yml")
 	cfg := fmt.Sprintf(`global:
   scrape_interval: %s
   evaluation_interval: 1s
@@ -177,20 +175,9 @@ scrape_configs:
       - files: [%q]
         refresh_interval: 1s
 %s`, promtest.Range(o.ScrapeInterval), s.TargetsFile, o.ExtraScrapeConfigs)
-	if err := os.WriteFile(promCfg, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	Run(t, dir, "prometheus", nil, prom, "--config.file="+promCfg,
-		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"), "--web.listen-address="+promAddr,
-		"--enable-feature=created-timestamp-zero-ingestion")
-	s.PromURL = "http://" + promAddr
-	poll.Until(t, 60*time.Second, func() bool {
-		resp, err := http.Get(s.PromURL + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil && resp.StatusCode == 200
-	}, "Prometheus not ready")
+	p := StartPrometheus(t, "prometheus", prom, cfg, "--enable-feature=created-timestamp-zero-ingestion")
+	p.Ready()
+	s.PromURL = p.URL()
 	return s
 }
 
