@@ -75,6 +75,24 @@ def _delivered(sock, deadline):
         time.sleep(0.002)
 
 
+def _buffered(app, environ):
+    """Runs a WSGI app to the end: its status, headers and whole body."""
+    got, chunks = {}, []
+
+    def start_response(status, headers, exc_info=None):
+        got["status"], got["headers"] = status, list(headers)
+        return chunks.append
+
+    result = app(environ, start_response)
+    try:
+        chunks.extend(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return got["status"], got["headers"], b"".join(chunks)
+
+
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
@@ -131,9 +149,20 @@ class MetricsEndpoint:
                 return [b"not found: this worker's metrics are at /metrics\n"]
             for hook in hooks:
                 hook()
-            body = metrics(environ, start_response)
             if at != self.path:
-                return body
+                return metrics(environ, start_response)
+            # The answer of the registered path is buffered and sent with a
+            # Content-Length: without one (prometheus_client's app sets none,
+            # and wsgiref speaks HTTP/1.0) the scraper completes it only at
+            # the connection's close, which wsgiref sends after _served has
+            # counted the scrape; over a slow link that close reaches
+            # Prometheus after its timeout, and a scrape it stored nothing
+            # of would count as the final one.
+            status, headers, body = _buffered(metrics, environ)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+            start_response(status, headers)
+            body = [body]
             deadline = None
             sock = environ.get("workersd.socket")
             with self._cond:
