@@ -56,6 +56,9 @@ func get(ctx context.Context, client *http.Client, base *url.URL, path string, p
 		Error     string          `json:"error"`
 	}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if resp.StatusCode == http.StatusServiceUnavailable && mt != "application/json" {
+		return &apiError{fmt.Sprintf("GET %s: %s: Prometheus answers so while it starts (replaying its WAL) or when it is overloaded", path, resp.Status)}
+	}
 	if mt != "application/json" || json.Unmarshal(body, &answer) != nil || answer.Status == "" {
 		return &apiError{fmt.Sprintf("GET %s: %s, %s: not an answer of Prometheus' HTTP API; is this the URL of a Prometheus server (with its --web.route-prefix)?", path, resp.Status, describeBody(mt, body))}
 	}

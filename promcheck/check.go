@@ -171,7 +171,7 @@ func (c *Checker) check(ctx context.Context, out Output, r *Result) {
 		r.Findings = append(r.Findings, newFinding(IDConfigUnreadable, "",
 			"Prometheus' loaded configuration (/api/v1/status/config) cannot be read: "+err.Error(),
 			"nothing of its scrape jobs can be checked",
-			"report this with the configuration attached; the other checks still run"))
+			"report this with the configuration attached; only the version and the flags were checked"))
 		c.forgetPending()
 		return
 	}
@@ -230,7 +230,7 @@ func checkVersion(srv *server) []Finding {
 	major, _, _ := strings.Cut(strings.TrimPrefix(srv.version, "v"), ".")
 	if n, err := strconv.Atoi(major); err == nil && n < 3 {
 		return []Finding{newFinding(IDVersion2, "",
-			fmt.Sprintf("Prometheus %s does not ingest created timestamps, so it cannot see a counter's restart once the new worker has counted past the old one before its first scrape", srv.version),
+			fmt.Sprintf("Prometheus %s: 2.x before 2.50 cannot ingest created timestamps (2.50 to 2.55 only behind an experimental flag, not measured with workersd), so it does not see a counter's restart once the new worker has counted past the old one before its first scrape", srv.version),
 			"measured with 2.42: graceful restarts' increase() 74 % short (raw samples 1 % short), kill -9 restarts' increase() 79 % short, a counter at 1 per lifetime 4 % short (docs/RESTARTS.md)",
 			"run Prometheus 3 with --enable-feature=created-timestamp-zero-ingestion")}
 	}
@@ -291,7 +291,7 @@ func readTwice(jobs []*jobCheck) []Finding {
 		}
 	}
 	var fs []Finding
-	for k := range len(readers) + 1 {
+	for _, k := range slices.Sorted(maps.Keys(readers)) {
 		names := readers[k]
 		if len(names) < 2 {
 			continue
@@ -390,6 +390,39 @@ func keptShards(cfgs []*relabel.Config, i int) []int {
 	return kept
 }
 
+// discovered is t's labels as Prometheus has them before relabelling.
+func (j *jobCheck) discovered(t target) *labels.Builder {
+	lb := labels.NewBuilder(labels.EmptyLabels())
+	for k, v := range t.labels {
+		lb.Set(k, v)
+	}
+	// What Prometheus sets when the target lacks it.
+	for k, v := range map[string]string{model.JobLabel: j.sc.JobName, model.MetricsPathLabel: "/metrics", model.SchemeLabel: "http",
+		model.ScrapeIntervalLabel: j.sc.ScrapeInterval.String(), model.ScrapeTimeoutLabel: j.sc.ScrapeTimeout.String()} {
+		if lb.Get(k) == "" {
+			lb.Set(k, v)
+		}
+	}
+	return lb
+}
+
+// withoutSharding is cfgs without their hashmod rules and the keep and drop
+// rules on a hashmod's label.
+func withoutSharding(cfgs []*relabel.Config) []*relabel.Config {
+	shardLabels := map[string]bool{}
+	var out []*relabel.Config
+	for _, rc := range cfgs {
+		switch {
+		case rc.Action == relabel.HashMod:
+			shardLabels[rc.TargetLabel] = true
+		case (rc.Action == relabel.Keep || rc.Action == relabel.Drop) && len(rc.SourceLabels) == 1 && shardLabels[string(rc.SourceLabels[0])]:
+		default:
+			out = append(out, rc)
+		}
+	}
+	return out
+}
+
 // checkJob checks a job's settings and runs its relabelling on its targets.
 func (c *Checker) checkJob(j *jobCheck, nShards int) []Finding {
 	var fs []Finding
@@ -406,21 +439,16 @@ func (c *Checker) checkJob(j *jobCheck, nShards int) []Finding {
 			"a worker exposing such a label merges its series with another worker's or splits them from their slot; sums and the slot-bounded series count no longer hold",
 			"remove honor_labels from the job, or make sure no worker exposes instance, job, worker or host"))
 	}
+	// Targets a hashmod drops are another server's; what the other rules
+	// drop is a finding of its own.
+	unsharded := withoutSharding(j.sc.RelabelConfigs)
 	var dropped, rewroteInstance, rewroteJob []target
 	for _, t := range j.targets {
-		lb := labels.NewBuilder(labels.EmptyLabels())
-		for k, v := range t.labels {
-			lb.Set(k, v)
-		}
-		// What Prometheus sets before relabelling, when the target lacks it.
-		for k, v := range map[string]string{model.JobLabel: name, model.MetricsPathLabel: "/metrics", model.SchemeLabel: "http",
-			model.ScrapeIntervalLabel: j.sc.ScrapeInterval.String(), model.ScrapeTimeoutLabel: j.sc.ScrapeTimeout.String()} {
-			if lb.Get(k) == "" {
-				lb.Set(k, v)
-			}
-		}
+		lb := j.discovered(t)
 		if !relabel.ProcessBuilder(lb, j.sc.RelabelConfigs...) {
-			dropped = append(dropped, t)
+			if !relabel.ProcessBuilder(j.discovered(t), unsharded...) {
+				dropped = append(dropped, t)
+			}
 			continue
 		}
 		j.kept = append(j.kept, t)
@@ -458,7 +486,7 @@ func (c *Checker) checkJob(j *jobCheck, nShards int) []Finding {
 			}
 		}
 	}
-	if h == nil && len(dropped) > 0 {
+	if len(dropped) > 0 {
 		fs = append(fs, withTargets(newFinding(IDRelabelDropsTargets, name,
 			fmt.Sprintf("the job's relabelling drops %d of sdwriter's %d targets", len(dropped), len(j.targets)),
 			"those workers are not scraped by this server; if no other server scrapes them, their counts are missing from every total",
@@ -500,11 +528,11 @@ func (c *Checker) checkInterval(j *jobCheck) (Finding, bool) {
 	var why, fix []string
 	if hold := c.cfg.SlotHold; hold < 0 {
 		// No hold: a reused slot is always at risk, whatever the interval.
-		why = append(why, "the workers hold no slot (--slot-hold negative), so a restarted worker may reuse its slot while Prometheus still scrapes the old one")
+		why = append(why, "the workers hold no slot (sdwriter --check.slot-hold=0s, as their worker.Config.SlotHold or workersd-agent --slot-hold=0s), so a restarted worker may reuse its slot while Prometheus still scrapes the old one")
 		fix = append(fix, fmt.Sprintf("give the workers a slot hold of at least %s", iv+holdMargin))
 	} else if iv+holdMargin > hold {
 		why = append(why, fmt.Sprintf("a restarted worker's slot is held %s, which must exceed the scrape interval by %s", hold, holdMargin))
-		fix = append(fix, fmt.Sprintf("raise the workers' slot hold (worker SlotHold, workersd-agent --slot-hold) to at least %s or scrape at least every %s", iv+holdMargin, max(hold-holdMargin, time.Second)))
+		fix = append(fix, fmt.Sprintf("raise the workers' slot hold (worker.Config.SlotHold, workersd-agent --slot-hold; then sdwriter --check.slot-hold) to at least %s or scrape at least every %s", iv+holdMargin, max(hold-holdMargin, time.Second)))
 	}
 	if f := c.cfg.FinalScrapeTimeout; f > 0 && iv > f {
 		why = append(why, fmt.Sprintf("a stopping worker waits %s for its final scrape", f))
@@ -540,7 +568,7 @@ func checkProtocols(j *jobCheck) (Finding, bool) {
 		}
 	}
 	return newFinding(IDScrapeProtocols, j.sc.JobName,
-		fmt.Sprintf("job %s asks for %s: a text format without created timestamps comes before OpenMetrics", j.sc.JobName, strings.Join(ps, ", ")),
+		fmt.Sprintf("job %s asks for %s: no OpenMetrics format before the text formats, and only OpenMetrics carries created timestamps for every client", j.sc.JobName, strings.Join(ps, ", ")),
 		"workers answer in the text format, which carries no created timestamp (Python, Ruby and Node workers always; Go workers unless protobuf comes first): every restart on a reused slot where the new worker counted past the old one is missed",
 		"remove scrape_protocols from the job (Prometheus 3 with created-timestamp-zero-ingestion asks for PrometheusProto, then OpenMetricsText1.0.0 first) or put OpenMetricsText1.0.0 before any PrometheusText"), true
 }
@@ -588,7 +616,7 @@ func (c *Checker) checkTargets(jobs []*jobCheck, active []activeTarget, r *Resul
 			k := targetKey(a.DiscoveredLabels)
 			got[k] = a
 			if !served[k] && lasted(name+"\x00notserved\x00"+k, grace) {
-				notServed = append(notServed, fmt.Sprintf("%s (instance %s, job %s)", k, a.Labels[model.InstanceLabel], a.Labels[model.JobLabel]))
+				notServed = append(notServed, fmt.Sprintf("%s (job %s, instance %s)", k, a.Labels[model.JobLabel], a.Labels[model.InstanceLabel]))
 			}
 		}
 		var missing, down []target

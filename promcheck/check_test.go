@@ -187,6 +187,7 @@ func testShards(t *testing.T, p *promServer, base []string) {
 		{"wrong modulus", hashmod(3, 0), IDHashmodModulus},
 		{"wrong shard kept", hashmod(2, 1), IDHashmodWrongShard},
 		{"hashmod on the address", strings.Replace(hashmod(2, 0), "[instance]", "[__address__]", 1), IDHashmodNotOnInstance},
+		{"a drop rule beside the hashmod", hashmod(2, 0) + "      - source_labels: [job]\n        regex: api\n        action: drop\n", IDRelabelDropsTargets},
 	} {
 		t.Run(cs.name, func(t *testing.T) {
 			j := shard0
@@ -280,5 +281,19 @@ func TestBadURL(t *testing.T) {
 		if _, err := New(Config{URL: u}); err == nil {
 			t.Errorf("New(%q): no error", u)
 		}
+	}
+}
+
+// Two jobs reading the same shard are found whatever its number (the
+// servers of a sharded setup read shards other than 0 and 1).
+func TestReadTwiceAnyShard(t *testing.T) {
+	jobs := []*jobCheck{
+		{sc: &scrapeConfig{JobName: "a"}, shards: []int{2}},
+		{sc: &scrapeConfig{JobName: "b"}, shards: []int{2}},
+		{sc: &scrapeConfig{JobName: "c"}, shards: []int{0}},
+	}
+	fs := readTwice(jobs)
+	if len(fs) != 1 || fs[0].ID != IDOutputReadTwice || !strings.Contains(fs[0].Message, "jobs a, b all read shard 2") {
+		t.Fatalf("findings %+v, want one %s naming a, b and shard 2", fs, IDOutputReadTwice)
 	}
 }
