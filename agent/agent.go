@@ -278,13 +278,7 @@ func (a *Agent) startSharedLeases(lease, hold clientv3.LeaseID) {
 
 // slotHold is the registrations' SlotHold, 0 when holds are off.
 func (a *Agent) slotHold() time.Duration {
-	switch {
-	case a.cfg.SlotHold < 0:
-		return 0
-	case a.cfg.SlotHold == 0:
-		return registrar.DefaultSlotHold
-	}
-	return a.cfg.SlotHold
+	return registrar.EffectiveSlotHold(a.cfg.SlotHold)
 }
 
 // restore adopts one registration of an earlier agent process.

@@ -18,6 +18,20 @@ func TestHoldKeyLivesBesideThePrefix(t *testing.T) {
 	}
 }
 
+func TestEffectiveSlotHold(t *testing.T) {
+	for in, want := range map[time.Duration]time.Duration{
+		0:                registrar.DefaultSlotHold, // not set
+		-1:               0,                         // off
+		-time.Hour:       0,
+		time.Second:      time.Second,
+		45 * time.Second: 45 * time.Second,
+	} {
+		if got := registrar.EffectiveSlotHold(in); got != want {
+			t.Errorf("EffectiveSlotHold(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
 func TestMaxSlots(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	at := func(s ...int) []time.Time {

@@ -33,6 +33,20 @@ const (
 	DefaultSlotHold = 30 * time.Second
 )
 
+// EffectiveSlotHold is the hold a Config.SlotHold value means:
+// DefaultSlotHold for 0 (Go's zero value is "not set"), 0 (no hold) for a
+// negative value, else the value. Every part that reads a SlotHold (the
+// registrar, the host agent) asks it, so they never disagree on the rule.
+func EffectiveSlotHold(d time.Duration) time.Duration {
+	switch {
+	case d < 0:
+		return 0
+	case d == 0:
+		return DefaultSlotHold
+	}
+	return d
+}
+
 // Config is the identity of one registration and where it goes.
 type Config struct {
 	// Client is the etcd client; the caller owns it and closes it after
@@ -50,7 +64,7 @@ type Config struct {
 	// SlotHold is how long a slot stays taken after its registration ends,
 	// gracefully or by lease expiry, so that the next worker takes another
 	// slot meanwhile. Optional, defaults to DefaultSlotHold; negative turns
-	// holds off (a freed slot is reused at once).
+	// holds off (a freed slot is reused at once): see EffectiveSlotHold.
 	//
 	// Why: a reused slot means the next lifetime writes the same series.
 	// Prometheus (3.x, created-timestamp-zero-ingestion) sees the restart
@@ -184,9 +198,7 @@ func New(cfg Config) (*Registrar, error) {
 	if err := ValidateTTL(cfg.TTL); err != nil {
 		return nil, err
 	}
-	if cfg.SlotHold == 0 {
-		cfg.SlotHold = DefaultSlotHold
-	}
+	cfg.SlotHold = EffectiveSlotHold(cfg.SlotHold)
 	if cfg.Value.StartedAt.IsZero() {
 		// To the nanosecond: a host agent that lost its state tells the
 		// registrations it made (a process's start, whole seconds) from
