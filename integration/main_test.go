@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/procgroup"
 )
 
 // binDir holds the binaries built once for the whole run.
@@ -97,9 +98,9 @@ func startProcErr(t *testing.T, dir, name, bin string, args ...string) (*proc, e
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = logf
-	// Own group: kill -9 reaches the whole process. Pdeathsig: no child
-	// outlives a test binary that dies without its cleanups.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Own group: kill -9 reaches the whole process; no child outlives a
+	// test binary that dies without its cleanups.
+	cmd.SysProcAttr = procgroup.Attr()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		logf.Close()
@@ -195,7 +196,7 @@ func (p *proc) exited() bool {
 
 func (p *proc) signal(sig syscall.Signal) {
 	if !p.exited() {
-		syscall.Kill(-p.cmd.Process.Pid, sig)
+		procgroup.Signal(p.cmd.Process, sig)
 	}
 }
 

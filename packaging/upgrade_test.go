@@ -22,6 +22,7 @@ import (
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/servertest"
 )
 
@@ -227,17 +228,15 @@ func startUnit(t *testing.T, logs, name string, uid, gid int, bin string, args .
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = "/var/lib/workersd" // WorkingDirectory
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, // User=, Group=
-		Setpgid:    true, Pdeathsig: syscall.SIGKILL,
-	}
+	cmd.SysProcAttr = procgroup.Attr()
+	cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)} // User=, Group=
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	u := &unit{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); logf.Close(); close(u.done) }()
 	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		procgroup.Kill(cmd.Process)
 		<-u.done
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
@@ -254,7 +253,7 @@ func (u *unit) stop(timeout time.Duration) error {
 	case <-u.done:
 		return nil
 	case <-time.After(timeout):
-		syscall.Kill(-u.cmd.Process.Pid, syscall.SIGKILL)
+		procgroup.Kill(u.cmd.Process)
 		<-u.done
 		return fmt.Errorf("%s did not stop within %s of SIGTERM", u.name, timeout)
 	}

@@ -54,6 +54,7 @@ import (
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v2"
 
+	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/promtest"
 )
 
@@ -705,7 +706,7 @@ func (g *group) start(name, bin string, args ...string) (*proc, error) {
 	cmd.Stderr = logf
 	// Own process group: Ctrl-C in the terminal reaches the demo only, which
 	// stops the children in order (see sysproc_*.go).
-	cmd.SysProcAttr = childAttr()
+	cmd.SysProcAttr = procgroup.Attr()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		logf.Close()
@@ -775,7 +776,7 @@ func (p *proc) kill() {
 	select {
 	case <-p.done:
 	default:
-		killGroup(p.cmd.Process)
+		procgroup.Kill(p.cmd.Process)
 	}
 	<-p.done
 }
@@ -786,7 +787,7 @@ func (p *proc) stop(grace time.Duration) {
 	select {
 	case <-p.done:
 	default:
-		termGroup(p.cmd.Process)
+		procgroup.Term(p.cmd.Process)
 	}
 	select {
 	case <-p.done:

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/workersd/workersd/internal/procgroup"
 )
 
 // options are the command's flags; the outer process passes them on to
@@ -101,7 +103,7 @@ func outer(o options) int {
 		"--run-id=" + o.runID, "--work-dir=" + o.workDir}
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = procgroup.Attr()
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		return 2

@@ -18,6 +18,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/promtest"
 )
 
@@ -535,7 +536,7 @@ func (s *soak) cleanup() {
 		s.mu.Unlock()
 		for _, p := range procs {
 			if !p.exited() {
-				syscall.Kill(-p.pid(), syscall.SIGKILL)
+				procgroup.Kill(p.cmd.Process)
 			}
 		}
 		for _, p := range procs {

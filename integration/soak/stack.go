@@ -24,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/internal/procgroup"
 )
 
 // The stack's settings. TTL and the slot hold are the agent's and the Go
@@ -84,7 +85,7 @@ func (s *soak) start(ns, name string, env []string, dir, bin string, args ...str
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = procgroup.Attr()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -119,7 +120,7 @@ func (p *proc) signal(sig syscall.Signal) {
 // kill sends SIGKILL to the process group and waits for the exit.
 func (p *proc) kill() {
 	if !p.exited() {
-		syscall.Kill(-p.pid(), syscall.SIGKILL)
+		procgroup.Kill(p.cmd.Process)
 	}
 	<-p.done
 }

@@ -10,12 +10,12 @@ import (
 	"context"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/procgroup"
 )
 
 // Timeout bounds a suite's run.
@@ -42,11 +42,11 @@ func Run(t *testing.T, dir string, env []string, name string, args ...string) {
 	cmd.Env = append(cmd.Env,
 		"WORKERSD_AGENT_BIN="+filepath.Join(bin, "workersd-agent"),
 		"WORKERSD_ETCD_ENDPOINTS="+etcd.Endpoint())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.SysProcAttr = procgroup.Attr()
+	cmd.Cancel = func() error { return procgroup.Kill(cmd.Process) }
 	out, err := cmd.CombinedOutput()
 	if cmd.Process != nil {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		procgroup.Kill(cmd.Process)
 	}
 	t.Logf("%s %v:\n%s", name, args, out)
 	if err != nil {

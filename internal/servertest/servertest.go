@@ -28,6 +28,7 @@ import (
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/promtest"
 	"github.com/workersd/workersd/registrar"
 )
@@ -53,7 +54,7 @@ func Run(t testing.TB, dir, name string, env []string, bin string, args ...strin
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = procgroup.Attr()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -80,7 +81,7 @@ func (p *Proc) Log() string {
 
 // Kill kills the process group and waits for the process.
 func (p *Proc) Kill() {
-	syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+	procgroup.Kill(p.Cmd.Process)
 	<-p.waited
 }
 
@@ -90,7 +91,7 @@ func (p *Proc) Stop(sig syscall.Signal, timeout time.Duration) bool {
 	p.Cmd.Process.Signal(sig)
 	select {
 	case <-p.waited:
-		syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+		procgroup.Kill(p.Cmd.Process)
 		return true
 	case <-time.After(timeout):
 		p.Kill()
