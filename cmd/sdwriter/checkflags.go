@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/common/version"
 
+	"github.com/workersd/workersd/internal/cliflags"
 	"github.com/workersd/workersd/promcheck"
 	"github.com/workersd/workersd/registrar"
 )
@@ -37,12 +38,13 @@ func addPromFlags(app *kingpin.Application, p *promFlags) {
 // checkers returns a Checker for each --prometheus.url, none without one;
 // a bad value is an error that names its flag.
 func (p *promFlags) checkers() ([]*promcheck.Checker, error) {
-	hold, err := time.ParseDuration(p.slotHold)
-	if err != nil || hold < 0 {
+	// promcheck's Config, as the workers': negative is none, 0 its default.
+	hold, err := parseZeroIsOff(p.slotHold)
+	if err != nil {
 		return nil, fmt.Errorf("--check.slot-hold=%s: want a duration such as 30s, 0s when the workers hold no slot", p.slotHold)
 	}
-	final, err := time.ParseDuration(p.finalScrape)
-	if err != nil || final < 0 {
+	final, err := parseZeroIsOff(p.finalScrape)
+	if err != nil {
 		return nil, fmt.Errorf("--check.final-scrape-timeout=%s: want a duration such as 15s, 0s when the workers wait for no final scrape", p.finalScrape)
 	}
 	if len(p.urls) == 0 {
@@ -54,13 +56,6 @@ func (p *promFlags) checkers() ([]*promcheck.Checker, error) {
 	client, err := httpClient("--prometheus.http-config-file", p.httpConfig, "prometheus")
 	if err != nil {
 		return nil, err
-	}
-	// promcheck: negative is none, 0 its default.
-	if hold == 0 {
-		hold = -1
-	}
-	if final == 0 {
-		final = -1
 	}
 	var cs []*promcheck.Checker
 	for i, u := range p.urls {
@@ -74,6 +69,16 @@ func (p *promFlags) checkers() ([]*promcheck.Checker, error) {
 		cs = append(cs, c)
 	}
 	return cs, nil
+}
+
+// parseZeroIsOff parses a duration flag whose 0s turns a rule off into
+// the Config value it means (cliflags.ZeroIsOff).
+func parseZeroIsOff(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, err
+	}
+	return cliflags.ZeroIsOff(d)
 }
 
 // httpClient is an HTTP client with the settings of file (Prometheus'

@@ -23,7 +23,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -183,12 +182,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	if err := registrar.ValidatePrefix(f.sd.Prefix); err != nil {
 		return nil, fmt.Errorf("--etcd.prefix: %w", err)
 	}
-	for e := range strings.SplitSeq(f.endpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			f.sd.Endpoints = append(f.sd.Endpoints, e)
-		}
-	}
-	if len(f.sd.Endpoints) == 0 {
+	if f.sd.Endpoints = cliflags.Endpoints(f.endpoints); len(f.sd.Endpoints) == 0 {
 		if !f.embedPublic {
 			for flag, addr := range map[string]string{"--etcd.embed.listen-address": f.embedListen, "--etcd.embed.peer-address": f.embedPeer} {
 				if err := netaddr.CheckLoopback(addr); err != nil {

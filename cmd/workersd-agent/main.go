@@ -70,7 +70,7 @@ type flags struct {
 	host           string
 	advertiseHost  string
 	ttl            time.Duration
-	slotHold       time.Duration
+	slotHold       time.Duration // agent.Config.SlotHold once parsed: the flag's 0s is -1
 	lease          string
 	socket         string
 	address        string
@@ -131,19 +131,15 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	if err := registrar.ValidatePrefix(f.prefix); err != nil {
 		return nil, fmt.Errorf("--etcd.prefix: %w", err)
 	}
-	for e := range strings.SplitSeq(f.endpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			f.etcdEndpoints = append(f.etcdEndpoints, e)
-		}
-	}
-	if len(f.etcdEndpoints) == 0 {
+	if f.etcdEndpoints = cliflags.Endpoints(f.endpoints); len(f.etcdEndpoints) == 0 {
 		return nil, errors.New("--etcd.endpoints: at least one endpoint is required")
 	}
 	if err := registrar.ValidateTTL(f.ttl); err != nil {
 		return nil, fmt.Errorf("--%w", err)
 	}
-	if f.slotHold < 0 {
-		return nil, fmt.Errorf("--slot-hold: %s is negative", f.slotHold)
+	var err error
+	if f.slotHold, err = cliflags.ZeroIsOff(f.slotHold); err != nil {
+		return nil, fmt.Errorf("--slot-hold: %w", err)
 	}
 	if f.socket == "" && f.address == "" {
 		return nil, errors.New("--listen.socket and --listen.address are both empty: the API would be unreachable")
@@ -207,7 +203,6 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	if err := registrar.ValidateName("host", f.host); err != nil {
 		return nil, fmt.Errorf("--host: %w", err)
 	}
-	var err error
 	if f.etcdClientConf, err = etcdclient.Auth(f.tls, f.username, "", f.passwordFile); err != nil {
 		return nil, fmt.Errorf("--etcd.*: %w", err)
 	}
@@ -270,7 +265,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		Prefix:         f.prefix,
 		Host:           f.host,
 		TTL:            f.ttl,
-		SlotHold:       holdOrOff(f.slotHold),
+		SlotHold:       f.slotHold,
 		LeasePerWorker: f.lease == "per-worker",
 		AdvertiseHost:  f.advertiseHost,
 		StateFile:      f.stateFile,
@@ -419,12 +414,4 @@ func listenSocketFlag(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("--listen.socket: %w", err)
 	}
 	return l, nil
-}
-
-// holdOrOff maps the flag's 0 ("off") to the registrar's negative.
-func holdOrOff(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
 }

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -55,8 +54,9 @@ func main() {
 	)
 	cliflags.AddEtcdAuth(app, cliflags.EtcdAuth{TLS: &etcdTLS, Username: &etcdUser, PasswordFile: &etcdPWFile})
 	kingpin.MustParse(app.Parse(os.Args[1:]))
-	if *slotHold < 0 {
-		fmt.Fprintf(os.Stderr, "demoworker: --slot-hold: %s is negative\n", *slotHold)
+	hold, err := cliflags.ZeroIsOff(*slotHold)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demoworker: --slot-hold: %v\n", err)
 		os.Exit(2)
 	}
 	etcdConfig, err := etcdclient.Auth(etcdTLS, etcdUser, "", etcdPWFile)
@@ -70,11 +70,11 @@ func main() {
 		worker: worker.Config{
 			Job:                *job,
 			Host:               *host,
-			EtcdEndpoints:      splitList(*endpoints),
+			EtcdEndpoints:      cliflags.Endpoints(*endpoints),
 			EtcdConfig:         etcdConfig,
 			Prefix:             *prefix,
 			TTL:                *ttl,
-			SlotHold:           holdOrOff(*slotHold),
+			SlotHold:           hold,
 			Labels:             *labels,
 			ListenAddress:      *listen,
 			AdvertiseAddress:   *advertise,
@@ -96,26 +96,6 @@ type config struct {
 	jobs        int
 	rate        float64
 	jobDuration time.Duration
-}
-
-// holdOrOff maps --slot-hold to worker.Config.SlotHold, where 0 means the
-// default and a negative value no hold: the flag's 0s means no hold, as
-// the agent's does.
-func holdOrOff(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, e := range strings.Split(s, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 func run(log hclog.Logger, cfg config) error {

@@ -4,7 +4,10 @@
 package cliflags
 
 import (
+	"fmt"
 	"io"
+	"strings"
+	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/hashicorp/go-hclog"
@@ -50,4 +53,36 @@ func (l *Log) Logger(name string, w io.Writer) hclog.Logger {
 		JSONFormat: l.Format == "json",
 		Output:     w,
 	})
+}
+
+// ZeroIsOff turns the value of a duration flag whose 0s turns a feature off
+// (workersd-agent's and the demo worker's --slot-hold, sdwriter's
+// --check.slot-hold and --check.final-scrape-timeout) into the Config
+// field it sets, where 0 means the default (Go's zero value is "not set")
+// and a negative value off: 0 gives -1, a positive value itself. On the
+// command line 0s reads as "none", so that is what it means there; a
+// negative flag value is an error, for the caller to prefix with the
+// flag's name.
+func ZeroIsOff(d time.Duration) (time.Duration, error) {
+	switch {
+	case d < 0:
+		return 0, fmt.Errorf("%s is negative", d)
+	case d == 0:
+		return -1, nil
+	}
+	return d, nil
+}
+
+// Endpoints splits the value of a comma-separated --etcd.endpoints into
+// its endpoints, spaces around each trimmed and empty ones dropped (a
+// trailing comma, "a, b"). It returns nil for an empty value: what that
+// means (an embedded etcd, the default, an error) is the caller's.
+func Endpoints(s string) []string {
+	var out []string
+	for e := range strings.SplitSeq(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
