@@ -18,6 +18,7 @@ import (
 
 	"github.com/workersd/workersd/etcdsd"
 	"github.com/workersd/workersd/internal/embedetcd"
+	"github.com/workersd/workersd/internal/procstatus"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 	"github.com/workersd/workersd/worker"
@@ -373,8 +374,17 @@ func sdwriterRSS(etcd *etcdMember, bin, prefix, dir string, n int, r *SizeResult
 	}) {
 		return fmt.Errorf("sdwriter wrote no complete file")
 	}
-	r.HWMMB, r.RSSMB, err = procStatus(cmd.Process.Pid)
-	return err
+	hwm, err := procstatus.Bytes(cmd.Process.Pid, "VmHWM")
+	if err != nil {
+		return err
+	}
+	rss, err := procstatus.Bytes(cmd.Process.Pid, "VmRSS")
+	if err != nil {
+		return err
+	}
+	// MiB, as the report has always given them under "MB".
+	r.HWMMB, r.RSSMB = float64(hwm)/(1<<20), float64(rss)/(1<<20)
+	return nil
 }
 
 // runKeepAlive holds n registrations (default TTL) and counts the

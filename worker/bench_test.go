@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/procstatus"
 )
 
 // rssChildEnv makes the test binary act as the child of BenchmarkRSS.
@@ -210,22 +210,15 @@ func rssChild(mode, endpoint string) {
 	}
 	bufio.NewReader(os.Stdin).ReadString('\n')
 	runtime.GC()
-	fmt.Println(procStatusKB("VmRSS"), procStatusKB("RssAnon"))
+	fmt.Println(statusKB("VmRSS"), statusKB("RssAnon"))
 }
 
-// procStatusKB reads one kB field of /proc/self/status.
-func procStatusKB(field string) int {
-	f, err := os.Open("/proc/self/status")
+// statusKB is a field of this process's /proc status in kB, -1 when
+// unknown: what the parent reads.
+func statusKB(field string) int64 {
+	b, err := procstatus.Bytes(os.Getpid(), field)
 	if err != nil {
 		return -1
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			return n
-		}
-	}
-	return -1
+	return b / 1024
 }

@@ -37,6 +37,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/internal/procstatus"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 )
@@ -340,7 +341,8 @@ func (b *bench) startSdwriter(ctx context.Context, bin, dir string, shards int, 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return cmd, ready, procStatusMB(cmd.Process.Pid, "VmHWM"), size, nil
+	hwm, _ := procstatus.Bytes(cmd.Process.Pid, "VmHWM") // 0 without /proc
+	return cmd, ready, float64(hwm) / 1e6, size, nil
 }
 
 // inShard0 counts the live registrations of shard 0.

@@ -149,11 +149,6 @@ func wchar(pid int) float64 {
 	return procField(fmt.Sprintf("/proc/%d/io", pid), "wchar:")
 }
 
-// procStatusMB is a /proc/<pid>/status field in kB, as MB.
-func procStatusMB(pid int, field string) float64 {
-	return procField(fmt.Sprintf("/proc/%d/status", pid), field+":") * 1024 / 1e6
-}
-
 func procField(path, name string) float64 {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -10,9 +10,9 @@ package main
 // the issue is stated for 30).
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -31,6 +31,7 @@ import (
 	"github.com/workersd/workersd/etcdsd"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/procstatus"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 )
@@ -219,39 +220,20 @@ func BenchmarkSdwriterRSS(b *testing.B) {
 				}
 				ready := time.Since(start)
 				poll.Until(b, time.Minute, func() bool { _, err := os.Stat(file); return err == nil }, "file")
-				hwm, rss := procStatus(b, cmd.Process.Pid)
+				hwm, herr := procstatus.Bytes(cmd.Process.Pid, "VmHWM")
+				rss, rerr := procstatus.Bytes(cmd.Process.Pid, "VmRSS")
 				cmd.Process.Kill()
 				cmd.Wait()
+				if err := errors.Join(herr, rerr); err != nil {
+					b.Skip("no /proc:", err)
+				}
 				b.ReportMetric(float64(ready)/float64(time.Millisecond), "start-to-ready-ms")
-				b.ReportMetric(hwm/1024, "VmHWM-MB")
-				b.ReportMetric(rss/1024, "VmRSS-MB")
+				// MiB, under the names bench/gorep.go reads.
+				b.ReportMetric(float64(hwm)/(1<<20), "VmHWM-MB")
+				b.ReportMetric(float64(rss)/(1<<20), "VmRSS-MB")
 			}
 		})
 	}
-}
-
-// procStatus returns VmHWM and VmRSS of pid in KiB.
-func procStatus(tb testing.TB, pid int) (hwm, rss float64) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		tb.Skip("no /proc:", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 2 {
-			continue
-		}
-		v, _ := strconv.ParseFloat(fields[1], 64)
-		switch fields[0] {
-		case "VmHWM:":
-			hwm = v
-		case "VmRSS:":
-			rss = v
-		}
-	}
-	return hwm, rss
 }
 
 // Churn: 1,000 registrations, each rewritten in turn at 1,000 writes/s.
