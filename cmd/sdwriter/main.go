@@ -31,8 +31,6 @@ import (
 	"github.com/alecthomas/units"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/common/version"
@@ -42,6 +40,7 @@ import (
 	"github.com/workersd/workersd/etcdsd"
 	"github.com/workersd/workersd/internal/atomicfile"
 	"github.com/workersd/workersd/internal/cliflags"
+	"github.com/workersd/workersd/internal/daemonmetrics"
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/etcdhealth"
 	"github.com/workersd/workersd/internal/hclogslog"
@@ -254,12 +253,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 	cancel := func() { cancelCause(nil) }
 	defer cancel()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		versioncollector.NewCollector("workersd"), // workersd_build_info, as in the agent
-	)
+	reg := daemonmetrics.NewRegistry()
 	own := prometheus.WrapRegistererWithPrefix(metricsPrefix, reg)
 
 	embedded := len(f.sd.Endpoints) == 0

@@ -25,8 +25,6 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/common/version"
@@ -34,6 +32,7 @@ import (
 
 	"github.com/workersd/workersd/agent"
 	"github.com/workersd/workersd/internal/cliflags"
+	"github.com/workersd/workersd/internal/daemonmetrics"
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdhealth"
 	"github.com/workersd/workersd/internal/netaddr"
@@ -233,12 +232,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	}
 	defer client.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		versioncollector.NewCollector("workersd"), // workersd_build_info, as in sdwriter
-	)
+	reg := daemonmetrics.NewRegistry()
 	// etcd's alarms (NOSPACE above all: no worker can register) in the
 	// agent's own metrics and log, where a host's operator looks. Alarms
 	// only, every 30 s: one request per host, whatever the fleet's size.
