@@ -133,13 +133,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			return err
 		}
 	}
-	hp := registrar.HoldPrefix(a.cfg.Prefix)
 	for _, hk := range holds {
-		k, err := registrar.ParseKey(hp, hk)
+		k, err := registrar.ParseHoldKey(a.cfg.Prefix, hk)
 		if err != nil {
 			continue
 		}
-		k.Prefix = a.cfg.Prefix // the registration of this hold
 		if err := release(k.String(), "hold"); err != nil {
 			return err
 		}

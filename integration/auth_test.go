@@ -73,8 +73,8 @@ func authGrantHost(admin *clientv3.Client, job, host string) error {
 	} else if err != nil {
 		return fmt.Errorf("role %s: %w", role, err)
 	}
-	for _, p := range []string{prefix, registrar.HoldPrefix(prefix)} {
-		key := p + job + "/" + host + "/"
+	k := registrar.Key{Prefix: prefix, Job: job, Host: host}
+	for _, key := range []string{k.SlotPrefix(), k.HoldSlotPrefix()} {
 		do(admin.RoleGrantPermission(ctx, role, key, clientv3.GetPrefixRangeEnd(key), clientv3.PermissionType(clientv3.PermReadWrite)))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -154,7 +154,7 @@ func TestEtcdAuthScopedPerHost(t *testing.T) {
 	}{
 		{"web-1", web1, prefix + "demo/web-2/0"},
 		{"web-1", web1, prefix + "other/web-1/0"},
-		{"web-1", web1, registrar.HoldPrefix(prefix) + "demo/web-2/0"},
+		{"web-1", web1, registrar.Key{Prefix: prefix, Job: "demo", Host: "web-2", Slot: 0}.HoldKey()},
 		{"sdwriter", reader, prefix + "demo/web-1/5"},
 	} {
 		if _, err := tc.cli.Put(ctx, tc.key, `{"address":"127.0.0.1:1"}`); !errors.Is(err, rpctypes.ErrPermissionDenied) {

@@ -16,6 +16,16 @@ func TestHoldKeyLivesBesideThePrefix(t *testing.T) {
 	if _, err := registrar.ParseKey(k.Prefix, k.HoldKey()); err == nil {
 		t.Fatal("a hold key parses as a registration")
 	}
+	if got, want := k.HoldSlotPrefix(), "/workersd/v1.hold/api/web-1/"; got != want {
+		t.Fatalf("HoldSlotPrefix = %q, want %q", got, want)
+	}
+	// And back: the registration whose slot it holds.
+	if got, err := registrar.ParseHoldKey(k.Prefix, k.HoldKey()); err != nil || got != k {
+		t.Fatalf("ParseHoldKey(%q) = %+v, %v; want %+v", k.HoldKey(), got, err, k)
+	}
+	if _, err := registrar.ParseHoldKey(k.Prefix, k.String()); err == nil {
+		t.Fatal("a registration's key parses as a hold")
+	}
 }
 
 func TestEffectiveSlotHold(t *testing.T) {

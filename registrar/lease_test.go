@@ -83,7 +83,7 @@ func TestSharedLease(t *testing.T) {
 	if _, ok := keys(t, cli, registrar.DefaultPrefix)[gone.Key]; ok {
 		t.Fatalf("%s still there after Deregister", gone.Key)
 	}
-	hk := registrar.HoldPrefix(registrar.DefaultPrefix) + "api/web-1/1"
+	hk := registrar.Key{Prefix: registrar.DefaultPrefix, Job: "api", Host: "web-1", Slot: 1}.HoldKey()
 	own := clientv3.LeaseID(keys(t, cli, hk)[hk])
 	if own == 0 || own == hold.ID() {
 		t.Fatalf("the hold of the deregistered slot is on lease %x, want one of its own", own)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -220,7 +219,7 @@ func New(cfg Config) (*Registrar, error) {
 	r := &Registrar{
 		cfg:        cfg,
 		prefix:     slots.SlotPrefix(),
-		holdPrefix: HoldPrefix(cfg.Prefix) + cfg.Job + "/" + cfg.Host + "/",
+		holdPrefix: slots.HoldSlotPrefix(),
 		value:      value,
 		ttlSec:     seconds(cfg.TTL),
 		// An etcd call may wait for a connection; bound it so a dead
@@ -811,7 +810,7 @@ func (r *Registrar) sharedWithOthers(ctx context.Context, lease clientv3.LeaseID
 	}
 	hold := ""
 	if r.slot >= 0 {
-		hold = r.holdPrefix + strconv.Itoa(r.slot)
+		hold = r.slotKey(r.slot).HoldKey()
 	}
 	for _, k := range resp.Keys {
 		if string(k) != r.key && string(k) != hold {
@@ -819,6 +818,11 @@ func (r *Registrar) sharedWithOthers(ctx context.Context, lease clientv3.LeaseID
 		}
 	}
 	return false, nil
+}
+
+// slotKey is the Key of slot n of this registrar's (job, host).
+func (r *Registrar) slotKey(n int) Key {
+	return Key{Prefix: r.cfg.Prefix, Job: r.cfg.Job, Host: r.cfg.Host, Slot: n}
 }
 
 func (r *Registrar) ours(kv *mvccpb.KeyValue) bool {
@@ -829,7 +833,7 @@ func (r *Registrar) ours(kv *mvccpb.KeyValue) bool {
 // no registration, and no hold but this registrar's own. The hold is put
 // with the key.
 func (r *Registrar) tryClaim(ctx context.Context, n int) (bool, error) {
-	key := r.prefix + strconv.Itoa(n)
+	key := r.slotKey(n).String()
 	put := clientv3.OpPut(key, string(r.value), clientv3.WithLease(r.lease))
 	free := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	txn := r.cfg.Client.Txn(ctx)
@@ -837,7 +841,7 @@ func (r *Registrar) tryClaim(ctx context.Context, n int) (bool, error) {
 		txn = txn.If(free).Then(put)
 	} else {
 		// "No hold or ours": a missing key's lease compares as 0.
-		hk := r.holdPrefix + strconv.Itoa(n)
+		hk := r.slotKey(n).HoldKey()
 		hput := clientv3.OpPut(hk, "", clientv3.WithLease(r.holdLease))
 		txn = txn.If(free, clientv3.Compare(clientv3.LeaseValue(hk), "=", r.holdLease)).Then(put, hput).
 			Else(clientv3.OpTxn([]clientv3.Cmp{free, clientv3.Compare(clientv3.LeaseValue(hk), "=", 0)}, []clientv3.Op{put, hput}, nil))
@@ -942,7 +946,7 @@ func (r *Registrar) ensureHold(ctx context.Context) error {
 	// The registration of this slot is ours, so is its hold: put it on our
 	// lease even over a predecessor's (an adopted slot), whose lease nobody
 	// keeps alive any more.
-	hk := r.holdPrefix + strconv.Itoa(r.slot)
+	hk := r.slotKey(r.slot).HoldKey()
 	if _, err := cli.Put(ctx, hk, "", clientv3.WithLease(r.holdLease)); err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			r.leaseNotFound(ctx)

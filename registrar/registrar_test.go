@@ -196,6 +196,9 @@ func TestFreedSlotIsHeldThenReused(t *testing.T) {
 	cli := etcd.Client(t)
 	const hold = 2 * time.Second
 	holdPrefix := registrar.HoldPrefix(registrar.DefaultPrefix)
+	holdKey := func(slot int) string {
+		return registrar.Key{Prefix: registrar.DefaultPrefix, Job: "held", Host: "h", Slot: slot}.HoldKey()
+	}
 
 	a := newRegistrarHold(t, cli, "held", "h", 7000, nil, hold)
 	register(t, a)
@@ -204,7 +207,7 @@ func TestFreedSlotIsHeldThenReused(t *testing.T) {
 	if a.State().Slot != 0 || b.State().Slot != 1 {
 		t.Fatalf("slots %d and %d, want 0 and 1", a.State().Slot, b.State().Slot)
 	}
-	if k := keys(t, cli, holdPrefix); len(k) != 2 || k[holdPrefix+"held/h/0"] != int64(a.State().HoldLeaseID) {
+	if k := keys(t, cli, holdPrefix); len(k) != 2 || k[holdKey(0)] != int64(a.State().HoldLeaseID) {
 		t.Fatalf("holds %v, want slots 0 and 1, slot 0 on a's hold lease %x", k, a.State().HoldLeaseID)
 	}
 
@@ -220,7 +223,7 @@ func TestFreedSlotIsHeldThenReused(t *testing.T) {
 	}
 	// The hold outlives the key by at least SlotHold, then expires.
 	poll.Until(t, 3*(testTTL+hold), func() bool {
-		_, held := keys(t, cli, holdPrefix)[holdPrefix+"held/h/0"]
+		_, held := keys(t, cli, holdPrefix)[holdKey(0)]
 		return !held
 	}, "the hold of slot 0 did not expire")
 	if held := time.Since(gone); held < hold {
@@ -251,7 +254,7 @@ func TestFreedSlotIsHeldThenReused(t *testing.T) {
 		t.Fatal("a worker took slot 1 while it was held after its lease expired")
 	}
 	poll.Until(t, 3*(testTTL+hold), func() bool {
-		_, held := keys(t, cli, holdPrefix)[holdPrefix+"held/h/1"]
+		_, held := keys(t, cli, holdPrefix)[holdKey(1)]
 		return !held
 	}, "the hold of slot 1 did not expire")
 	if held := time.Since(gone); held < hold {

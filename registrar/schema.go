@@ -85,11 +85,28 @@ func (k Key) SlotPrefix() string {
 // <job>/<host>/<slot>. It lives beside the prefix, not under it, so readers
 // of registrations never see it.
 func (k Key) HoldKey() string {
-	return HoldPrefix(k.Prefix) + k.Job + "/" + k.Host + "/" + strconv.Itoa(k.Slot)
+	return k.HoldSlotPrefix() + strconv.Itoa(k.Slot)
+}
+
+// HoldSlotPrefix is the key prefix shared by the holds of every slot of
+// (job, host).
+func (k Key) HoldSlotPrefix() string {
+	return HoldPrefix(k.Prefix) + k.Job + "/" + k.Host + "/"
 }
 
 // HoldPrefix is where the slot holds of registrations under prefix live.
 func HoldPrefix(prefix string) string { return strings.TrimSuffix(prefix, "/") + ".hold/" }
+
+// ParseHoldKey is the inverse of HoldKey: the Key of the registration
+// whose slot a hold key under prefix (the registrations' prefix) holds.
+func ParseHoldKey(prefix, key string) (Key, error) {
+	k, err := ParseKey(HoldPrefix(prefix), key)
+	if err != nil {
+		return Key{}, err
+	}
+	k.Prefix = prefix
+	return k, nil
+}
 
 // Instance is the value of the instance label: stable across restarts.
 func (k Key) Instance() string { return k.Host + "/" + strconv.Itoa(k.Slot) }

@@ -164,8 +164,9 @@ func TestSlotHold(t *testing.T) {
 		}
 		t.Cleanup(func() { cmd.Process.Kill() })
 		var ks []string
-		poll.Until(t, 30*time.Second, func() bool { ks = keys(prefix + job + "/"); return len(ks) == 1 }, "%s worker never registered", job)
-		return ks[0], keys(registrar.HoldPrefix(prefix) + job + "/"), stop
+		slots := registrar.Key{Prefix: prefix, Job: job, Host: "h"}
+		poll.Until(t, 30*time.Second, func() bool { ks = keys(slots.SlotPrefix()); return len(ks) == 1 }, "%s worker never registered", job)
+		return ks[0], keys(slots.HoldSlotPrefix()), stop
 	}
 	slot := func(key string) int {
 		k, err := registrar.ParseKey(prefix, key)
