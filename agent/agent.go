@@ -665,7 +665,7 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 		return nil, false, fromFieldErr(err)
 	}
 	e := &entry{
-		id:  strconv.Itoa(req.PID) + "-" + strconv.FormatUint(ticks, 10),
+		id:  workerID(req.PID, ticks),
 		pid: req.PID, uid: uid, startTicks: ticks, job: req.Job, value: v, encoded: reg.Removal().Value, reg: reg, proc: proc,
 	}
 	a.mu.Lock()

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -132,7 +131,7 @@ func (a *Agent) recoverState(readErr error) stateFile {
 			continue
 		}
 		st.Workers = append(st.Workers, stateEntry{
-			ID: strconv.Itoa(reg.PID) + "-" + strconv.FormatUint(ticks, 10), PID: reg.PID, StartTicks: ticks,
+			ID: workerID(reg.PID, ticks), PID: reg.PID, StartTicks: ticks,
 			Job: reg.Job, Value: reg.Value, Key: string(kv.Key), Lease: clientv3.LeaseID(kv.Lease),
 		})
 	}

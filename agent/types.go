@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/workersd/workersd/registrar"
@@ -23,6 +24,13 @@ type Request struct {
 	Labels      map[string]string `json:"labels,omitempty"`
 	Scheme      string            `json:"scheme,omitempty"`
 	MetricsPath string            `json:"metrics_path,omitempty"`
+}
+
+// workerID is a Worker's ID. Made here only: the ID the agent gives a
+// worker at its registration and the one it rebuilds from etcd when its
+// state file is unusable must be the same string.
+func workerID(pid int, startTicks uint64) string {
+	return strconv.Itoa(pid) + "-" + strconv.FormatUint(startTicks, 10)
 }
 
 // Worker is the API's view of one registration.
