@@ -40,6 +40,10 @@ type ftarget struct {
 	job, addr, instance string
 	pid                 int
 	host                int
+	// proc is the process' own metrics path, <pid>-<random>: unlike the
+	// pid, which the kernel reuses (pid_max is often 32768, and the machine
+	// runs other tests), one process' for good.
+	proc string
 }
 
 // wrec is what the monitor knows of one worker process.
@@ -71,15 +75,16 @@ type monitor struct {
 	// faults that concern it) to its resolution.
 	maxToTarget, maxToRemoval time.Duration
 	toTarget, toRemoval       int
-	// instance of each worker, and the moves of live workers to another
-	// instance (each puts a worker's count in a second series)
-	instance map[int]string
+	// instance of each worker process (by ftarget.proc), and the moves of
+	// live workers to another instance (each puts a worker's count in a
+	// second series)
+	instance map[string]string
 	moves    []string
 }
 
 func newMonitor(s *soak) *monitor {
 	return &monitor{s: s, stop: make(chan struct{}), done: make(chan struct{}),
-		workers: map[int]*wrec{}, instance: map[int]string{}, checks: map[string]int{}, violations: map[string]int{}}
+		workers: map[int]*wrec{}, instance: map[string]string{}, checks: map[string]int{}, violations: map[string]int{}}
 }
 
 func (m *monitor) violate(inv, format string, args ...any) {
@@ -139,7 +144,7 @@ func parseOutput(b []byte) ([]ftarget, error) {
 			return nil, fmt.Errorf("target %v: metrics path %q names no process", g.Targets, path)
 		}
 		for _, a := range g.Targets {
-			out = append(out, ftarget{job: g.Labels["job"], addr: a, instance: g.Labels["instance"], pid: pid, host: hostIndex(g.Labels["host"])})
+			out = append(out, ftarget{job: g.Labels["job"], addr: a, instance: g.Labels["instance"], pid: pid, host: hostIndex(g.Labels["host"]), proc: rest})
 		}
 	}
 	return out, nil
@@ -200,10 +205,10 @@ func (m *monitor) check() {
 	m.file = file
 	for pid, t := range file {
 		key := t.job + " " + t.instance
-		if old, ok := m.instance[pid]; ok && old != key && len(m.moves) < 20 {
+		if old, ok := m.instance[t.proc]; ok && old != key && len(m.moves) < 20 {
 			m.moves = append(m.moves, fmt.Sprintf("+%.1fs worker %d from %s to %s", time.Since(s.phaseStart).Seconds(), pid, old, key))
 		}
-		m.instance[pid] = key
+		m.instance[t.proc] = key
 	}
 
 	for pid, h := range live {
@@ -220,10 +225,12 @@ func (m *monitor) check() {
 	m.checks[invLive]++
 	m.checks[invDead]++
 	for pid, w := range m.workers {
-		if _, ok := live[pid]; !ok && w.died.IsZero() {
+		if h, ok := live[pid]; !ok && w.died.IsZero() {
 			w.died = now
 		} else if ok && !w.died.IsZero() {
-			w.died, w.reportedDead, w.removalSeen = time.Time{}, false, false
+			// A dead worker's pid alive again is another process (the
+			// kernel reuses pids): a worker of its own, born now.
+			*w = wrec{pid: pid, host: h, born: now}
 		}
 		_, present := file[pid]
 		if w.died.IsZero() {
