@@ -293,21 +293,21 @@ func (a *Agent) restore(se stateEntry) {
 	_, dup := a.byPID[se.PID]
 	a.mu.Unlock()
 	if dup || !alive(se.PID, se.StartTicks) {
-		log.Info("worker exited while the agent was down; revoking its lease")
+		log.Info("worker exited while the agent was down; removing its registration")
 		a.m.deregistrations.WithLabelValues("exited").Inc()
 		a.dropLater(se)
 		return
 	}
 	uid, err := processOwner(se.PID)
 	if err != nil {
-		log.Info("not adopting the registration: its process is gone or cannot be a worker; revoking its lease", "error", err)
+		log.Info("not adopting the registration: its process is gone or cannot be a worker; removing it", "error", err)
 		a.m.deregistrations.WithLabelValues("exited").Inc()
 		a.dropLater(se)
 		return
 	}
 	proc, err := openProc(se.PID, se.StartTicks, a.cfg.PollInterval, !a.cfg.DisablePidfd)
 	if err != nil {
-		log.Info("worker exited while the agent was down; revoking its lease", "error", err)
+		log.Info("worker exited while the agent was down; removing its registration", "error", err)
 		a.m.deregistrations.WithLabelValues("exited").Inc()
 		a.dropLater(se)
 		return

@@ -1,6 +1,6 @@
 // Command workersd-agent registers the workers of servers that cannot embed
 // Go (gunicorn, uWSGI, Puma) in etcd, one registrar per worker process, and
-// revokes a worker's registration the moment its process exits. Workers call
+// removes a worker's registration the moment its process exits. Workers call
 // its JSON API on a Unix socket (default /run/workersd/agent.sock); see
 // docs/AGENT.md. Run one per host.
 package main
@@ -94,7 +94,7 @@ type flags struct {
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	f := &flags{}
-	app := kingpin.New(name, "Registers the worker processes of any language in etcd for workersd, and revokes them the moment they exit. `"+name+" list` prints the workers a running agent registered.")
+	app := kingpin.New(name, "Registers the worker processes of any language in etcd for workersd, and removes their registrations the moment they exit. `"+name+" list` prints the workers a running agent registered.")
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
 	app.UsageWriter(stderr)
