@@ -89,8 +89,15 @@ func gitCheckout(t *testing.T) (root string, ok bool) {
 		t.Fatal(err)
 	}
 	root = filepath.Dir(strings.TrimSpace(string(gomod)))
-	out, err := exec.Command("git", "-C", root, "rev-parse", "--is-inside-work-tree").Output()
-	return root, err == nil && strings.TrimSpace(string(out)) == "true"
+	out, err := exec.Command("git", "-C", root, "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		return root, false
+	}
+	// Go stamps a build only from a checkout whose .git is a directory
+	// (cmd/go/internal/vcs: {filename: ".git", isDir: true}); a linked
+	// worktree's .git is a file, and its builds are as outside a checkout.
+	fi, err := os.Stat(filepath.Join(strings.TrimSpace(string(out)), ".git"))
+	return root, err == nil && fi.IsDir()
 }
 
 // Built as a user builds them (go build, no -ldflags), both daemons print
