@@ -13,19 +13,22 @@ import (
 	"time"
 )
 
+// versions are the Prometheus servers each case runs against.
+var versions = []struct {
+	name string
+	prom func(*testing.T) *promServer
+	base []string // the findings of the recommended setup
+}{
+	{"3.15", prometheus3, nil},
+	{"2.42", prometheus2, []string{IDVersion2}},
+}
+
 // Each misconfiguration of the issue gives exactly its finding, and loses
 // it once fixed and checked again; the recommended setup gives none (on
 // 2.42, only the version's warning). Real Prometheus servers, reloaded
 // between cases; real worker endpoints.
 func TestMatrix(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		prom func(*testing.T) *promServer
-		base []string // the findings of the recommended setup
-	}{
-		{"3.15", prometheus3, nil},
-		{"2.42", prometheus2, []string{IDVersion2}},
-	} {
+	for _, tc := range versions {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			p := tc.prom(t)
@@ -144,14 +147,7 @@ func TestMatrix(t *testing.T) {
 // with a hashmod of the wrong modulus, or keeping the wrong shard, gets its
 // finding; http_sd on sdwriter's /sd is recognised like the file.
 func TestShards(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		prom func(*testing.T) *promServer
-		base []string // the findings of the recommended setup
-	}{
-		{"3.15", prometheus3, nil},
-		{"2.42", prometheus2, []string{IDVersion2}},
-	} {
+	for _, tc := range versions {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			testShards(t, tc.prom(t), tc.base)
