@@ -252,7 +252,7 @@ func TestNoSpaceStillRemovesDeadWorkers(t *testing.T) {
 		t.Fatalf("register: %+v %v", wk, err)
 	}
 
-	nospacetest.Fill(t, cli, "/fill/", 200)
+	nospacetest.Fill(t, cli, "/fill/", 1000)
 
 	doomed.Process.Kill()
 	start := time.Now()

@@ -51,7 +51,7 @@ func TestEmbeddedEtcdAtItsQuota(t *testing.T) {
 	}
 	in.metric(t, "workersd_sdwriter_embedded_etcd_defrags_total") // registered
 
-	n := nospacetest.Fill(t, cli, "/fill/", 500)
+	n := nospacetest.Fill(t, cli, "/fill/", 1000)
 	poll.Until(t, 10*time.Second, func() bool {
 		_, r = getStatus(t, in, "")
 		return len(r.Etcd.Health.Alarms) == 1

@@ -33,7 +33,7 @@ func TestNoSpaceAlarmInTheAgentsMetricsAndLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	nospacetest.Fill(t, cli, "/fill/", 200)
+	nospacetest.Fill(t, cli, "/fill/", 1000)
 
 	dir := t.TempDir()
 	web := etcdtest.FreeAddr(t)

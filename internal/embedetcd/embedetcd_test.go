@@ -306,7 +306,7 @@ func TestNoSpaceHealsOnceSpaceIsFreed(t *testing.T) {
 	if srv.Quota() != 4<<20 {
 		t.Errorf("Quota() = %d", srv.Quota())
 	}
-	n := nospacetest.Fill(t, cli, "/fill/", 200)
+	n := nospacetest.Fill(t, cli, "/fill/", 1000)
 	if got := alarms(t, cli); fmt.Sprint(got) != "[NOSPACE]" {
 		t.Fatalf("after %d puts and a refusal, alarms %v", n, got)
 	}

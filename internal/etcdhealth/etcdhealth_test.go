@@ -137,7 +137,7 @@ func TestNoSpaceAlarm(t *testing.T) {
 	var logs logBuffer
 	r, reg := newReporter(t, Config{Client: cli, Logger: logs.logger()})
 
-	n := nospacetest.Fill(t, cli, "/fill/", 500)
+	n := nospacetest.Fill(t, cli, "/fill/", 1000)
 	s := check(t, r)
 	check(t, r)
 	if len(s.Alarms) != 1 || s.Alarms[0].Alarm != "NOSPACE" || s.Alarms[0].MemberID != s.Endpoints[0].MemberID ||

@@ -21,7 +21,10 @@ const ValueSize = 100 << 10
 
 // Fill puts values of ValueSize under prefix until etcd refuses one for
 // lack of space, and returns how many it put. It fails the test if etcd
-// does not refuse within max puts.
+// does not refuse within max puts. Give max room: etcd compares its quota
+// with the database file as last committed (every 100 ms), so on a busy
+// machine it accepts well past the quota before it refuses (callers give
+// 1000: 100 MB at most, 12 times an 8 MiB quota).
 func Fill(t testing.TB, cli *clientv3.Client, prefix string, max int) int {
 	t.Helper()
 	value := strings.Repeat("x", ValueSize)
