@@ -161,7 +161,7 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 				return len(holds) == 2 && (toShared || len(distinct) == 2)
 			}
 			var last string
-			poll.Until(t, 5*time.Second, func() bool {
+			poll.Until(t, 15*time.Second, func() bool {
 				now, holds := h.leases(), h.leasesUnder(registrar.HoldPrefix(prefix))
 				last = fmt.Sprint(now, holds)
 				return onNewLeases(now) && holdsMoved(holds)
@@ -169,7 +169,7 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 
 			cs[0].Process.Kill()
 			cs[0].Wait()
-			poll.Until(t, 5*time.Second, func() bool { _, ok := h.leases()[keyOf[cs[0].Process.Pid]]; return !ok },
+			poll.Until(t, 15*time.Second, func() bool { _, ok := h.leases()[keyOf[cs[0].Process.Pid]]; return !ok },
 				"the killed worker's key removed")
 			time.Sleep(h.cfg.TTL) // anything that a revoke of a shared lease would do, done
 			cancel()
