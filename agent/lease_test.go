@@ -25,7 +25,7 @@ import (
 func TestSharedLeaseAgent(t *testing.T) {
 	h := newHarness(t, nil, func(c *Config) { c.SlotHold = time.Second })
 	cs := h.registerChildren(3)
-	shared := h.agent.lease.ID()
+	shared := h.agent.hostLease()
 	for k, l := range h.leases() {
 		if clientv3.LeaseID(l) != shared {
 			t.Fatalf("%s on lease %x, want the shared %x", k, l, shared)
@@ -33,8 +33,8 @@ func TestSharedLeaseAgent(t *testing.T) {
 	}
 	holds := func() map[string]int64 { return h.leasesUnder(registrar.HoldPrefix(prefix)) }
 	for k, l := range holds() {
-		if clientv3.LeaseID(l) != h.agent.holdLease.ID() {
-			t.Fatalf("hold %s on lease %x, want the shared hold lease %x", k, l, h.agent.holdLease.ID())
+		if clientv3.LeaseID(l) != h.agent.hostHoldLease() {
+			t.Fatalf("hold %s on lease %x, want the shared hold lease %x", k, l, h.agent.hostHoldLease())
 		}
 	}
 
@@ -59,7 +59,7 @@ func TestSharedLeaseAgent(t *testing.T) {
 		t.Fatal("key not removed 5s after SIGKILL")
 	}
 	k, _ := registrar.ParseKey(prefix, key)
-	if l := holds()[k.HoldKey()]; l == 0 || clientv3.LeaseID(l) == h.agent.holdLease.ID() {
+	if l := holds()[k.HoldKey()]; l == 0 || clientv3.LeaseID(l) == h.agent.hostHoldLease() {
 		t.Errorf("the dead worker's hold is on lease %x, want one of its own", l)
 	}
 	if n := len(h.leases()); n != 2 {
@@ -72,8 +72,8 @@ func TestSharedLeaseAgent(t *testing.T) {
 	cs[1].Process.Kill()
 	cs[1].Wait()
 	h.start()
-	if h.agent.lease.ID() != shared {
-		t.Fatalf("the restarted agent holds lease %x, want the shared %x resumed", h.agent.lease.ID(), shared)
+	if h.agent.hostLease() != shared {
+		t.Fatalf("the restarted agent holds lease %x, want the shared %x resumed", h.agent.hostLease(), shared)
 	}
 	poll.Until(t, 5*time.Second, func() bool { return len(h.leases()) == 1 }, "the key of the worker that died during the restart released")
 	deadline := time.Now().Add(h.cfg.TTL + time.Second)
@@ -141,7 +141,7 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 					if _, ok := before[k]; !ok {
 						return false
 					}
-					if toShared && clientv3.LeaseID(l) != h.agent.lease.ID() {
+					if toShared && clientv3.LeaseID(l) != h.agent.hostLease() {
 						return false
 					}
 					distinct[l] = true
@@ -153,7 +153,7 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 			holdsMoved := func(holds map[string]int64) bool {
 				distinct := map[int64]bool{}
 				for _, l := range holds {
-					if toShared && clientv3.LeaseID(l) != h.agent.holdLease.ID() {
+					if toShared && clientv3.LeaseID(l) != h.agent.hostHoldLease() {
 						return false
 					}
 					distinct[l] = true

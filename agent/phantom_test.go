@@ -102,7 +102,7 @@ func TestShortLivedWorkersLeaveNoKeys(t *testing.T) {
 	if codes[http.StatusCreated] < total/5 {
 		t.Fatalf("only %d of %d registrations were accepted (%v): the test did not test", codes[http.StatusCreated], total, codes)
 	}
-	hold := h.agent.holdLease.ID()
+	hold := h.agent.hostHoldLease()
 	poll.Until(t, 30*time.Second, func() bool {
 		return len(h.agent.List()) == 0 && len(h.keys()) == 0 && len(h.holdsOn(hold)) == 0
 	}, "registrations left")
@@ -147,7 +147,7 @@ func TestReconcilerRemovesOrphansOnTheHostLease(t *testing.T) {
 		t.Fatalf("register: %d %v", code, w)
 	}
 	poll.Until(t, 10*time.Second, func() bool { return len(h.keys()) == 1 }, "not registered")
-	lease := h.agent.lease.ID()
+	lease := h.agent.hostLease()
 	orphan := prefix + "api/web-1/7"
 	v, _ := registrar.Value{Address: "127.0.0.1:9999", PID: 1}.Encode()
 	if _, err := h.cli.Put(context.Background(), orphan, string(v), clientv3.WithLease(lease)); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 // startReconciler starts looking for orphans on the host lease: at once
 // (what an earlier agent process left), then every ReconcileInterval.
 func (a *Agent) startReconciler() {
-	if a.lease == nil || a.cfg.ReconcileInterval < 0 {
+	if a.host == nil || a.cfg.ReconcileInterval < 0 {
 		return
 	}
 	a.wg.Go(func() {
@@ -48,13 +49,9 @@ func (a *Agent) startReconciler() {
 // is live as long as the registration is, by its current key or the one
 // last recorded (adopted after a restart, claiming its slot again).
 func (a *Agent) reconcile(ctx context.Context) error {
-	lease := a.lease.ID()
+	lease, hold := a.host.IDs()
 	if lease == 0 {
 		return nil
-	}
-	var hold clientv3.LeaseID
-	if a.holdLease != nil {
-		hold = a.holdLease.ID()
 	}
 	keys, err := a.keysOn(ctx, lease)
 	if err != nil {
@@ -68,68 +65,12 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	// After listing: a registration added later claims after this, so
 	// any key listed that is not a live one's was there before.
-	a.mu.Lock()
-	live := make(map[string]bool, len(a.byID))
-	values := make([][]byte, 0, len(a.byID))
-	for _, e := range a.byID {
-		// The recorded key too: an adopted registration claims its slot
-		// again (its lease expired while the agent was away), and its
-		// slot's hold, still on the hold lease, is what keeps that slot
-		// for it meanwhile.
-		live[e.key] = true
-		live[e.reg.State().Key] = true
-		values = append(values, e.encoded)
-	}
-	delete(live, "")
-	a.mu.Unlock()
-	isLive := func(v []byte) bool {
-		for _, lv := range values {
-			if bytes.Equal(v, lv) {
-				return true
-			}
-		}
-		return false
-	}
-	// keyLive reads key and says whether it holds a live registration.
-	keyLive := func(key string) (bool, error) {
-		if live[key] {
-			return true, nil
-		}
-		resp, err := a.cfg.Client.Get(ctx, key)
-		if err != nil {
-			return false, fmt.Errorf("read %s: %w", key, err)
-		}
-		return len(resp.Kvs) == 1 && isLive(resp.Kvs[0].Value), nil
-	}
-	done := map[string]bool{}
-	release := func(key, kind string) error {
-		if done[key] {
-			return nil
-		}
-		done[key] = true
-		if ok, err := keyLive(key); err != nil || ok {
-			return err
-		}
-		// Value left empty: the key holds no live registration, whatever
-		// it holds; the release still requires it to be on the host lease.
-		res, err := registrar.ReleaseShared(ctx, a.cfg.Client, a.cfg.Prefix,
-			registrar.Removal{Key: key, Lease: lease, HoldLease: hold}, a.cfg.TTL, a.slotHold())
-		if err != nil {
-			return err
-		}
-		a.noteHoldDropped(res, key)
-		if res.Deleted {
-			kind = "key"
-		}
-		a.m.orphansRemoved.WithLabelValues(kind).Inc()
-		a.log.Warn("removed a registration no live worker owns from the host lease", "key", key, "key_deleted", res.Deleted)
-		return nil
-	}
+	o := orphans{a: a, lease: lease, hold: hold, live: a.liveKeys(), done: map[string]bool{}}
 	for _, k := range keys {
 		if _, err := registrar.ParseKey(a.cfg.Prefix, k); err != nil {
 			continue // not a registration's key
 		}
-		if err := release(k, "key"); err != nil {
+		if err := o.release(ctx, k, "key"); err != nil {
 			return err
 		}
 	}
@@ -138,10 +79,83 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		if err := release(k.String(), "hold"); err != nil {
+		if err := o.release(ctx, k.String(), "hold"); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// liveSet is what the live registrations hold: their keys, and the values
+// they register, which tell a key being claimed right now from an orphan.
+type liveSet struct {
+	keys   map[string]bool
+	values [][]byte
+}
+
+// liveKeys is the live registrations' liveSet.
+func (a *Agent) liveKeys() liveSet {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	live := liveSet{keys: make(map[string]bool, len(a.byID)), values: make([][]byte, 0, len(a.byID))}
+	for _, e := range a.byID {
+		// The recorded key too: an adopted registration claims its slot
+		// again (its lease expired while the agent was away), and its
+		// slot's hold, still on the hold lease, is what keeps that slot
+		// for it meanwhile.
+		live.keys[e.key] = true
+		live.keys[e.reg.State().Key] = true
+		live.values = append(live.values, e.encoded)
+	}
+	delete(live.keys, "")
+	return live
+}
+
+// orphans releases, once each, the keys and holds one reconcile finds on
+// the host's leases that no live registration owns.
+type orphans struct {
+	a           *Agent
+	lease, hold clientv3.LeaseID
+	live        liveSet
+	done        map[string]bool
+}
+
+// owned reads key and says whether it holds a live registration.
+func (o *orphans) owned(ctx context.Context, key string) (bool, error) {
+	if o.live.keys[key] {
+		return true, nil
+	}
+	resp, err := o.a.cfg.Client.Get(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", key, err)
+	}
+	return len(resp.Kvs) == 1 && slices.ContainsFunc(o.live.values, func(v []byte) bool {
+		return bytes.Equal(v, resp.Kvs[0].Value)
+	}), nil
+}
+
+// release removes key (and its slot's hold) unless a live registration
+// owns it; kind says how it was found, for the count.
+func (o *orphans) release(ctx context.Context, key, kind string) error {
+	if o.done[key] {
+		return nil
+	}
+	o.done[key] = true
+	if ok, err := o.owned(ctx, key); err != nil || ok {
+		return err
+	}
+	// Value left empty: the key holds no live registration, whatever it
+	// holds; the release still requires it to be on the host lease.
+	res, err := o.a.host.Release(ctx, registrar.Removal{Key: key, Lease: o.lease, HoldLease: o.hold})
+	if err != nil {
+		return err
+	}
+	o.a.noteHoldDropped(res, key)
+	if res.Deleted {
+		kind = "key"
+	}
+	o.a.m.orphansRemoved.WithLabelValues(kind).Inc()
+	o.a.log.Warn("removed a registration no live worker owns from the host lease", "key", key, "key_deleted", res.Deleted)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package registrar_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -15,28 +16,33 @@ import (
 	"github.com/workersd/workersd/registrar"
 )
 
-// sharedLeases runs a SharedLease for keys and one for holds, as a host
-// agent does, until the returned stop (also at cleanup).
-func sharedLeases(t *testing.T, cli *clientv3.Client, resume, resumeHold clientv3.LeaseID) (lease, hold *registrar.SharedLease, stop func()) {
+// hostLeases runs HostLeases (one lease for keys and one for holds), as a
+// host agent does, until the returned stop (also at cleanup).
+func hostLeases(t *testing.T, cli *clientv3.Client, resume, resumeHold clientv3.LeaseID) (leases *registrar.HostLeases, stop func()) {
 	t.Helper()
-	lease = registrar.NewSharedLease(cli, testTTL, resume, nil)
-	hold = registrar.NewSharedLease(cli, registrar.HoldWindow(testTTL, time.Second), resumeHold, nil)
+	leases, err := registrar.NewHostLeases(registrar.LeasesConfig{Client: cli, TTL: testTTL, SlotHold: time.Second}, resume, resumeHold)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { lease.Run(ctx) })
-	wg.Go(func() { hold.Run(ctx) })
+	wg.Go(func() { leases.Run(ctx) })
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
 	t.Cleanup(stop)
-	return lease, hold, stop
+	return leases, stop
 }
 
-func sharedRegistrar(t *testing.T, cli *clientv3.Client, port int, lease, hold *registrar.SharedLease, resume registrar.Resume) *registrar.Registrar {
+// keyLease and holdLease are the current leases of h's keys and holds.
+func keyLease(h *registrar.HostLeases) clientv3.LeaseID  { k, _ := h.IDs(); return k }
+func holdLease(h *registrar.HostLeases) clientv3.LeaseID { _, hl := h.IDs(); return hl }
+
+func sharedRegistrar(t *testing.T, cli *clientv3.Client, port int, leases *registrar.HostLeases, resume registrar.Resume) *registrar.Registrar {
 	t.Helper()
 	r, err := registrar.New(registrar.Config{
 		Client: cli, Job: "api", Host: "web-1", TTL: testTTL, SlotHold: time.Second,
-		Value: registrar.Value{Address: fmt.Sprintf("127.0.0.1:%d", port), PID: os.Getpid(), StartedAt: time.Unix(1e9, 0)},
-		Lease: lease, HoldLease: hold, Resume: resume,
+		Value:  registrar.Value{Address: fmt.Sprintf("127.0.0.1:%d", port), PID: os.Getpid(), StartedAt: time.Unix(1e9, 0)},
+		Leases: leases, Resume: resume,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -52,10 +58,10 @@ func sharedRegistrar(t *testing.T, cli *clientv3.Client, port int, lease, hold *
 func TestSharedLease(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	lease, hold, stop := sharedLeases(t, cli, 0, 0)
+	leases, stop := hostLeases(t, cli, 0, 0)
 	var rs []*registrar.Registrar
 	for i := range 3 {
-		r := sharedRegistrar(t, cli, 9000+i, lease, hold, registrar.Resume{})
+		r := sharedRegistrar(t, cli, 9000+i, leases, registrar.Resume{})
 		register(t, r)
 		rs = append(rs, r)
 	}
@@ -65,13 +71,13 @@ func TestSharedLease(t *testing.T) {
 		t.Fatalf("keys %v, holds %v; want 3 each", ks, hs)
 	}
 	for k, l := range ks {
-		if clientv3.LeaseID(l) != lease.ID() {
-			t.Errorf("%s on lease %x, want the shared %x", k, l, lease.ID())
+		if clientv3.LeaseID(l) != keyLease(leases) {
+			t.Errorf("%s on lease %x, want the shared %x", k, l, keyLease(leases))
 		}
 	}
 	for k, l := range hs {
-		if clientv3.LeaseID(l) != hold.ID() {
-			t.Errorf("%s on lease %x, want the shared hold lease %x", k, l, hold.ID())
+		if clientv3.LeaseID(l) != holdLease(leases) {
+			t.Errorf("%s on lease %x, want the shared hold lease %x", k, l, holdLease(leases))
 		}
 	}
 
@@ -85,7 +91,7 @@ func TestSharedLease(t *testing.T) {
 	}
 	hk := registrar.Key{Prefix: registrar.DefaultPrefix, Job: "api", Host: "web-1", Slot: 1}.HoldKey()
 	own := clientv3.LeaseID(keys(t, cli, hk)[hk])
-	if own == 0 || own == hold.ID() {
+	if own == 0 || own == holdLease(leases) {
 		t.Fatalf("the hold of the deregistered slot is on lease %x, want one of its own", own)
 	}
 	ttl, err := cli.TimeToLive(context.Background(), own)
@@ -101,7 +107,7 @@ func TestSharedLease(t *testing.T) {
 	}
 
 	// etcd loses the shared lease: both claim again, on a new one.
-	old := lease.ID()
+	old := keyLease(leases)
 	if _, err := cli.Revoke(context.Background(), old); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +117,7 @@ func TestSharedLease(t *testing.T) {
 			return false
 		}
 		for _, l := range ks {
-			if clientv3.LeaseID(l) == old || clientv3.LeaseID(l) != lease.ID() {
+			if clientv3.LeaseID(l) == old || clientv3.LeaseID(l) != keyLease(leases) {
 				return false
 			}
 		}
@@ -133,8 +139,8 @@ func TestSharedLease(t *testing.T) {
 func TestSharedLeaseResume(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	lease, hold, stop := sharedLeases(t, cli, 0, 0)
-	r := sharedRegistrar(t, cli, 9100, lease, hold, registrar.Resume{})
+	leases, stop := hostLeases(t, cli, 0, 0)
+	r := sharedRegistrar(t, cli, 9100, leases, registrar.Resume{})
 	register(t, r)
 	st := r.State()
 	if err := r.Detach(context.Background()); err != nil {
@@ -142,8 +148,8 @@ func TestSharedLeaseResume(t *testing.T) {
 	}
 	stop()
 
-	lease2, hold2, _ := sharedLeases(t, cli, st.LeaseID, st.HoldLeaseID)
-	r2 := sharedRegistrar(t, cli, 9100, lease2, hold2, registrar.Resume{Key: st.Key, Lease: st.LeaseID, HoldLease: st.HoldLeaseID})
+	leases2, _ := hostLeases(t, cli, st.LeaseID, st.HoldLeaseID)
+	r2 := sharedRegistrar(t, cli, 9100, leases2, registrar.Resume{Key: st.Key, Lease: st.LeaseID, HoldLease: st.HoldLeaseID})
 	register(t, r2)
 	st2 := r2.State()
 	if st2.Key != st.Key || st2.LeaseID != st.LeaseID || st2.Registrations != 0 {
@@ -156,49 +162,27 @@ func TestSharedLeaseResume(t *testing.T) {
 	}
 }
 
-func TestSharedLeaseNeedsBoth(t *testing.T) {
+// Leases made for other settings than the registration's are refused: a
+// host's leases without holds for a registration with holds (once "a
+// shared lease without a shared hold lease"), another TTL or prefix.
+func TestLeasesMustMatchTheRegistration(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	lease := registrar.NewSharedLease(cli, testTTL, 0, nil)
-	for _, cfg := range []registrar.Config{
-		{Client: cli, Job: "a", Host: "h", Value: registrar.Value{Address: "127.0.0.1:1"}, Lease: lease},
-		{Client: cli, Job: "a", Host: "h", Value: registrar.Value{Address: "127.0.0.1:1"}, HoldLease: lease},
+	for _, lc := range []registrar.LeasesConfig{
+		{Client: cli, TTL: testTTL, SlotHold: -1},
+		{Client: cli, TTL: 2 * testTTL, SlotHold: time.Second},
+		{Client: cli, TTL: testTTL, SlotHold: time.Second, Prefix: "/other/"},
 	} {
-		if _, err := registrar.New(cfg); err == nil {
-			t.Errorf("New accepted Lease %v, HoldLease %v", cfg.Lease != nil, cfg.HoldLease != nil)
+		leases, err := registrar.NewHostLeases(lc, 0, 0)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-}
-
-// While a grant waits for an etcd that is down, ID answers at once: the
-// agent records it in its state file while answering a registration,
-// which must not wait for etcd (it once took 2.5 s, the grant's timeout).
-func TestSharedLeaseIDDoesNotWaitForAGrant(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	lease := registrar.NewSharedLease(cli, testTTL, 0, nil)
-	etcd.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	granting := make(chan error, 1)
-	go func() {
-		_, _, err := lease.Acquire(ctx)
-		granting <- err
-	}()
-	time.Sleep(100 * time.Millisecond) // let Acquire reach the grant
-	start := time.Now()
-	if id := lease.ID(); id != 0 {
-		t.Errorf("ID = %x with etcd down, want 0", int64(id))
-	}
-	if d := time.Since(start); d > 100*time.Millisecond {
-		t.Errorf("ID took %s while a grant waited for etcd", d)
-	}
-	select {
-	case err := <-granting:
-		t.Fatalf("Acquire returned %v before its context ended, with etcd down", err)
-	default:
-	}
-	if err := <-granting; err == nil {
-		t.Fatal("Acquire granted a lease with etcd down")
+		cfg := registrar.Config{Client: cli, Job: "a", Host: "h", TTL: testTTL, SlotHold: time.Second,
+			Value: registrar.Value{Address: "127.0.0.1:1"}, Leases: leases}
+		_, err = registrar.New(cfg)
+		var fe *registrar.FieldError
+		if !errors.As(err, &fe) || fe.Field != "leases" {
+			t.Errorf("New with leases for %+v: %v, want an error on field leases", lc, err)
+		}
 	}
 }

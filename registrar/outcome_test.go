@@ -72,8 +72,8 @@ func TestClaimOfUnknownOutcomeIsRemovedOnDeregister(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	check := etcd.Client(t)
 	cli, applied := lostAnswer(t, etcd, true)
-	lease, hold, _ := sharedLeases(t, cli, 0, 0)
-	r := sharedRegistrar(t, cli, 9000, lease, hold, registrar.Resume{})
+	leases, _ := hostLeases(t, cli, 0, 0)
+	r := sharedRegistrar(t, cli, 9000, leases, registrar.Resume{})
 	r.Register(context.Background())
 	select {
 	case <-applied:
@@ -96,7 +96,7 @@ func TestClaimOfUnknownOutcomeIsRemovedOnDeregister(t *testing.T) {
 		t.Errorf("State.Removed empty; want the key removed (%+v)", st)
 	}
 	for k, l := range keys(t, check, registrar.HoldPrefix(registrar.DefaultPrefix)) {
-		if clientv3.LeaseID(l) == hold.ID() {
+		if clientv3.LeaseID(l) == holdLease(leases) {
 			t.Errorf("hold %s still on the host's hold lease: it would hold the slot for ever", k)
 		}
 	}
@@ -108,8 +108,8 @@ func TestClaimOfUnknownOutcomeIsKeptNotDuplicated(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	check := etcd.Client(t)
 	cli, applied := lostAnswer(t, etcd, false)
-	lease, hold, _ := sharedLeases(t, cli, 0, 0)
-	r := sharedRegistrar(t, cli, 9000, lease, hold, registrar.Resume{})
+	leases, _ := hostLeases(t, cli, 0, 0)
+	r := sharedRegistrar(t, cli, 9000, leases, registrar.Resume{})
 	register(t, r)
 	<-applied
 	st := r.State()

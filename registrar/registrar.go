@@ -81,14 +81,11 @@ type Config struct {
 	// per (job, host) are bounded by the peak number of concurrent workers
 	// plus the registrations that ended within any 1.5 x (TTL+SlotHold).
 	SlotHold time.Duration
-	// Lease, when set, is the lease the key is put on, shared with the
-	// host's other registrations and kept alive by its owner
-	// (SharedLease.Run), and HoldLease the same for slot holds: a
-	// SharedLease whose TTL is HoldWindow(TTL, SlotHold), required with
-	// Lease when holds are on. Deregister then deletes the key and moves
-	// the hold onto a lease of its own, left to expire. Optional: by
-	// default each registration has leases of its own.
-	Lease, HoldLease *SharedLease
+	// Leases are where the key and the slot's hold live. Optional,
+	// defaults to leases of the registration's own (OwnLeases); a host
+	// agent shares HostLeases among its workers. Their Prefix, TTL and
+	// SlotHold must be this Config's.
+	Leases Leases
 	// Registerer receives the registrar's metrics; nil means none. Several
 	// registrars may share one Registerer: they then share the collectors.
 	Registerer prometheus.Registerer
@@ -103,7 +100,9 @@ type Config struct {
 }
 
 // Resume names a registration to adopt; see Config.Resume. HoldLease, when
-// known, is the lease of the slot's hold, adopted with it.
+// known, is the lease of the slot's hold, adopted with it. A lease of
+// another kind than Config.Leases (an agent restarted with the other
+// setting) is adopted by moving the key onto the new one, in its slot.
 type Resume struct {
 	Key       string
 	Lease     clientv3.LeaseID
@@ -142,8 +141,7 @@ type Registrar struct {
 	prefix     string
 	holdPrefix string
 	value      []byte
-	ttlSec     int64
-	holdTTLSec int64 // 0: no holds
+	leases     Leases
 	opTO       time.Duration
 	backoffs   backoff.Policy
 	log        hclog.Logger
@@ -159,9 +157,7 @@ type Registrar struct {
 
 	// Owned by the run goroutine; read by Deregister only after it ended.
 	lease     clientv3.LeaseID
-	holdLease clientv3.LeaseID
-	leaseLost <-chan struct{} // with a shared Lease: closed when lease is lost
-	holdLost  <-chan struct{} // with a shared HoldLease: the same for holdLease
+	holdLease clientv3.LeaseID // 0: none yet, or holds off
 	key       string
 	slot      int
 	rev       int64 // revision at which the key was last known to be ours
@@ -211,6 +207,10 @@ func New(cfg Config) (*Registrar, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	leases, err := leasesFor(cfg)
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
@@ -221,7 +221,7 @@ func New(cfg Config) (*Registrar, error) {
 		prefix:     slots.SlotPrefix(),
 		holdPrefix: slots.HoldSlotPrefix(),
 		value:      value,
-		ttlSec:     seconds(cfg.TTL),
+		leases:     leases,
 		// An etcd call may wait for a connection; bound it so a dead
 		// endpoint turns into a retry rather than a hang.
 		opTO:     min(max(cfg.TTL, 2*time.Second), 5*time.Second),
@@ -232,15 +232,6 @@ func New(cfg Config) (*Registrar, error) {
 		slot:     -1,
 	}
 	r.state.Slot = -1
-	if cfg.SlotHold > 0 {
-		r.holdTTLSec = seconds(HoldWindow(cfg.TTL, cfg.SlotHold))
-	}
-	if cfg.Lease != nil && r.holdTTLSec > 0 && cfg.HoldLease == nil {
-		return nil, fieldErr("hold_lease", "a shared lease needs a shared hold lease when slot holds are on")
-	}
-	if cfg.Lease == nil && cfg.HoldLease != nil {
-		return nil, fieldErr("lease", "a shared hold lease needs a shared lease")
-	}
 	if cfg.Resume.Key != "" {
 		k, err := ParseKey(cfg.Prefix, cfg.Resume.Key)
 		if err != nil {
@@ -250,12 +241,29 @@ func New(cfg Config) (*Registrar, error) {
 			return nil, fieldErr("resume.key", "%q is not a key of job %q on host %q", cfg.Resume.Key, cfg.Job, cfg.Host)
 		}
 		r.key, r.slot, r.lease = cfg.Resume.Key, k.Slot, cfg.Resume.Lease
-		if r.holdTTLSec > 0 {
+		if r.holds() {
 			r.holdLease = cfg.Resume.HoldLease
 		}
 	}
 	return r, nil
 }
+
+// leasesFor returns cfg.Leases, or leases of the registration's own, and
+// checks that they agree with cfg.
+func leasesFor(cfg Config) (Leases, error) {
+	if cfg.Leases == nil {
+		return OwnLeases(LeasesConfig{Client: cfg.Client, Prefix: cfg.Prefix, TTL: cfg.TTL, SlotHold: cfg.SlotHold, Logger: cfg.Logger})
+	}
+	ls := cfg.Leases.settings()
+	if ls.Prefix != cfg.Prefix || ls.TTL != cfg.TTL || ls.SlotHold != cfg.SlotHold {
+		return nil, fieldErr("leases", "the leases are for prefix %q, TTL %s and slot hold %s; the registration has %q, %s and %s",
+			ls.Prefix, ls.TTL, ls.SlotHold, cfg.Prefix, cfg.TTL, cfg.SlotHold)
+	}
+	return cfg.Leases, nil
+}
+
+// holds reports whether slot holds are on.
+func (r *Registrar) holds() bool { return r.cfg.SlotHold > 0 }
 
 // HoldWindow is how long after a registration ends its slot may stay held
 // at most: the TTL of the hold's lease, 1.5 x (ttl + hold).
@@ -313,15 +321,15 @@ func (r *Registrar) Register(ctx context.Context) {
 	go r.run(ctx)
 }
 
-// Deregister stops the loop and removes the key at once: a lease of its
-// own is revoked, a key on a shared lease is deleted if it still holds this
-// registration (ReleaseShared). The removal is bounded by ctx and by the
-// TTL; if it fails, a lease of its own expires with the key, and a key on
-// a shared lease stays until the caller retries (ReleaseShared with
-// State's Key, LeaseID and HoldLeaseID, and Value). The slot's hold is
-// left to expire (see Config.SlotHold). A key whose claim had an unknown
-// outcome (the call ended before etcd's answer) is removed all the same.
-// Deregister before Register does nothing.
+// Deregister stops the loop and removes the key at once, as its Leases
+// release a registration: a lease of its own is revoked, a key on a host's
+// lease is deleted if it still holds this registration. The removal is
+// bounded by ctx and by the TTL; if it fails, a lease of its own expires
+// with the key, and a key on a host's lease stays until the caller retries
+// (Leases.Release of Removal). The slot's hold is left to expire (see
+// Config.SlotHold). A key whose claim had an unknown outcome (the call
+// ended before etcd's answer) is removed all the same. Deregister before
+// Register does nothing.
 func (r *Registrar) Deregister(ctx context.Context) error {
 	if err := r.Detach(ctx); err != nil {
 		return fmt.Errorf("deregister: %w", err)
@@ -338,27 +346,12 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	}
 	rctx, rcancel := context.WithTimeout(ctx, r.cfg.TTL)
 	defer rcancel()
-	if r.cfg.Lease != nil {
-		if r.key == "" {
-			r.lease = 0
-			return nil
-		}
-		res, err := ReleaseShared(rctx, r.cfg.Client, r.cfg.Prefix, r.Removal(), r.cfg.TTL, r.slotHold())
-		if err != nil {
-			return fmt.Errorf("deregister %s: %w", r.key, err)
-		}
-		r.lease = 0
-		r.noteRemoved(res)
-		return nil
-	}
-	lease := r.lease
-	if _, err := r.cfg.Client.Revoke(rctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return fmt.Errorf("deregister %s: revoke lease %x: %w", r.key, lease, err)
+	res, err := r.leases.Release(rctx, r.Removal())
+	if err != nil {
+		return fmt.Errorf("deregister %s: %w", r.key, err)
 	}
 	r.lease = 0
-	// The revoke removed whatever key the lease carried; which one is
-	// known only when the claim's outcome was.
-	r.noteRemoved(Released{Deleted: r.key != ""})
+	r.noteRemoved(res)
 	return nil
 }
 
@@ -373,15 +366,7 @@ func (r *Registrar) noteRemoved(res Released) {
 	r.log.Debug("deregistered", "key", r.key, "deleted", res.Deleted)
 }
 
-// slotHold is SlotHold, or 0 when holds are off.
-func (r *Registrar) slotHold() time.Duration {
-	if r.holdTTLSec == 0 {
-		return 0
-	}
-	return r.cfg.SlotHold
-}
-
-// Removal is what ReleaseShared needs to end this registration once its
+// Removal is what Leases.Release needs to end this registration once its
 // loop has stopped (after Detach or a failed Deregister): its key (also
 // one whose claim had an unknown outcome), value and leases. Zero before
 // any claim.
@@ -397,86 +382,6 @@ func (r *Registrar) Removal() Removal {
 		}
 	}
 	return Removal{Key: r.key, Value: r.value, Lease: r.lease, HoldLease: r.holdLease}
-}
-
-// Removal names a registration on shared leases to end (ReleaseShared).
-type Removal struct {
-	Key string
-	// Value, when set, must be the key's value for the key to be deleted:
-	// a key that another registration on the same lease claimed since is
-	// not touched. Empty: any value.
-	Value []byte
-	// Lease the key must be on; HoldLease the lease of its slot's hold
-	// (0: leave holds alone).
-	Lease, HoldLease clientv3.LeaseID
-}
-
-// Released says what ReleaseShared did.
-type Released struct {
-	// Deleted: the key held the registration and is gone.
-	Deleted bool
-	// HoldDropped: etcd is out of space (NOSPACE), which refuses the
-	// lease a hold moves onto, so the hold was deleted with the key
-	// instead. No worker can claim a slot meanwhile either (a claim
-	// writes), so the slot stays free of reuse until space returns.
-	HoldDropped bool
-}
-
-// ReleaseShared ends a registration whose key is on a shared lease (see
-// SharedLease): the key is deleted if it is still on rm.Lease (with
-// rm.Value), and its slot's hold, if on rm.HoldLease, is moved onto a
-// lease of its own of TTL HoldWindow(ttl, slotHold), which nobody keeps
-// alive: the slot stays held for the hold window after this, as with a
-// lease each. slotHold 0 (holds off) or HoldLease 0 leaves holds alone. A
-// failure changes nothing and may be retried: until it succeeds the key
-// lives on with the shared lease.
-//
-// With etcd out of space (NOSPACE), which refuses lease grants and puts but
-// allows deletes, the key is deleted all the same and its hold with it
-// (Released.HoldDropped): a dead worker never stays a target for want of
-// space.
-func ReleaseShared(ctx context.Context, cli *clientv3.Client, prefix string, rm Removal, ttl, slotHold time.Duration) (Released, error) {
-	k, err := ParseKey(prefix, rm.Key)
-	if err != nil {
-		return Released{}, fmt.Errorf("release %s: %w", rm.Key, err)
-	}
-	ours := []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(rm.Key), "=", rm.Lease)}
-	if len(rm.Value) > 0 {
-		ours = append(ours, clientv3.Compare(clientv3.Value(rm.Key), "=", string(rm.Value)))
-	}
-	del := clientv3.OpDelete(rm.Key)
-	if slotHold <= 0 || rm.HoldLease == 0 {
-		resp, err := cli.Txn(ctx).If(ours...).Then(del).Commit()
-		if err != nil {
-			return Released{}, fmt.Errorf("release %s: %w", rm.Key, err)
-		}
-		return Released{Deleted: resp.Succeeded}, nil
-	}
-	hk := k.HoldKey()
-	heldByUs := []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(hk), "=", rm.HoldLease)}
-	holdOp := clientv3.OpDelete(hk)
-	dropped := false
-	g, err := cli.Grant(ctx, seconds(HoldWindow(ttl, slotHold)))
-	switch {
-	case err == nil:
-		holdOp = clientv3.OpPut(hk, "", clientv3.WithLease(g.ID))
-	case IsNoSpace(err):
-		dropped = true
-	default:
-		return Released{}, fmt.Errorf("release %s: grant the hold's own lease: %w", rm.Key, err)
-	}
-	// The key is gone already (etcd lost the lease) or taken by another
-	// registration: still release the hold.
-	hold := clientv3.OpTxn(heldByUs, []clientv3.Op{holdOp}, nil)
-	resp, err := cli.Txn(ctx).If(ours...).Then(del, hold).Else(hold).Commit()
-	if err != nil {
-		if g != nil {
-			cli.Revoke(ctx, g.ID) // best effort: it would expire unused anyway
-		}
-		return Released{}, fmt.Errorf("release %s: %w", rm.Key, err)
-	}
-	held := resp.Responses[len(resp.Responses)-1].GetResponseTxn().GetSucceeded()
-	return Released{Deleted: resp.Succeeded, HoldDropped: dropped && held}, nil
 }
 
 // IsNoSpace reports whether err is etcd's "database space exceeded": its
@@ -661,80 +566,9 @@ func (r *Registrar) claim(ctx context.Context) (kept bool, err error) {
 func (r *Registrar) claimOnce(ctx context.Context) (kept bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.opTO)
 	defer cancel()
-	cli := r.cfg.Client
-
-	if r.cfg.Lease != nil {
-		prev := r.lease // a resumed registration's, or the shared lease before a loss
-		id, lost, err := r.cfg.Lease.Acquire(ctx)
-		if err != nil {
-			return false, err
-		}
-		// A key on a lease that was lost is not held (stillHeld compares
-		// leases): a new claim follows.
-		r.lease, r.leaseLost = id, lost
-		if r.holdTTLSec > 0 {
-			if err := r.grantHold(ctx); err != nil {
-				return false, err
-			}
-		}
-		if kept, err := r.keepIfHeld(ctx); err != nil || kept {
-			return kept, err
-		}
-		// Adopted from an agent that gave each worker a lease of its own:
-		// the key moves onto the shared lease and keeps its slot.
-		if prev != 0 && prev != id {
-			if moved, err := r.moveFrom(ctx, prev); err != nil || moved {
-				return moved, err
-			}
-		}
-	} else {
-		if r.lease != 0 {
-			// Adopted from an agent whose workers shared a lease: the
-			// lease is not this registration's to keep alive or revoke
-			// (revoking it would delete the other workers' keys), so the
-			// key moves onto a lease of its own and keeps its slot.
-			shared, err := r.sharedWithOthers(ctx, r.lease)
-			if err != nil {
-				return false, err
-			}
-			if !shared {
-				if kept, err := r.keepIfHeld(ctx); err != nil || kept {
-					return kept, err
-				}
-				// Best effort: a lease that survived on the server must not
-				// keep a second key alive next to the new claim.
-				if _, err := cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-					return false, fmt.Errorf("revoke previous lease %x: %w", int64(r.lease), err)
-				}
-			}
-			prev := r.lease
-			r.lease = 0
-			if shared {
-				r.holdLease = 0 // the host's hold lease went with it: a hold lease of its own too
-				grant, err := cli.Grant(ctx, r.ttlSec)
-				if err != nil {
-					return false, fmt.Errorf("grant lease: %w", err)
-				}
-				r.lease = grant.ID
-				if moved, err := r.moveFrom(ctx, prev); err != nil || moved {
-					return moved, err
-				}
-			}
-		}
-		if r.lease == 0 {
-			grant, err := cli.Grant(ctx, r.ttlSec)
-			if err != nil {
-				return false, fmt.Errorf("grant lease: %w", err)
-			}
-			r.lease = grant.ID
-		}
+	if kept, err := r.acquireLeases(ctx); err != nil || kept {
+		return kept, err
 	}
-	if r.holdTTLSec > 0 && r.holdLease == 0 {
-		if err := r.grantHold(ctx); err != nil {
-			return false, err
-		}
-	}
-
 	if r.slot >= 0 {
 		ok, err := r.tryClaim(ctx, r.slot)
 		if err != nil || ok {
@@ -751,6 +585,51 @@ func (r *Registrar) claimOnce(ctx context.Context) (kept bool, err error) {
 			return false, err
 		}
 	}
+}
+
+// acquireLeases sets the leases for the next claim. A registration that
+// lived on (etcd restarted with its data, or one adopted with Resume) is
+// kept in place, on its lease or, when the Leases give another, moved onto
+// it in one transaction (kept then); else the claim that follows writes
+// its key anew.
+func (r *Registrar) acquireLeases(ctx context.Context) (kept bool, err error) {
+	prev, mine := r.lease, r.mine()
+	id, err := r.leases.acquire(ctx, false, prev, mine)
+	if err != nil {
+		return false, err
+	}
+	r.lease = id
+	if r.holds() {
+		hold, err := r.leases.acquire(ctx, true, r.holdLease, mine)
+		if err != nil {
+			return false, err
+		}
+		r.holdLease = hold
+	}
+	// A key on a lease that was lost is not held (stillHeld compares
+	// leases).
+	if kept, err := r.keepIfHeld(ctx); err != nil || kept {
+		return kept, err
+	}
+	switch {
+	case prev == 0:
+	case prev != id:
+		return r.moveFrom(ctx, prev)
+	default:
+		if r.lease, err = r.leases.renew(ctx, prev); err != nil {
+			r.lease = prev
+		}
+	}
+	return false, err
+}
+
+// mine are the keys this registration may have on its leases: its key
+// and its slot's hold.
+func (r *Registrar) mine() []string {
+	if r.slot < 0 {
+		return nil
+	}
+	return []string{r.key, r.slotKey(r.slot).HoldKey()}
 }
 
 // stillHeld reports whether the current key still holds this registrar's
@@ -795,29 +674,6 @@ func (r *Registrar) moveFrom(ctx context.Context, from clientv3.LeaseID) (bool, 
 	r.log.Info("moved the adopted key onto this registration's lease", "key", r.key, "from", fmt.Sprintf("%x", int64(from)), "to", fmt.Sprintf("%x", int64(r.lease)))
 	r.keepHold(ctx)
 	return true, nil
-}
-
-// sharedWithOthers reports whether lease carries keys other than this
-// registration's key and its slot's hold: a lease shared by a host's
-// workers (Config.Lease), adopted after the agent stopped sharing it.
-func (r *Registrar) sharedWithOthers(ctx context.Context, lease clientv3.LeaseID) (bool, error) {
-	resp, err := r.cfg.Client.TimeToLive(ctx, lease, clientv3.WithAttachedKeys())
-	if err != nil {
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			return false, nil
-		}
-		return false, fmt.Errorf("keys on lease %x: %w", int64(lease), err)
-	}
-	hold := ""
-	if r.slot >= 0 {
-		hold = r.slotKey(r.slot).HoldKey()
-	}
-	for _, k := range resp.Keys {
-		if string(k) != r.key && string(k) != hold {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // slotKey is the Key of slot n of this registrar's (job, host).
@@ -876,17 +732,10 @@ func outcomeUnknown(err error) bool {
 }
 
 // leaseNotFound handles etcd's "lease not found" on a put (a wiped
-// cluster): the hold lease of its own is granted anew on the next attempt;
-// a shared lease that etcd no longer has is dropped by its SharedLease,
-// for every registration on it.
+// cluster), as the Leases say.
 func (r *Registrar) leaseNotFound(ctx context.Context) {
-	if r.cfg.Lease == nil {
+	if r.leases.notFound(ctx, r.lease, r.holdLease) {
 		r.holdLease = 0
-		return
-	}
-	r.cfg.Lease.Check(ctx, r.lease)
-	if r.cfg.HoldLease != nil {
-		r.cfg.HoldLease.Check(ctx, r.holdLease)
 	}
 }
 
@@ -911,37 +760,20 @@ func (r *Registrar) keepHold(ctx context.Context) {
 	}
 }
 
-// grantHold sets holdLease: the shared hold lease, or a new lease of its
-// own.
-func (r *Registrar) grantHold(ctx context.Context) error {
-	if r.cfg.HoldLease != nil {
-		id, lost, err := r.cfg.HoldLease.Acquire(ctx)
-		if err != nil {
-			return err
-		}
-		r.holdLease, r.holdLost = id, lost
-		return nil
-	}
-	hold, err := r.cfg.Client.Grant(ctx, r.holdTTLSec)
-	if err != nil {
-		return fmt.Errorf("grant hold lease: %w", err)
-	}
-	r.holdLease = hold.ID
-	return nil
-}
-
 // ensureHold puts the hold of a kept registration's slot on this
 // registrar's hold lease (granted when lost), so the slot is held after
 // the registration ends.
 func (r *Registrar) ensureHold(ctx context.Context) error {
-	if r.holdTTLSec == 0 {
+	if !r.holds() {
 		return nil
 	}
 	cli := r.cfg.Client
 	if r.holdLease == 0 {
-		if err := r.grantHold(ctx); err != nil {
+		hold, err := r.leases.acquire(ctx, true, 0, nil)
+		if err != nil {
 			return err
 		}
+		r.holdLease = hold
 	}
 	// The registration of this slot is ours, so is its hold: put it on our
 	// lease even over a predecessor's (an adopted slot), whose lease nobody
@@ -970,7 +802,7 @@ func (r *Registrar) lowestFree(ctx context.Context) (int, error) {
 			taken = append(taken, n)
 		}
 	}
-	if r.holdTTLSec > 0 {
+	if r.holds() {
 		holds, err := r.cfg.Client.Get(ctx, r.holdPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return 0, fmt.Errorf("list slot holds under %s: %w", r.holdPrefix, err)
@@ -1002,38 +834,29 @@ type errLost struct{ reason, detail string }
 
 func (e *errLost) Error() string { return e.reason + ": " + e.detail }
 
-// hold keeps the lease alive and watches the key until either is lost.
+// hold watches the leases (keeping them alive where that is the
+// registration's job) and the key until one of them is lost.
 func (r *Registrar) hold(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	cli := r.cfg.Client
-
-	// Keep-alives of leases of its own; with shared leases, their owner
-	// keeps them alive and these stay nil (never ready).
-	var ka, kh <-chan *clientv3.LeaseKeepAliveResponse
-	var err error
-	if r.cfg.Lease == nil {
-		if ka, err = cli.KeepAlive(ctx, r.lease); err != nil {
-			r.m.keepaliveFailures.Inc()
-			return r.lost("keepalive_failed", err.Error())
-		}
-		if r.holdLease != 0 {
-			if kh, err = cli.KeepAlive(ctx, r.holdLease); err != nil {
-				r.m.keepaliveFailures.Inc()
-				return r.lost("keepalive_failed", err.Error())
-			}
-		}
+	key, hold, err := r.watchLeases(ctx)
+	defer func() {
+		cancel()
+		key.wait()
+		hold.wait()
+	}()
+	if err != nil {
+		return err
 	}
 	// cli.Watch blocks until it has a watch stream, that is while etcd is
 	// unreachable when the old stream broke: called here, it would stop
-	// this loop from seeing the keep-alive end and keep the registration
+	// this loop from seeing a lease's loss and keep the registration
 	// "registered" through a whole outage. So it runs aside, and its
 	// channel arrives on watchReady; it returns when ctx ends.
 	watchReady := make(chan clientv3.WatchChan, 1)
 	watch := func() {
 		rev := r.rev
 		go func() {
-			watchReady <- cli.Watch(clientv3.WithRequireLeader(ctx), r.key, clientv3.WithRev(rev+1))
+			watchReady <- r.cfg.Client.Watch(clientv3.WithRequireLeader(ctx), r.key, clientv3.WithRev(rev+1))
 		}()
 	}
 	var wch clientv3.WatchChan // nil until the watch is there
@@ -1042,53 +865,25 @@ func (r *Registrar) hold(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-r.leaseLost:
-			r.m.keepaliveFailures.Inc()
-			return r.lost("lease_expired", fmt.Sprintf("shared lease %x expired or etcd unreachable for a TTL", int64(r.lease)))
-		case <-r.holdLost:
+		case <-key.lost:
+			return r.leaseLost(ctx, key)
+		case <-hold.lost:
 			// The registration may live on; claim keeps it and puts the
-			// hold back on the hold lease granted anew.
-			r.m.keepaliveFailures.Inc()
-			r.holdLease, r.holdLost = 0, nil
-			return r.lost("hold_lost", "the shared hold lease expired or etcd was unreachable")
-		case resp, ok := <-ka:
-			if !ok || resp == nil {
-				r.m.keepaliveFailures.Inc()
-				return r.lost("keepalive_closed", fmt.Sprintf("lease %x expired or etcd unreachable for a TTL", int64(r.lease)))
-			}
-			if resp.TTL <= 0 {
-				r.m.keepaliveFailures.Inc()
-				return r.lost("lease_expired", fmt.Sprintf("lease %x not found", int64(r.lease)))
-			}
-		case resp, ok := <-kh:
-			if !ok || resp == nil || resp.TTL <= 0 {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				// The registration may live on; claim keeps it and puts
-				// the hold back on a new lease.
-				r.m.keepaliveFailures.Inc()
-				r.holdLease = 0
-				return r.lost("hold_lost", "the slot hold's lease expired or etcd was unreachable")
-			}
+			// hold back on a hold lease acquired anew.
+			r.holdLease = 0
+			return r.leaseLost(ctx, hold)
 		case wch = <-watchReady:
 		case wr, ok := <-wch:
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			for _, ev := range wr.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					return r.lost("key_deleted", r.key)
-				}
-				if !r.ours(ev.Kv) {
-					return r.lost("key_overwritten", fmt.Sprintf("%s now holds lease %x", r.key, ev.Kv.Lease))
-				}
-				r.rev = ev.Kv.ModRevision
+			if err := r.checkEvents(wr.Events); err != nil {
+				return err
 			}
 			if !ok || wr.Canceled || wr.Err() != nil {
 				// The watch broke (compaction, no leader, stream closed):
-				// look at the key itself, then watch again. The keep-alive
-				// stays the judge of whether etcd is reachable.
+				// look at the key itself, then watch again. The leases
+				// stay the judges of whether etcd is reachable.
 				if err := r.recheck(ctx); err != nil {
 					return err
 				}
@@ -1097,6 +892,55 @@ func (r *Registrar) hold(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// watchedLease is a lease's loss while held, and the wait for what watches
+// it.
+type watchedLease struct {
+	leaseWatch
+	wait func()
+}
+
+// watchLeases starts watching the key's lease and the hold's until ctx
+// ends; the waits are set even on an error.
+func (r *Registrar) watchLeases(ctx context.Context) (key, hold watchedLease, err error) {
+	key.wait, hold.wait = func() {}, func() {}
+	key.leaseWatch, key.wait, err = r.leases.watch(ctx, false, r.lease)
+	if err != nil {
+		key.wait = func() {}
+		r.m.keepaliveFailures.Inc()
+		return key, hold, r.lost("keepalive_failed", err.Error())
+	}
+	hold.leaseWatch, hold.wait, err = r.leases.watch(ctx, true, r.holdLease)
+	if err != nil {
+		hold.wait = func() {}
+		r.m.keepaliveFailures.Inc()
+		return key, hold, r.lost("keepalive_failed", err.Error())
+	}
+	return key, hold, nil
+}
+
+// leaseLost is the loss of a lease w watched, unless the hold is ending.
+func (r *Registrar) leaseLost(ctx context.Context, w watchedLease) error {
+	if ctx.Err() != nil {
+		return ctx.Err() // the keep-alive ended with the hold
+	}
+	r.m.keepaliveFailures.Inc()
+	return r.lost(w.why())
+}
+
+// checkEvents is the loss of the key that events show, if any.
+func (r *Registrar) checkEvents(events []*clientv3.Event) error {
+	for _, ev := range events {
+		if ev.Type == clientv3.EventTypeDelete {
+			return r.lost("key_deleted", r.key)
+		}
+		if !r.ours(ev.Kv) {
+			return r.lost("key_overwritten", fmt.Sprintf("%s now holds lease %x", r.key, ev.Kv.Lease))
+		}
+		r.rev = ev.Kv.ModRevision
+	}
+	return nil
 }
 
 // recheck verifies the key after a broken watch, waiting a moment first so a

@@ -189,11 +189,8 @@ func (a *Agent) persistLocked() {
 		s.Workers = append(s.Workers, rm.se)
 	}
 	a.mu.Unlock()
-	if a.lease != nil {
-		s.SharedLease = a.lease.ID()
-	}
-	if a.holdLease != nil {
-		s.SharedHoldLease = a.holdLease.ID()
+	if a.host != nil {
+		s.SharedLease, s.SharedHoldLease = a.host.IDs()
 	}
 	slices.SortFunc(s.Workers, func(x, y stateEntry) int {
 		if x.PID != y.PID {
