@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/registrar"
@@ -94,9 +93,12 @@ type Config struct {
 	// on this host, and an address elsewhere would make Prometheus fetch
 	// whatever a local user names.
 	AllowAddresses []netip.Prefix
-	// Registerer receives the agent's and the registrars' metrics; nil
-	// means none.
-	Registerer prometheus.Registerer
+	// Metrics receive the agent's counts. Optional, defaults to metrics
+	// registered nowhere.
+	Metrics *Metrics
+	// RegistrarMetrics receive the counts of every registration, summed.
+	// Optional, defaults to metrics registered nowhere.
+	RegistrarMetrics *registrar.Metrics
 	// Logger; nil discards.
 	Logger hclog.Logger
 }
@@ -106,7 +108,7 @@ type Config struct {
 type Agent struct {
 	cfg Config
 	log hclog.Logger
-	m   *metrics
+	m   *Metrics
 
 	ctx    context.Context // lives from Start to Close; parent of every registration
 	cancel context.CancelFunc
@@ -192,9 +194,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	m, err := newMetrics(cfg.Registerer)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+	m := cfg.Metrics
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	if cfg.RegistrarMetrics == nil {
+		cfg.RegistrarMetrics = registrar.NewMetrics(nil)
 	}
 	return &Agent{
 		cfg:      cfg,

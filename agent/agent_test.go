@@ -443,7 +443,7 @@ func TestRestartAdoptsLiveAndDropsDead(t *testing.T) {
 // from etcd: same keys, same leases, still watched.
 func TestCorruptStateFileIsKeptAsideAndRebuiltFromEtcd(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	h := newHarness(t, nil, func(c *Config) { c.Registerer = reg })
+	h := newHarness(t, nil, withMetrics(t, reg))
 	a, b := child(t), child(t)
 	for i, c := range []*exec.Cmd{a, b} {
 		if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9100 + i, "pid": c.Process.Pid}); code != 201 || w["state"] != "registered" {
@@ -475,12 +475,13 @@ func TestCorruptStateFileIsKeptAsideAndRebuiltFromEtcd(t *testing.T) {
 	if err := os.WriteFile(h.cfg.StateFile, []byte(`{"version":1,"workers":[{"pid":`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h.cfg.Registerer = prometheus.NewRegistry()
+	reg2 := prometheus.NewRegistry()
+	withMetrics(t, reg2)(&h.cfg)
 	h.start()
 	if ws := h.agent.List(); len(ws) != 2 || ws[0].PID == self.Process.Pid || ws[1].PID == self.Process.Pid {
 		t.Fatalf("rebuilt %d workers, want the agent's 2 and not the self-registered one: %+v", len(ws), ws)
 	}
-	if got := gatherValues(t, h.cfg.Registerer.(*prometheus.Registry))["workersd_agent_state_file_bad_total"]; got != 1 {
+	if got := gatherValues(t, reg2)["workersd_agent_state_file_bad_total"]; got != 1 {
 		t.Errorf("workersd_agent_state_file_bad_total = %v, want 1", got)
 	}
 	aside, _ := filepath.Glob(h.cfg.StateFile + ".bad-*")
@@ -566,7 +567,7 @@ func TestParseProcStat(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	h := newHarness(t, nil, func(c *Config) { c.Registerer = reg })
+	h := newHarness(t, nil, withMetrics(t, reg))
 	c := child(t)
 	h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000, "pid": c.Process.Pid})
 	h.do("POST", "/v1/workers", map[string]any{"job": "a/b", "port": 9000, "pid": c.Process.Pid})

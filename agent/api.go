@@ -50,7 +50,7 @@ func (a *Agent) count(h http.Handler) http.Handler {
 		default:
 			method = "other"
 		}
-		a.m.apiRequests.WithLabelValues(method, strconv.Itoa(sw.status)).Inc()
+		a.m.APIRequests.WithLabelValues(method, strconv.Itoa(sw.status)).Inc()
 	})
 }
 
@@ -60,7 +60,7 @@ func (a *Agent) count(h http.Handler) http.Handler {
 func (a *Agent) requireCaller(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := r.Context().Value(callerKey{}).(Caller); !ok && r.URL.Path != "/-/healthy" {
-			a.m.refusals.WithLabelValues("unauthenticated").Inc()
+			a.m.Refusals.WithLabelValues("unauthenticated").Inc()
 			writeErr(w, apiErr(http.StatusUnauthorized, "", "unknown caller: use the Unix socket, or the TCP API with its token"))
 			return
 		}

@@ -129,42 +129,11 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 			h.cfg.LeasePerWorker = !toShared
 			h.start()
 			defer h.stop()
-			// The same keys, on the agent's one lease, or on one lease
-			// each (the last key left on the old shared lease may keep
-			// it: nothing else is on it any more).
-			onNewLeases := func(now map[string]int64) bool {
-				if len(now) != len(before) {
-					return false
-				}
-				distinct := map[int64]bool{}
-				for k, l := range now {
-					if _, ok := before[k]; !ok {
-						return false
-					}
-					if toShared && clientv3.LeaseID(l) != h.agent.hostLease() {
-						return false
-					}
-					distinct[l] = true
-				}
-				return toShared || len(distinct) == len(now)
-			}
-			// Their holds likewise: on the agent's hold lease, or on one
-			// each (not on the old shared one, kept alive by whoever lives).
-			holdsMoved := func(holds map[string]int64) bool {
-				distinct := map[int64]bool{}
-				for _, l := range holds {
-					if toShared && clientv3.LeaseID(l) != h.agent.hostHoldLease() {
-						return false
-					}
-					distinct[l] = true
-				}
-				return len(holds) == 2 && (toShared || len(distinct) == 2)
-			}
 			var last string
 			poll.Until(t, 15*time.Second, func() bool {
 				now, holds := h.leases(), h.leasesUnder(registrar.HoldPrefix(prefix))
 				last = fmt.Sprint(now, holds)
-				return onNewLeases(now) && holdsMoved(holds)
+				return onNewLeases(h, before, now, toShared) && holdsMoved(h, holds, toShared)
 			}, "keys and holds %s, want the keys of before (%v) and their holds on the new mode's leases", poll.Latest(&last), before)
 
 			cs[0].Process.Kill()
@@ -173,21 +142,62 @@ func TestLeaseModeSwitchKeepsSlots(t *testing.T) {
 				"the killed worker's key removed")
 			time.Sleep(h.cfg.TTL) // anything that a revoke of a shared lease would do, done
 			cancel()
-			for wr := range wch {
-				for _, ev := range wr.Events {
-					k := string(ev.Kv.Key)
-					if _, ok := before[k]; !ok {
-						t.Errorf("%s %s: a key the workers did not have before the restart", ev.Type, k)
-					}
-					if k == keyOf[cs[1].Process.Pid] && ev.Type == clientv3.EventTypeDelete {
-						t.Errorf("the live worker's key %s was deleted", k)
-					}
-				}
-			}
+			checkKeyEvents(t, wch, before, keyOf[cs[1].Process.Pid])
 			if ls := h.leases(); len(ls) != 1 {
 				t.Errorf("keys %v, want the live worker's only", ls)
 			}
 		})
+	}
+}
+
+// onNewLeases: after a switch of lease mode, the keys are those of before,
+// on the agent's one lease (toShared), or on one lease each (the last key
+// left on the old shared lease may keep it: nothing else is on it any
+// more).
+func onNewLeases(h *harness, before, now map[string]int64, toShared bool) bool {
+	if len(now) != len(before) {
+		return false
+	}
+	distinct := map[int64]bool{}
+	for k, l := range now {
+		if _, ok := before[k]; !ok {
+			return false
+		}
+		if toShared && clientv3.LeaseID(l) != h.agent.hostLease() {
+			return false
+		}
+		distinct[l] = true
+	}
+	return toShared || len(distinct) == len(now)
+}
+
+// holdsMoved: the two holds likewise, on the agent's hold lease, or on one
+// each (not on the old shared one, kept alive by whoever lives).
+func holdsMoved(h *harness, holds map[string]int64, toShared bool) bool {
+	distinct := map[int64]bool{}
+	for _, l := range holds {
+		if toShared && clientv3.LeaseID(l) != h.agent.hostHoldLease() {
+			return false
+		}
+		distinct[l] = true
+	}
+	return len(holds) == 2 && (toShared || len(distinct) == 2)
+}
+
+// checkKeyEvents reads wch to its end: no key but those of before was
+// written, and the live worker's key was never deleted.
+func checkKeyEvents(t *testing.T, wch clientv3.WatchChan, before map[string]int64, liveKey string) {
+	t.Helper()
+	for wr := range wch {
+		for _, ev := range wr.Events {
+			k := string(ev.Kv.Key)
+			if _, ok := before[k]; !ok {
+				t.Errorf("%s %s: a key the workers did not have before the restart", ev.Type, k)
+			}
+			if k == liveKey && ev.Type == clientv3.EventTypeDelete {
+				t.Errorf("the live worker's key %s was deleted", k)
+			}
+		}
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of LimitConfig. A worker opens one connection to register and
@@ -36,8 +35,9 @@ type LimitConfig struct {
 	// every listener of the limiter. Optional, defaults to
 	// DefaultMaxConns.
 	MaxConns int
-	// Registerer receives the limiter's metrics; nil means none.
-	Registerer prometheus.Registerer
+	// Metrics receive the limiter's counts (Connections,
+	// ConnectionsRefused). Optional, defaults to metrics registered nowhere.
+	Metrics *Metrics
 	// Logger; nil discards.
 	Logger hclog.Logger
 }
@@ -52,8 +52,7 @@ type LimitConfig struct {
 type ConnLimiter struct {
 	perCaller, max int
 	log            hclog.Logger
-	open           prometheus.Gauge
-	refused        *prometheus.CounterVec
+	m              *Metrics
 
 	mu       sync.Mutex
 	total    int
@@ -77,24 +76,10 @@ func NewConnLimiter(cfg LimitConfig) (*ConnLimiter, error) {
 		max:       cfg.MaxConns,
 		log:       cfg.Logger,
 		byCaller:  map[string]int{},
-		open: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "workersd_agent_connections",
-			Help: "Open connections to the agent's API.",
-		}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "workersd_agent_connections_refused_total",
-			Help: "API connections closed at accept, by reason: caller_limit (the caller's uid, or remote IP on TCP, holds its most open connections) or total_limit (all callers together do).",
-		}, []string{"reason"}),
+		m:         cfg.Metrics,
 	}
-	for _, r := range connRefusalReasons {
-		l.refused.WithLabelValues(r)
-	}
-	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{l.open, l.refused} {
-			if err := cfg.Registerer.Register(c); err != nil {
-				return nil, err
-			}
-		}
+	if l.m == nil {
+		l.m = NewMetrics(nil)
 	}
 	return l, nil
 }
@@ -160,7 +145,7 @@ func (l *ConnLimiter) acquire(key string) (refused string) {
 	}
 	l.byCaller[key]++
 	l.total++
-	l.open.Inc()
+	l.m.Connections.Inc()
 	return ""
 }
 
@@ -171,13 +156,13 @@ func (l *ConnLimiter) release(key string) {
 		delete(l.byCaller, key)
 	}
 	l.total--
-	l.open.Dec()
+	l.m.Connections.Dec()
 }
 
 // refuse counts a connection closed at accept and warns, at most every
 // 10 s: one caller holding its limit must not flood the log either.
 func (l *ConnLimiter) refuse(key, reason string) {
-	l.refused.WithLabelValues(reason).Inc()
+	l.m.ConnectionsRefused.WithLabelValues(reason).Inc()
 	l.mu.Lock()
 	warn := time.Since(l.lastWarn) >= 10*time.Second
 	if warn {

@@ -3,7 +3,9 @@ package agent
 import (
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/workersd/workersd/internal/leaktest"
+	"github.com/workersd/workersd/registrar"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -22,4 +24,32 @@ func (a *Agent) hostLease() clientv3.LeaseID {
 func (a *Agent) hostHoldLease() clientv3.LeaseID {
 	_, h := a.host.IDs()
 	return h
+}
+
+// agentMetricsOn and registrarMetricsOn register the agent's and the
+// registrations' metrics on reg with their prefixes, as workersd-agent
+// does.
+func agentMetricsOn(t testing.TB, reg prometheus.Registerer) *Metrics {
+	t.Helper()
+	m := NewMetrics(prometheus.WrapRegistererWithPrefix("workersd_agent_", reg))
+	if err := m.Register(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func registrarMetricsOn(t testing.TB, reg prometheus.Registerer) *registrar.Metrics {
+	t.Helper()
+	m := registrar.NewMetrics(prometheus.WrapRegistererWithPrefix("workersd_registrar_", reg))
+	if err := m.Register(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// withMetrics sets a Config's metrics, registered on reg.
+func withMetrics(t testing.TB, reg prometheus.Registerer) func(*Config) {
+	return func(c *Config) {
+		c.Metrics, c.RegistrarMetrics = agentMetricsOn(t, reg), registrarMetricsOn(t, reg)
+	}
 }

@@ -1,87 +1,145 @@
 package agent
 
 import (
+	"errors"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-type metrics struct {
-	workers            prometheus.Gauge
-	registrations      prometheus.Counter
-	restored           prometheus.Counter
-	deregistrations    *prometheus.CounterVec
-	exitToRevoke       prometheus.Histogram
-	stateWriteFailures prometheus.Counter
-	stateFileBad       prometheus.Counter
-	apiRequests        *prometheus.CounterVec
-	refusals           *prometheus.CounterVec
-	orphansRemoved     *prometheus.CounterVec
-	holdsDropped       prometheus.Counter
+// Metrics are the agent's own metrics, its API's connection limits
+// included. Their names carry no prefix: the program chooses one by
+// wrapping the Registerer (workersd_agent_ in workersd-agent). The
+// registrations' own metrics are registrar.Metrics (Config.RegistrarMetrics).
+type Metrics struct {
+	reg prometheus.Registerer
+
+	// Workers is the number of live registrations.
+	Workers prometheus.Gauge
+	// Registrations counts registrations made through the API; Restored
+	// those adopted from the state file.
+	Registrations prometheus.Counter
+	Restored      prometheus.Counter
+	// Deregistrations counts registrations ended, by reason.
+	Deregistrations *prometheus.CounterVec
+	// ExitToRemoval is the time from a worker's exit to its key's removal.
+	ExitToRemoval prometheus.Histogram
+	// StateWriteFailures and StateFileBad count state file troubles.
+	StateWriteFailures prometheus.Counter
+	StateFileBad       prometheus.Counter
+	// APIRequests by method and code; Refusals of requests for trust.
+	APIRequests *prometheus.CounterVec
+	Refusals    *prometheus.CounterVec
+	// OrphansRemoved by the reconciler, by kind; HoldsDropped for want of
+	// space in etcd.
+	OrphansRemoved *prometheus.CounterVec
+	HoldsDropped   prometheus.Counter
+	// Connections open to the API, and those refused at accept (ConnLimiter).
+	Connections        prometheus.Gauge
+	ConnectionsRefused *prometheus.CounterVec
 }
 
-// refusalReasons are the values of workersd_agent_refusals_total's reason.
+// refusalReasons are the values of Refusals' reason.
 var refusalReasons = []string{"foreign_process", "foreign_address", "address_taken", "user_limit", "unauthenticated"}
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
-		workers: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "workersd_agent_workers",
+// NewMetrics creates the metrics; Register registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		reg: reg,
+		Workers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "workers",
 			Help: "Worker processes the agent currently registers.",
 		}),
-		registrations: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "workersd_agent_registrations_total",
+		Registrations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "registrations_total",
 			Help: "Worker processes registered through the API.",
 		}),
-		restored: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "workersd_agent_restored_total",
+		Restored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "restored_total",
 			Help: "Registrations adopted from the state file at start.",
 		}),
-		deregistrations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "workersd_agent_deregistrations_total",
-			Help: "Registrations revoked, by reason: exited (the process ended) or api.",
+		Deregistrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deregistrations_total",
+			Help: "Registrations ended, by reason: exited (the process ended) or api.",
 		}, []string{"reason"}),
-		exitToRevoke: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "workersd_agent_exit_to_revoke_seconds",
-			Help:    "Time from noticing a worker's exit to its lease being revoked.",
+		// The name predates host leases, when a removal was a revoke; kept
+		// so that dashboards keep working.
+		ExitToRemoval: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "exit_to_revoke_seconds",
+			Help:    "Time from noticing a worker's exit to its key being removed from etcd (its lease revoked, or its key deleted from the host lease).",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
-		stateWriteFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "workersd_agent_state_write_failures_total",
+		StateWriteFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "state_write_failures_total",
 			Help: "Failed writes of the state file.",
 		}),
-		stateFileBad: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "workersd_agent_state_file_bad_total",
+		StateFileBad: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "state_file_bad_total",
 			Help: "State files found unusable at start (torn, another version, unreadable): kept aside, registrations rebuilt from etcd.",
 		}),
-		apiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "workersd_agent_api_requests_total",
+		APIRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "api_requests_total",
 			Help: "API requests, by method (GET, POST, DELETE or other) and status code.",
 		}, []string{"method", "code"}),
-		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "workersd_agent_refusals_total",
+		Refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "refusals_total",
 			Help: "API requests refused for trust, by reason: foreign_process (another user's process), foreign_address (not this host's), address_taken (registered by another process), user_limit, unauthenticated (no peer credentials or token).",
 		}, []string{"reason"}),
-		orphansRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "workersd_agent_orphans_removed_total",
+		OrphansRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orphans_removed_total",
 			Help: "Keys (kind=key) and slot holds (kind=hold) found on the host lease without a live registration, and removed; not 0 means a removal failed to know its key.",
 		}, []string{"kind"}),
-		holdsDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "workersd_agent_holds_dropped_total",
+		HoldsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "holds_dropped_total",
 			Help: "Slot holds deleted with their key because etcd was out of space (NOSPACE refuses the lease a hold moves onto); the slot may be reused before its hold would have ended.",
 		}),
+		Connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "connections",
+			Help: "Open connections to the agent's API.",
+		}),
+		ConnectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "connections_refused_total",
+			Help: "API connections closed at accept, by reason: caller_limit (the caller's uid, or remote IP on TCP, holds its most open connections) or total_limit (all callers together do).",
+		}, []string{"reason"}),
 	}
-	m.orphansRemoved.WithLabelValues("key")
-	m.orphansRemoved.WithLabelValues("hold")
+	m.OrphansRemoved.WithLabelValues("key")
+	m.OrphansRemoved.WithLabelValues("hold")
 	for _, r := range refusalReasons {
-		m.refusals.WithLabelValues(r)
+		m.Refusals.WithLabelValues(r)
 	}
-	m.deregistrations.WithLabelValues("exited")
-	m.deregistrations.WithLabelValues("api")
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.workers, m.registrations, m.restored, m.deregistrations, m.exitToRevoke, m.stateWriteFailures, m.stateFileBad, m.apiRequests, m.refusals, m.orphansRemoved, m.holdsDropped} {
-			if err := reg.Register(c); err != nil {
-				return nil, err
-			}
-		}
+	for _, r := range connRefusalReasons {
+		m.ConnectionsRefused.WithLabelValues(r)
 	}
-	return m, nil
+	m.Deregistrations.WithLabelValues("exited")
+	m.Deregistrations.WithLabelValues("api")
+	return m
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		m.Workers, m.Registrations, m.Restored, m.Deregistrations, m.ExitToRemoval, m.StateWriteFailures,
+		m.StateFileBad, m.APIRequests, m.Refusals, m.OrphansRemoved, m.HoldsDropped, m.Connections, m.ConnectionsRefused,
+	}
+}
+
+// Register registers every metric with the Registerer given to NewMetrics;
+// a nil Registerer registers nothing.
+func (m *Metrics) Register() error {
+	if m.reg == nil {
+		return nil
+	}
+	var errs []error
+	for _, c := range m.collectors() {
+		errs = append(errs, m.reg.Register(c))
+	}
+	return errors.Join(errs...)
+}
+
+// Unregister undoes Register.
+func (m *Metrics) Unregister() {
+	if m.reg == nil {
+		return
+	}
+	for _, c := range m.collectors() {
+		m.reg.Unregister(c)
+	}
 }

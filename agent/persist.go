@@ -97,7 +97,7 @@ func writeState(path string, s stateFile) error {
 // empty state instead would drop every live worker from Prometheus after
 // the TTL, to come back on new slots.
 func (a *Agent) recoverState(readErr error) stateFile {
-	a.m.stateFileBad.Inc()
+	a.m.StateFileBad.Inc()
 	aside := a.cfg.StateFile + ".bad-" + time.Now().UTC().Format("20060102T150405.000Z")
 	if err := os.Rename(a.cfg.StateFile, aside); err != nil {
 		a.log.Error("the state file cannot be used, nor kept aside", "error", readErr, "rename_error", err)
@@ -199,7 +199,7 @@ func (a *Agent) persistLocked() {
 		return strings.Compare(x.ID, y.ID)
 	})
 	if err := writeState(a.cfg.StateFile, s); err != nil {
-		a.m.stateWriteFailures.Inc()
+		a.m.StateWriteFailures.Inc()
 		a.log.Error("cannot write the state file; a restart would lose registrations", "error", err)
 	}
 }

@@ -140,7 +140,7 @@ func TestReconcilerRemovesOrphansOnTheHostLease(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	h := newHarness(t, nil, func(c *Config) {
 		c.ReconcileInterval = 200 * time.Millisecond
-		c.Registerer = reg
+		withMetrics(t, reg)(c)
 	})
 	live := child(t)
 	if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000, "pid": live.Process.Pid}); code != 201 {
@@ -236,7 +236,8 @@ func TestNoSpaceStillRemovesDeadWorkers(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	logs := &logtest.Buffer{}
 	a, err := New(Config{
-		Client: cli, Host: "web-1", TTL: 2 * time.Second, StateFile: filepath.Join(t.TempDir(), "agent.json"), Registerer: reg,
+		Client: cli, Host: "web-1", TTL: 2 * time.Second, StateFile: filepath.Join(t.TempDir(), "agent.json"),
+		Metrics: agentMetricsOn(t, reg), RegistrarMetrics: registrarMetricsOn(t, reg),
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs}),
 	})
 	if err != nil {

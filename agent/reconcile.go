@@ -154,7 +154,7 @@ func (o *orphans) release(ctx context.Context, key, kind string) error {
 	if res.Deleted {
 		kind = "key"
 	}
-	o.a.m.orphansRemoved.WithLabelValues(kind).Inc()
+	o.a.m.OrphansRemoved.WithLabelValues(kind).Inc()
 	o.a.log.Warn("removed a registration no live worker owns from the host lease", "key", key, "key_deleted", res.Deleted)
 	return nil
 }

@@ -69,7 +69,7 @@ func (a *Agent) register(ctx context.Context, req Request) (*entry, bool, error)
 	}
 	a.add(e)
 	a.mu.Unlock()
-	a.m.registrations.Inc()
+	a.m.Registrations.Inc()
 	a.persist()
 	a.log.Info("worker registered", "pid", e.pid, "job", e.job, "address", w.value.Address, "watch", e.watchMethod())
 	return e, true, nil
@@ -100,10 +100,10 @@ func (a *Agent) checkLimits(req Request, w admitted) (*entry, error) {
 	a.mu.Unlock()
 	switch {
 	case sameAddr != nil:
-		a.m.refusals.WithLabelValues("address_taken").Inc()
+		a.m.Refusals.WithLabelValues("address_taken").Inc()
 		return nil, apiErr(http.StatusConflict, "address", "%s is already registered by pid %d (job %q)", w.value.Address, sameAddr.pid, sameAddr.job)
 	case old == nil && owned >= a.cfg.MaxPerUser:
-		a.m.refusals.WithLabelValues("user_limit").Inc()
+		a.m.Refusals.WithLabelValues("user_limit").Inc()
 		return nil, apiErr(http.StatusTooManyRequests, "pid", "uid %d has %d live registrations, at most %d", w.uid, owned, a.cfg.MaxPerUser)
 	case old != nil && old.startTicks == w.ticks && (old.job != req.Job || !sameValue(old.value, w.value)):
 		return nil, apiErr(http.StatusConflict, "pid",
@@ -135,17 +135,17 @@ func (a *Agent) newEntry(req Request, w admitted) (*entry, error) {
 
 func (a *Agent) newRegistrar(job string, v registrar.Value, resume registrar.Resume) (*registrar.Registrar, error) {
 	return registrar.New(registrar.Config{
-		Client:     a.cfg.Client,
-		Prefix:     a.cfg.Prefix,
-		Job:        job,
-		Host:       a.cfg.Host,
-		Value:      v,
-		TTL:        a.cfg.TTL,
-		SlotHold:   a.cfg.SlotHold,
-		Registerer: a.cfg.Registerer,
-		Logger:     a.log.Named("registrar").With("pid", v.PID),
-		Resume:     resume,
-		Leases:     a.leases,
+		Client:   a.cfg.Client,
+		Prefix:   a.cfg.Prefix,
+		Job:      job,
+		Host:     a.cfg.Host,
+		Value:    v,
+		TTL:      a.cfg.TTL,
+		SlotHold: a.cfg.SlotHold,
+		Metrics:  a.cfg.RegistrarMetrics,
+		Logger:   a.log.Named("registrar").With("pid", v.PID),
+		Resume:   resume,
+		Leases:   a.leases,
 	})
 }
 
@@ -155,7 +155,7 @@ func (a *Agent) add(e *entry) {
 	e.cancel = cancel
 	a.byID[e.id] = e
 	a.byPID[e.pid] = e
-	a.m.workers.Set(float64(len(a.byID)))
+	a.m.Workers.Set(float64(len(a.byID)))
 	e.reg.Register(ctx)
 	a.wg.Add(2)
 	go a.watch(ctx, e)

@@ -59,7 +59,7 @@ func (a *Agent) retryRemoval(rm *removal) {
 // space in etcd (registrar.Released).
 func (a *Agent) noteHoldDropped(res registrar.Released, key string) {
 	if res.HoldDropped {
-		a.m.holdsDropped.Inc()
+		a.m.HoldsDropped.Inc()
 		a.log.Warn("etcd is out of space: the slot's hold was deleted with the key; the slot may be reused before its hold would have ended", "key", key)
 	}
 }
@@ -97,8 +97,8 @@ func (a *Agent) take(e *entry, reason string) bool {
 		return nil
 	}
 	a.removals[e.id] = rm
-	a.m.workers.Set(float64(len(a.byID)))
-	a.m.deregistrations.WithLabelValues(reason).Inc()
+	a.m.Workers.Set(float64(len(a.byID)))
+	a.m.Deregistrations.WithLabelValues(reason).Inc()
 	return true
 }
 
@@ -166,7 +166,7 @@ func (a *Agent) Deregister(ctx context.Context, idOrPID string) (Worker, error) 
 	}
 	if caller := callerFrom(ctx); !caller.mayActFor(e.uid) {
 		a.opMu.Unlock()
-		a.m.refusals.WithLabelValues("foreign_process").Inc()
+		a.m.Refusals.WithLabelValues("foreign_process").Inc()
 		return Worker{}, apiErr(http.StatusForbidden, "pid", "pid %d belongs to uid %d; %s may remove only its own processes", e.pid, e.uid, caller)
 	}
 	if !a.take(e, "api") {

@@ -80,7 +80,7 @@ func (a *Agent) checkAddress(addr string) error {
 	if a.cfg.AdvertiseHost != "" && strings.Trim(a.cfg.AdvertiseHost, "[]") == ip.String() {
 		return nil
 	}
-	a.m.refusals.WithLabelValues("foreign_address").Inc()
+	a.m.Refusals.WithLabelValues("foreign_address").Inc()
 	return apiErr(http.StatusForbidden, "address", "%s is not an address of this host; only its own addresses, loopback and --allow-address networks are accepted", addr)
 }
 

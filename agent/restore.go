@@ -21,21 +21,21 @@ func (a *Agent) restore(se stateEntry) {
 	a.mu.Unlock()
 	if dup || !alive(se.PID, se.StartTicks) {
 		log.Info("worker exited while the agent was down; removing its registration")
-		a.m.deregistrations.WithLabelValues("exited").Inc()
+		a.m.Deregistrations.WithLabelValues("exited").Inc()
 		a.dropLater(se)
 		return
 	}
 	uid, err := processOwner(se.PID)
 	if err != nil {
 		log.Info("not adopting the registration: its process is gone or cannot be a worker; removing it", "error", err)
-		a.m.deregistrations.WithLabelValues("exited").Inc()
+		a.m.Deregistrations.WithLabelValues("exited").Inc()
 		a.dropLater(se)
 		return
 	}
 	proc, err := openProc(se.PID, se.StartTicks, a.cfg.PollInterval, !a.cfg.DisablePidfd)
 	if err != nil {
 		log.Info("worker exited while the agent was down; removing its registration", "error", err)
-		a.m.deregistrations.WithLabelValues("exited").Inc()
+		a.m.Deregistrations.WithLabelValues("exited").Inc()
 		a.dropLater(se)
 		return
 	}
@@ -62,7 +62,7 @@ func (a *Agent) restore(se stateEntry) {
 	a.mu.Lock()
 	a.add(e)
 	a.mu.Unlock()
-	a.m.restored.Inc()
+	a.m.Restored.Inc()
 	log.Info("adopted the registration of a live worker", "watch", e.watchMethod())
 }
 

@@ -46,7 +46,7 @@ func (a *Agent) admit(ctx context.Context, req Request) (admitted, error) {
 	}
 	caller := callerFrom(ctx)
 	if !caller.mayActFor(uid) {
-		a.m.refusals.WithLabelValues("foreign_process").Inc()
+		a.m.Refusals.WithLabelValues("foreign_process").Inc()
 		return admitted{}, apiErr(http.StatusForbidden, "pid", "pid %d belongs to uid %d; %s may register only its own processes", req.PID, uid, caller)
 	}
 	if v.StartedAt, err = processStartTime(ticks); err != nil {

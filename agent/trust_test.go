@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,108 +28,31 @@ import (
 // and the agent itself are refused; an address that is not this host's,
 // or another worker's, is refused; every refusal leaves etcd as it was.
 func TestForeignCallersAreRefused(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("runs processes under other uids: needs root, which CI has")
-		}
-		t.Skip("runs processes under other uids: needs root")
-	}
+	needRoot(t)
 	h := newHarness(t, nil, nil)
-	dir, err := os.MkdirTemp("", "workersd-trust-")
+	lim, err := NewConnLimiter(LimitConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "agent.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(sock, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	srv := h.agent.NewServer()
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-
+	sock := serveAPI(t, h, ServerConfig{}, lim)
 	// The callers are this test binary, run again as the other users.
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "caller")
-	b, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	c := callers{t: t, bin: callerBinary(t, filepath.Dir(sock)), sock: sock}
 	const userA, userB = 65534, 65533
-	call := func(uid int, method, path string, body any) (int, string) {
-		t.Helper()
-		j, _ := json.Marshal(body)
-		cmd := exec.Command(bin, "-test.run=^TestHelperCaller$")
-		cmd.Env = []string{"WORKERSD_CALLER_SOCKET=" + sock, "WORKERSD_CALLER_METHOD=" + method,
-			"WORKERSD_CALLER_PATH=" + path, "WORKERSD_CALLER_BODY=" + string(j)}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("caller as uid %d: %v\n%s", uid, err, out)
-		}
-		var status int
-		var rest string
-		for line := range strings.SplitSeq(string(out), "\n") {
-			if r, ok := strings.CutPrefix(line, "STATUS "); ok {
-				code, msg, _ := strings.Cut(r, " ")
-				status, _ = strconv.Atoi(code)
-				rest = msg
-			}
-		}
-		if status == 0 {
-			t.Fatalf("caller as uid %d printed no status:\n%s", uid, out)
-		}
-		return status, rest
-	}
-	worker := func(uid int) int {
-		t.Helper()
-		cmd := exec.Command("sleep", "300")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		return cmd.Process.Pid
-	}
-	pA, pB, pB2 := worker(userA), worker(userB), worker(userB)
+	pA, pB, pB2 := sleeperOf(t, userA), sleeperOf(t, userB), sleeperOf(t, userB)
 	unchanged := func(what string, want int) {
 		t.Helper()
 		if regs := h.keys(); len(regs) != want {
 			t.Fatalf("%s changed etcd: %d registrations, want %d: %v", what, len(regs), want, regs)
 		}
 	}
-	expect := func(what string, code int, msg string, want int, wantMsg string) {
-		t.Helper()
-		if code != want || !strings.Contains(msg, wantMsg) {
-			t.Errorf("%s: %d %s, want %d and %q", what, code, msg, want, wantMsg)
-		}
-	}
 
-	code, msg := call(userA, "POST", "/v1/workers", map[string]any{"job": "api", "port": 9001, "pid": pA})
-	expect("A registers its own worker", code, msg, 201, "registered")
-	code, msg = call(userB, "POST", "/v1/workers", map[string]any{"job": "api", "port": 9002, "pid": pA})
-	expect("B registers A's worker", code, msg, 403, "its own processes")
+	c.expect("A registers its own worker", userA, "POST", map[string]any{"job": "api", "port": 9001, "pid": pA}, 201, "registered")
+	c.expect("B registers A's worker", userB, "POST", map[string]any{"job": "api", "port": 9002, "pid": pA}, 403, "its own processes")
 	unchanged("B registering A's worker", 1)
-	code, msg = call(userB, "DELETE", "/v1/workers/"+strconv.Itoa(pA), nil)
-	expect("B removes A's worker", code, msg, 403, "its own processes")
+	c.expect("B removes A's worker", userB, "DELETE", pA, 403, "its own processes")
 	unchanged("B removing A's worker", 1)
-	code, msg = call(userB, "POST", "/v1/workers", map[string]any{"job": "api", "port": 9002, "pid": pB})
-	expect("B registers its own worker", code, msg, 201, "registered")
-	code, msg = call(userA, "DELETE", "/v1/workers/"+strconv.Itoa(pB), nil)
-	expect("A removes B's worker", code, msg, 403, "its own processes")
+	c.expect("B registers its own worker", userB, "POST", map[string]any{"job": "api", "port": 9002, "pid": pB}, 201, "registered")
+	c.expect("A removes B's worker", userA, "DELETE", pB, 403, "its own processes")
 
 	// Processes that can never be workers, whoever asks.
 	for _, tc := range []struct {
@@ -142,27 +64,66 @@ func TestForeignCallersAreRefused(t *testing.T) {
 		{"the agent", os.Getpid(), "the agent itself"},
 		{"a kernel thread", 2, "kernel thread"},
 	} {
-		code, msg := call(userA, "POST", "/v1/workers", map[string]any{"job": "api", "port": 9003, "pid": tc.pid})
-		expect("A registers "+tc.name, code, msg, 422, tc.msg)
+		c.expect("A registers "+tc.name, userA, "POST", map[string]any{"job": "api", "port": 9003, "pid": tc.pid}, 422, tc.msg)
 		code, out := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9003, "pid": tc.pid})
 		errMsg, _ := out["error"].(string)
-		expect("root registers "+tc.name, code, errMsg, 422, tc.msg)
+		if code != 422 || !strings.Contains(errMsg, tc.msg) {
+			t.Errorf("root registers %s: %d %s, want 422 and %q", tc.name, code, errMsg, tc.msg)
+		}
 	}
 	// Addresses elsewhere: Prometheus must not be made to fetch them.
 	for _, addr := range []string{"192.0.2.10:80", "169.254.169.254:80"} {
-		code, msg := call(userB, "POST", "/v1/workers", map[string]any{"job": "api", "address": addr, "pid": pB2, "metrics_path": "/latest/meta-data/"})
-		expect("B registers "+addr, code, msg, 403, "not an address of this host")
+		c.expect("B registers "+addr, userB, "POST", map[string]any{"job": "api", "address": addr, "pid": pB2, "metrics_path": "/latest/meta-data/"}, 403, "not an address of this host")
 	}
 	// Another worker's address: its target would be taken over.
-	code, msg = call(userB, "POST", "/v1/workers", map[string]any{"job": "other", "address": "127.0.0.1:9001", "pid": pB2})
-	expect("B registers A's address", code, msg, 409, "already registered")
+	c.expect("B registers A's address", userB, "POST", map[string]any{"job": "other", "address": "127.0.0.1:9001", "pid": pB2}, 409, "already registered")
 	unchanged("the refused registrations", 2)
 
-	code, msg = call(userA, "DELETE", "/v1/workers/"+strconv.Itoa(pA), nil)
-	expect("A removes its own worker", code, msg, 200, "deregistered")
+	c.expect("A removes its own worker", userA, "DELETE", pA, 200, "deregistered")
 	unchanged("A removing its worker", 1)
 	if regs := h.keys(); regs[prefix+"api/web-1/1"].PID != pB {
 		t.Errorf("B's registration is not the one left: %v", regs)
+	}
+}
+
+// callers make requests on the agent's socket as other users, through
+// TestHelperCaller.
+type callers struct {
+	t         *testing.T
+	bin, sock string
+}
+
+// expect makes one request as uid and checks its answer: a POST of body
+// (a registration), or a DELETE of the worker whose pid body is.
+func (c callers) expect(what string, uid int, method string, body any, want int, wantMsg string) {
+	c.t.Helper()
+	path := "/v1/workers"
+	if method == "DELETE" {
+		path += "/" + strconv.Itoa(body.(int))
+		body = nil
+	}
+	j, _ := json.Marshal(body)
+	cmd := asUser(exec.Command(c.bin, "-test.run=^TestHelperCaller$"), uid)
+	cmd.Env = []string{"WORKERSD_CALLER_SOCKET=" + c.sock, "WORKERSD_CALLER_METHOD=" + method,
+		"WORKERSD_CALLER_PATH=" + path, "WORKERSD_CALLER_BODY=" + string(j)}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("caller as uid %d: %v\n%s", uid, err, out)
+	}
+	var status int
+	var msg string
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if r, ok := strings.CutPrefix(line, "STATUS "); ok {
+			code, rest, _ := strings.Cut(r, " ")
+			status, _ = strconv.Atoi(code)
+			msg = rest
+		}
+	}
+	if status == 0 {
+		c.t.Fatalf("caller as uid %d printed no status:\n%s", uid, out)
+	}
+	if status != want || !strings.Contains(msg, wantMsg) {
+		c.t.Errorf("%s: %d %s, want %d and %q", what, status, msg, want, wantMsg)
 	}
 }
 
@@ -199,7 +160,7 @@ func TestHelperCaller(t *testing.T) {
 // send: methods, paths, bodies and refusals of every kind.
 func TestSeriesDoNotGrowWithRequests(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	h := newHarness(t, nil, func(c *Config) { c.Registerer = reg })
+	h := newHarness(t, nil, withMetrics(t, reg))
 	c := child(t)
 	if code, w := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000, "pid": c.Process.Pid}); code != 201 {
 		t.Fatalf("register: %d %v", code, w)

@@ -25,7 +25,7 @@ func (a *Agent) watch(ctx context.Context, e *entry) {
 	switch {
 	case !ok:
 	case removed:
-		a.m.exitToRevoke.Observe(time.Since(seen).Seconds())
+		a.m.ExitToRemoval.Observe(time.Since(seen).Seconds())
 		a.log.Info("worker exited; registration removed", "pid", e.pid, "job", e.job, "removed", removedKey(e), "after", time.Since(seen))
 	default:
 		a.log.Info("worker exited; its removal from etcd is pending", "pid", e.pid, "job", e.job)

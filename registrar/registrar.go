@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -86,9 +85,10 @@ type Config struct {
 	// agent shares HostLeases among its workers. Their Prefix, TTL and
 	// SlotHold must be this Config's.
 	Leases Leases
-	// Registerer receives the registrar's metrics; nil means none. Several
-	// registrars may share one Registerer: they then share the collectors.
-	Registerer prometheus.Registerer
+	// Metrics receive the registration's counts; registrations given the
+	// same Metrics add up in them. Optional, defaults to metrics registered
+	// nowhere.
+	Metrics *Metrics
 	// Logger; nil discards.
 	Logger hclog.Logger
 	// Resume adopts a registration made earlier by another process (a host
@@ -145,7 +145,7 @@ type Registrar struct {
 	opTO       time.Duration
 	backoffs   backoff.Policy
 	log        hclog.Logger
-	m          *metrics
+	m          *Metrics
 
 	removeMu sync.Mutex // serializes Deregister, without holding mu over etcd
 
@@ -211,9 +211,9 @@ func New(cfg Config) (*Registrar, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(cfg.Registerer)
-	if err != nil {
-		return nil, err
+	m := cfg.Metrics
+	if m == nil {
+		m = NewMetrics(nil)
 	}
 	slots := Key{Prefix: cfg.Prefix, Job: cfg.Job, Host: cfg.Host}
 	r := &Registrar{
@@ -317,7 +317,7 @@ func (r *Registrar) Register(ctx context.Context) {
 	}
 	ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	r.done = make(chan struct{})
-	r.m.state.WithLabelValues("retrying").Inc()
+	r.m.Registrations.WithLabelValues("retrying").Inc()
 	go r.run(ctx)
 }
 
@@ -455,8 +455,8 @@ func (r *Registrar) setState(f func(*State)) {
 		if before {
 			from, to = to, from
 		}
-		r.m.state.WithLabelValues(from).Dec()
-		r.m.state.WithLabelValues(to).Inc()
+		r.m.Registrations.WithLabelValues(from).Dec()
+		r.m.Registrations.WithLabelValues(to).Inc()
 	}
 	close(r.changed)
 	r.changed = make(chan struct{})
@@ -468,19 +468,19 @@ func (r *Registrar) run(ctx context.Context) {
 	defer close(r.done)
 	defer func() {
 		r.setState(func(s *State) { s.Registered = false })
-		r.m.state.WithLabelValues("retrying").Dec()
+		r.m.Registrations.WithLabelValues("retrying").Dec()
 	}()
 	failures := 0
 	for {
 		start := time.Now()
 		kept, err := r.claim(ctx)
 		if err == nil {
-			r.m.latency.Observe(time.Since(start).Seconds())
+			r.m.Duration.Observe(time.Since(start).Seconds())
 			r.mu.Lock()
 			again := r.state.Registrations > 0 && !kept
 			r.mu.Unlock()
 			if again {
-				r.m.reregistrations.Inc()
+				r.m.Reregistrations.Inc()
 			}
 			r.setState(func(s *State) {
 				s.Registered, s.Key, s.Slot, s.LeaseID, s.LastError = true, r.key, r.slot, r.lease, nil
@@ -522,7 +522,7 @@ func (r *Registrar) logFailure(err error) {
 		cause = "lost " + lost.reason
 	} else {
 		cause = failureReason(err)
-		r.m.claimFailures.WithLabelValues(cause).Inc()
+		r.m.ClaimFailures.WithLabelValues(cause).Inc()
 	}
 	if cause == r.lastCause {
 		r.log.Debug("registration lost or failed; retrying", "error", err)
@@ -908,13 +908,13 @@ func (r *Registrar) watchLeases(ctx context.Context) (key, hold watchedLease, er
 	key.leaseWatch, key.wait, err = r.leases.watch(ctx, false, r.lease)
 	if err != nil {
 		key.wait = func() {}
-		r.m.keepaliveFailures.Inc()
+		r.m.KeepaliveFailures.Inc()
 		return key, hold, r.lost("keepalive_failed", err.Error())
 	}
 	hold.leaseWatch, hold.wait, err = r.leases.watch(ctx, true, r.holdLease)
 	if err != nil {
 		hold.wait = func() {}
-		r.m.keepaliveFailures.Inc()
+		r.m.KeepaliveFailures.Inc()
 		return key, hold, r.lost("keepalive_failed", err.Error())
 	}
 	return key, hold, nil
@@ -925,7 +925,7 @@ func (r *Registrar) leaseLost(ctx context.Context, w watchedLease) error {
 	if ctx.Err() != nil {
 		return ctx.Err() // the keep-alive ended with the hold
 	}
-	r.m.keepaliveFailures.Inc()
+	r.m.KeepaliveFailures.Inc()
 	return r.lost(w.why())
 }
 
@@ -965,6 +965,6 @@ func (r *Registrar) recheck(ctx context.Context) error {
 }
 
 func (r *Registrar) lost(reason, detail string) error {
-	r.m.losses.WithLabelValues(reason).Inc()
+	r.m.Losses.WithLabelValues(reason).Inc()
 	return &errLost{reason: reason, detail: detail}
 }

@@ -36,19 +36,44 @@ func newRegistrar(t testing.TB, cli *clientv3.Client, job, host string, port int
 func newRegistrarHold(t testing.TB, cli *clientv3.Client, job, host string, port int, reg prometheus.Registerer, hold time.Duration) *registrar.Registrar {
 	t.Helper()
 	r, err := registrar.New(registrar.Config{
-		Client:     cli,
-		Job:        job,
-		Host:       host,
-		TTL:        testTTL,
-		SlotHold:   hold,
-		Value:      registrar.Value{Address: fmt.Sprintf("127.0.0.1:%d", port), PID: os.Getpid()},
-		Registerer: reg,
+		Client:   cli,
+		Job:      job,
+		Host:     host,
+		TTL:      testTTL,
+		SlotHold: hold,
+		Value:    registrar.Value{Address: fmt.Sprintf("127.0.0.1:%d", port), PID: os.Getpid()},
+		Metrics:  metricsOn(t, reg),
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	return r
 }
+
+// metricsOn are registrar metrics registered on reg as the agent and
+// package worker register them (nil for a nil reg), one set per reg.
+func metricsOn(t testing.TB, reg prometheus.Registerer) *registrar.Metrics {
+	t.Helper()
+	if reg == nil {
+		return nil
+	}
+	metricsMu.Lock()
+	defer metricsMu.Unlock()
+	if m, ok := metricsByReg[reg]; ok {
+		return m
+	}
+	m := registrar.NewMetrics(prometheus.WrapRegistererWithPrefix("workersd_registrar_", reg))
+	if err := m.Register(); err != nil {
+		t.Fatal(err)
+	}
+	metricsByReg[reg] = m
+	return m
+}
+
+var (
+	metricsMu    sync.Mutex
+	metricsByReg = map[prometheus.Registerer]*registrar.Metrics{}
+)
 
 func register(t testing.TB, r *registrar.Registrar) {
 	t.Helper()

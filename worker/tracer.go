@@ -2,7 +2,7 @@ package worker
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"runtime"
 	"sync"
 	"time"
@@ -23,8 +23,9 @@ type TracerOptions struct {
 	// MaxAge bounds how long a unit may stay in flight; zero means
 	// DefaultMaxUnitAge, negative means no bound.
 	MaxAge time.Duration
-	// Registerer receives the tracer's own metrics; nil means none.
-	Registerer prometheus.Registerer
+	// Metrics receive the tracer's own counts. Optional, defaults to
+	// metrics registered nowhere.
+	Metrics *TracerMetrics
 }
 
 // Tracer accounts the time of in-flight units of work to counters
@@ -54,7 +55,55 @@ type Tracer struct {
 	mu    sync.Mutex
 	units map[*unit]struct{}
 
-	abandoned *prometheus.CounterVec
+	m *TracerMetrics
+}
+
+// TracerMetrics are a Tracer's own metrics. Their names carry no prefix:
+// the program chooses one by wrapping the Registerer (package worker uses
+// workersd_tracer_).
+type TracerMetrics struct {
+	reg prometheus.Registerer
+
+	// Abandoned counts units dropped without End, by reason.
+	Abandoned *prometheus.CounterVec
+	// InFlight is the number of units not yet ended.
+	InFlight prometheus.Gauge
+}
+
+// NewTracerMetrics creates the metrics; Register registers them with reg.
+func NewTracerMetrics(reg prometheus.Registerer) *TracerMetrics {
+	m := &TracerMetrics{
+		reg: reg,
+		Abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "abandoned_units_total",
+			Help: "Traced units dropped without End: handle unreachable, or in flight longer than the maximum age.",
+		}, []string{"reason"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "units_in_flight",
+			Help: "Traced units of work currently in flight.",
+		}),
+	}
+	for _, r := range []string{"unreachable", "max_age"} {
+		m.Abandoned.WithLabelValues(r)
+	}
+	return m
+}
+
+// Register registers every metric with the Registerer given to
+// NewTracerMetrics; a nil Registerer registers nothing.
+func (m *TracerMetrics) Register() error {
+	if m.reg == nil {
+		return nil
+	}
+	return errors.Join(m.reg.Register(m.Abandoned), m.reg.Register(m.InFlight))
+}
+
+// Unregister undoes Register.
+func (m *TracerMetrics) Unregister() {
+	if m.reg != nil {
+		m.reg.Unregister(m.Abandoned)
+		m.reg.Unregister(m.InFlight)
+	}
 }
 
 // unit is the tracer's record of one unit; the handle (*Unit) given to the
@@ -74,8 +123,8 @@ type Unit struct {
 	cleanup runtime.Cleanup
 }
 
-// NewTracer returns a tracer; it fails only if its metrics cannot be
-// registered.
+// NewTracer returns a tracer. The error is reserved for options it cannot
+// use; there are none today.
 func NewTracer(o TracerOptions) (*Tracer, error) {
 	if o.Now == nil {
 		o.Now = time.Now
@@ -83,30 +132,10 @@ func NewTracer(o TracerOptions) (*Tracer, error) {
 	if o.MaxAge == 0 {
 		o.MaxAge = DefaultMaxUnitAge
 	}
-	t := &Tracer{
-		now:    o.Now,
-		maxAge: o.MaxAge,
-		units:  make(map[*unit]struct{}),
-		abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "workersd_tracer_abandoned_units_total",
-			Help: "Traced units dropped without End: handle unreachable, or in flight longer than the maximum age.",
-		}, []string{"reason"}),
+	if o.Metrics == nil {
+		o.Metrics = NewTracerMetrics(nil)
 	}
-	for _, r := range []string{"unreachable", "max_age"} {
-		t.abandoned.WithLabelValues(r)
-	}
-	if o.Registerer != nil {
-		inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "workersd_tracer_units_in_flight",
-			Help: "Traced units of work currently in flight.",
-		}, func() float64 { return float64(t.InFlight()) })
-		for _, c := range []prometheus.Collector{t.abandoned, inFlight} {
-			if err := o.Registerer.Register(c); err != nil {
-				return nil, fmt.Errorf("register tracer metrics: %w", err)
-			}
-		}
-	}
-	return t, nil
+	return &Tracer{now: o.Now, maxAge: o.MaxAge, units: make(map[*unit]struct{}), m: o.Metrics}, nil
 }
 
 // Start begins a unit of work whose time is added to c. ctx may be
@@ -117,6 +146,7 @@ func (t *Tracer) Start(ctx context.Context, c prometheus.Counter) *Unit {
 	u := &unit{c: c, start: now, last: now}
 	t.mu.Lock()
 	t.units[u] = struct{}{}
+	t.m.InFlight.Inc()
 	t.mu.Unlock()
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { t.end(u, t.now()) })
@@ -167,7 +197,7 @@ func (t *Tracer) abandon(u *unit, reason string) {
 		return
 	}
 	t.drop(u)
-	t.abandoned.WithLabelValues(reason).Inc()
+	t.m.Abandoned.WithLabelValues(reason).Inc()
 }
 
 // account adds the time since u was last accounted; t.mu is held. A clock
@@ -184,6 +214,7 @@ func (t *Tracer) account(u *unit, at time.Time) {
 func (t *Tracer) drop(u *unit) {
 	u.done = true
 	delete(t.units, u)
+	t.m.InFlight.Dec()
 	if u.stopAfter != nil {
 		u.stopAfter()
 		u.stopAfter = nil
@@ -200,7 +231,7 @@ func (t *Tracer) Collect() {
 	for u := range t.units {
 		if t.maxAge > 0 && now.Sub(u.start) > t.maxAge {
 			t.drop(u)
-			t.abandoned.WithLabelValues("max_age").Inc()
+			t.m.Abandoned.WithLabelValues("max_age").Inc()
 			continue
 		}
 		t.account(u, now)

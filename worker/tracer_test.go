@@ -38,7 +38,11 @@ func (c *fakeClock) Advance(d time.Duration) {
 func newTestTracer(t *testing.T, clock *fakeClock, maxAge time.Duration) (*Tracer, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	tr, err := NewTracer(TracerOptions{Now: clock.Now, MaxAge: maxAge, Registerer: reg})
+	m := NewTracerMetrics(prometheus.WrapRegistererWithPrefix("workersd_tracer_", reg))
+	if err := m.Register(); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := NewTracer(TracerOptions{Now: clock.Now, MaxAge: maxAge, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +138,7 @@ func TestTracerUnreachableUnitIsAbandoned(t *testing.T) {
 	if got := metrictest.Value(c); got != 5 {
 		t.Fatalf("counter = %v, want 5 (nothing after abandonment)", got)
 	}
-	if got := metrictest.Value(tr.abandoned.WithLabelValues("unreachable")); got != 1 {
+	if got := metrictest.Value(tr.m.Abandoned.WithLabelValues("unreachable")); got != 1 {
 		t.Fatalf("abandoned{unreachable} = %v, want 1", got)
 	}
 }
@@ -157,7 +161,7 @@ func TestTracerMaxAge(t *testing.T) {
 	if got := metrictest.Value(c); got != 30 {
 		t.Fatalf("counter = %v, want 30", got)
 	}
-	if got := metrictest.Value(tr.abandoned.WithLabelValues("max_age")); got != 1 {
+	if got := metrictest.Value(tr.m.Abandoned.WithLabelValues("max_age")); got != 1 {
 		t.Fatalf("abandoned{max_age} = %v, want 1", got)
 	}
 }

@@ -98,7 +98,13 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		proc = collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})
 	}
 	w.reg.MustRegister(collectors.NewGoCollector(), proc)
-	w.tracer, err = NewTracer(TracerOptions{Now: cfg.Now, MaxAge: cfg.TracerMaxAge, Registerer: w.reg})
+	// The program's prefixes: package worker is the program here.
+	tracerMetrics := NewTracerMetrics(prometheus.WrapRegistererWithPrefix("workersd_tracer_", w.reg))
+	registrarMetrics := registrar.NewMetrics(prometheus.WrapRegistererWithPrefix("workersd_registrar_", w.reg))
+	if err := errors.Join(tracerMetrics.Register(), registrarMetrics.Register()); err != nil {
+		return nil, fmt.Errorf("worker: register its metrics: %w", err)
+	}
+	w.tracer, err = NewTracer(TracerOptions{Now: cfg.Now, MaxAge: cfg.TracerMaxAge, Metrics: tracerMetrics})
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
@@ -137,10 +143,10 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			PID:         os.Getpid(),
 			Labels:      cfg.Labels,
 		},
-		TTL:        cfg.TTL,
-		SlotHold:   cfg.SlotHold,
-		Registerer: w.reg,
-		Logger:     log.Named("registrar"),
+		TTL:      cfg.TTL,
+		SlotHold: cfg.SlotHold,
+		Metrics:  registrarMetrics,
+		Logger:   log.Named("registrar"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)

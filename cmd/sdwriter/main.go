@@ -263,12 +263,16 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 		if f.embedPublic {
 			logger.Warn("the embedded etcd may listen beyond loopback and has no authentication: anyone who reaches it can add and remove targets")
 		}
+		etcdMetrics := embedetcd.NewMetrics(own)
+		if err := etcdMetrics.Register(); err != nil {
+			return err
+		}
 		srv, err := embedetcd.Start(embedetcd.Config{
 			Dir: f.embedDir, ClientAddr: f.embedListen, PeerAddr: f.embedPeer,
 			Log:                 logger.Named("etcd"),
 			QuotaBackendBytes:   int64(f.embedQuota),
 			CompactionRetention: f.embedRetain,
-			Registerer:          own,
+			Metrics:             etcdMetrics,
 		})
 		if err != nil {
 			return err

@@ -236,8 +236,11 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	// etcd's alarms (NOSPACE above all: no worker can register) in the
 	// agent's own metrics and log, where a host's operator looks. Alarms
 	// only, every 30 s: one request per host, whatever the fleet's size.
-	healthMetrics := etcdhealth.NewMetrics(prometheus.WrapRegistererWithPrefix("workersd_agent_", reg))
-	if err := healthMetrics.Register(); err != nil {
+	own := prometheus.WrapRegistererWithPrefix("workersd_agent_", reg)
+	healthMetrics := etcdhealth.NewMetrics(own)
+	agentMetrics := agent.NewMetrics(own)
+	registrarMetrics := registrar.NewMetrics(prometheus.WrapRegistererWithPrefix("workersd_registrar_", reg))
+	if err := errors.Join(healthMetrics.Register(), agentMetrics.Register(), registrarMetrics.Register()); err != nil {
 		return err
 	}
 	health, err := etcdhealth.New(etcdhealth.Config{Client: client, AlarmsOnly: true, Interval: alarmInterval,
@@ -255,19 +258,20 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 		}
 	}
 	a, err := agent.New(agent.Config{
-		Client:         client,
-		Prefix:         f.prefix,
-		Host:           f.host,
-		TTL:            f.ttl,
-		SlotHold:       f.slotHold,
-		LeasePerWorker: f.lease == "per-worker",
-		AdvertiseHost:  f.advertiseHost,
-		StateFile:      f.stateFile,
-		DisablePidfd:   f.disablePidfd,
-		MaxPerUser:     f.maxPerUser,
-		AllowAddresses: f.allowPrefixes,
-		Registerer:     reg,
-		Logger:         logger.Named("agent"),
+		Client:           client,
+		Prefix:           f.prefix,
+		Host:             f.host,
+		TTL:              f.ttl,
+		SlotHold:         f.slotHold,
+		LeasePerWorker:   f.lease == "per-worker",
+		AdvertiseHost:    f.advertiseHost,
+		StateFile:        f.stateFile,
+		DisablePidfd:     f.disablePidfd,
+		MaxPerUser:       f.maxPerUser,
+		AllowAddresses:   f.allowPrefixes,
+		Metrics:          agentMetrics,
+		RegistrarMetrics: registrarMetrics,
+		Logger:           logger.Named("agent"),
 	})
 	if err != nil {
 		return err
@@ -278,7 +282,7 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger, ready func()) err
 	limiter, err := agent.NewConnLimiter(agent.LimitConfig{
 		MaxConnsPerCaller: f.maxConnsCaller,
 		MaxConns:          f.maxConns,
-		Registerer:        reg,
+		Metrics:           agentMetrics,
 		Logger:            logger.Named("api"),
 	})
 	if err != nil {

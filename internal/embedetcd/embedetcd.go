@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3compactor"
 	"go.uber.org/zap"
@@ -80,8 +79,9 @@ type Config struct {
 	// Maintenance decides when the member defragments (maintain.go); the
 	// zero value is the default policy.
 	Maintenance Maintenance
-	// Registerer takes the upkeep metrics (metrics.go: embedded_etcd_*); nil: none.
-	Registerer prometheus.Registerer
+	// Metrics receive the member's upkeep counts (metrics.go). Optional,
+	// defaults to metrics registered nowhere.
+	Metrics *Metrics
 	// StartTimeout bounds waiting for the member to serve; default 60 s.
 	StartTimeout time.Duration
 	// UnsafeNoFsync trades durability for speed; for tests only.
@@ -132,7 +132,7 @@ type Server struct {
 	etcd    *embed.Etcd
 	cfg     Config
 	release func() // the data dir lock
-	m       *metrics
+	m       *Metrics
 	closing *atomic.Bool // set by Close: quiet drops the listeners' errors
 
 	ctx       context.Context // canceled by Close: ends maintain
@@ -232,13 +232,9 @@ func Start(c Config) (*Server, error) {
 	}
 	srv := &Server{etcd: e, cfg: c, release: release, closing: closing}
 	srv.ctx, srv.cancel = context.WithCancel(context.Background())
-	srv.m = newMetrics()
-	if c.Registerer != nil {
-		if err := srv.m.register(c.Registerer); err != nil {
-			e.Close()
-			release()
-			return nil, fmt.Errorf("embedded etcd %s: metrics: %w", c.Name, err)
-		}
+	srv.m = c.Metrics
+	if srv.m == nil {
+		srv.m = NewMetrics(nil)
 	}
 	if c.Maintenance.Interval >= 0 {
 		srv.wg.Go(srv.maintain)
@@ -272,8 +268,5 @@ func (s *Server) Close() {
 		s.closing.Store(true)
 		s.etcd.Close()
 		s.release()
-		if s.cfg.Registerer != nil {
-			s.m.unregister(s.cfg.Registerer)
-		}
 	})
 }

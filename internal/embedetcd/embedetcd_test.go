@@ -162,7 +162,7 @@ func TestChurnStaysBounded(t *testing.T) {
 	_, cli := start(t, embedetcd.Config{
 		CompactionRetention: retention(t),
 		Maintenance:         embedetcd.Maintenance{Interval: 200 * time.Millisecond, MinSize: 1 << 20},
-		Registerer:          reg,
+		Metrics:             metricsOn(t, reg),
 	})
 	first := status(t, cli)
 
@@ -254,7 +254,7 @@ func TestDefragmentsAMostlyFreeFile(t *testing.T) {
 		Log:                 logs.logger(),
 		CompactionRetention: 100 * time.Millisecond,
 		Maintenance:         embedetcd.Maintenance{Interval: 100 * time.Millisecond, MinSize: 2 << 20},
-		Registerer:          reg,
+		Metrics:             metricsOn(t, reg),
 	})
 	value := strings.Repeat("x", 100<<10)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -301,7 +301,7 @@ func TestNoSpaceHealsOnceSpaceIsFreed(t *testing.T) {
 		QuotaBackendBytes:   4 << 20,
 		CompactionRetention: 100 * time.Millisecond,
 		Maintenance:         embedetcd.Maintenance{Interval: 100 * time.Millisecond},
-		Registerer:          reg,
+		Metrics:             metricsOn(t, reg),
 	})
 	if srv.Quota() != 4<<20 {
 		t.Errorf("Quota() = %d", srv.Quota())
@@ -369,4 +369,15 @@ func TestEtcdWarningsReachTheLog(t *testing.T) {
 	if all := logs.String(); strings.Contains(all, "[ERROR]") || strings.Count(all, "[WARN]") != strings.Count(last, "[WARN]") {
 		t.Errorf("the stop logged errors or warnings:\n%s", all[len(last):])
 	}
+}
+
+// metricsOn are the member's metrics registered on reg.
+func metricsOn(t *testing.T, reg prometheus.Registerer) *embedetcd.Metrics {
+	t.Helper()
+	m := embedetcd.NewMetrics(reg)
+	if err := m.Register(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Unregister)
+	return m
 }

@@ -131,15 +131,15 @@ func (s *Server) check() {
 		start := time.Now()
 		err := es.Defragment()
 		took := time.Since(start)
-		s.m.lastDefragSeconds.Set(took.Seconds())
+		s.m.LastDefragDuration.Set(took.Seconds())
 		if err != nil {
-			s.m.defragFailures.Inc()
+			s.m.DefragFailures.Inc()
 			s.cfg.Log.Warn("defragmenting the embedded etcd's database failed; retrying at the next check",
 				"size_bytes", size, "in_use_bytes", inUse, "took", took, "error", err)
 			break
 		}
 		s.defragCompactRev = compactRev
-		s.m.defrags.Inc()
+		s.m.Defrags.Inc()
 		why := "its file was mostly free space"
 		if noSpace {
 			why = "NOSPACE, and a compaction since the last defragmentation"
@@ -189,7 +189,7 @@ func (s *Server) disarm(quota int64) {
 		}
 		return
 	}
-	s.m.disarms.Inc()
+	s.m.Disarms.Inc()
 	s.cfg.Log.Warn("disarmed the embedded etcd's NOSPACE alarm: its database is back under 80 % of its quota after compaction and defragmentation; writes work again",
 		"size_bytes", size, "quota_bytes", quota)
 }

@@ -30,51 +30,64 @@ func KeepAlivesReceived() (float64, error) {
 	return 0, errors.New("etcd's grpc_server_msg_received_total{grpc_method=LeaseKeepAlive} not found")
 }
 
-// metrics are the member's own upkeep counters (maintain.go), registered on
-// Config.Registerer. Their names carry no prefix: the caller chooses one by
-// wrapping the Registerer (workersd_sdwriter_ in sdwriter).
-type metrics struct {
-	defrags           prometheus.Counter
-	defragFailures    prometheus.Counter
-	lastDefragSeconds prometheus.Gauge
-	disarms           prometheus.Counter
+// Metrics are the member's own upkeep counters (maintain.go). Their names
+// carry no prefix: the program chooses one by wrapping the Registerer
+// (workersd_sdwriter_ in sdwriter).
+type Metrics struct {
+	reg prometheus.Registerer
+
+	Defrags            prometheus.Counter
+	DefragFailures     prometheus.Counter
+	LastDefragDuration prometheus.Gauge
+	Disarms            prometheus.Counter
 }
 
-func newMetrics() *metrics {
-	return &metrics{
-		defrags: prometheus.NewCounter(prometheus.CounterOpts{
+// NewMetrics creates the metrics; Register registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	return &Metrics{
+		reg: reg,
+		Defrags: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "embedded_etcd_defrags_total",
 			Help: "Defragmentations of the embedded etcd's database, done because its file was mostly free space.",
 		}),
-		defragFailures: prometheus.NewCounter(prometheus.CounterOpts{
+		DefragFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "embedded_etcd_defrag_failures_total",
 			Help: "Defragmentations of the embedded etcd's database that failed.",
 		}),
-		lastDefragSeconds: prometheus.NewGauge(prometheus.GaugeOpts{
+		LastDefragDuration: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "embedded_etcd_last_defrag_duration_seconds",
 			Help: "How long the last defragmentation of the embedded etcd's database took; etcd serves no request meanwhile.",
 		}),
-		disarms: prometheus.NewCounter(prometheus.CounterOpts{
+		Disarms: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "embedded_etcd_nospace_disarms_total",
 			Help: "NOSPACE alarms of the embedded etcd disarmed by itself, once its database was back under 80 % of its quota.",
 		}),
 	}
 }
 
-func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.defrags, m.defragFailures, m.lastDefragSeconds, m.disarms}
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.Defrags, m.DefragFailures, m.LastDefragDuration, m.Disarms}
 }
 
-func (m *metrics) register(reg prometheus.Registerer) error {
+// Register registers every metric with the Registerer given to NewMetrics;
+// a nil Registerer registers nothing.
+func (m *Metrics) Register() error {
+	if m.reg == nil {
+		return nil
+	}
 	var errs []error
 	for _, c := range m.collectors() {
-		errs = append(errs, reg.Register(c))
+		errs = append(errs, m.reg.Register(c))
 	}
 	return errors.Join(errs...)
 }
 
-func (m *metrics) unregister(reg prometheus.Registerer) {
+// Unregister undoes Register.
+func (m *Metrics) Unregister() {
+	if m.reg == nil {
+		return
+	}
 	for _, c := range m.collectors() {
-		reg.Unregister(c)
+		m.reg.Unregister(c)
 	}
 }
