@@ -1,9 +1,8 @@
 package agent
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/workersd/workersd/internal/metricset"
 )
 
 // Metrics are the agent's own metrics, its API's connection limits
@@ -11,7 +10,7 @@ import (
 // wrapping the Registerer (workersd_agent_ in workersd-agent). The
 // registrations' own metrics are registrar.Metrics (Config.RegistrarMetrics).
 type Metrics struct {
-	reg prometheus.Registerer
+	metricset.Set
 
 	// Workers is the number of live registrations.
 	Workers prometheus.Gauge
@@ -41,10 +40,10 @@ type Metrics struct {
 // refusalReasons are the values of Refusals' reason.
 var refusalReasons = []string{"foreign_process", "foreign_address", "address_taken", "user_limit", "unauthenticated"}
 
-// NewMetrics creates the metrics; Register registers them with reg.
+// NewMetrics creates the metrics; Register (metricset.Set) registers them
+// with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		reg: reg,
 		Workers: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "workers",
 			Help: "Worker processes the agent currently registers.",
@@ -111,35 +110,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.Deregistrations.WithLabelValues("exited")
 	m.Deregistrations.WithLabelValues("api")
-	return m
-}
-
-func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{
+	m.Set = metricset.New(reg,
 		m.Workers, m.Registrations, m.Restored, m.Deregistrations, m.ExitToRemoval, m.StateWriteFailures,
-		m.StateFileBad, m.APIRequests, m.Refusals, m.OrphansRemoved, m.HoldsDropped, m.Connections, m.ConnectionsRefused,
-	}
-}
-
-// Register registers every metric with the Registerer given to NewMetrics;
-// a nil Registerer registers nothing.
-func (m *Metrics) Register() error {
-	if m.reg == nil {
-		return nil
-	}
-	var errs []error
-	for _, c := range m.collectors() {
-		errs = append(errs, m.reg.Register(c))
-	}
-	return errors.Join(errs...)
-}
-
-// Unregister undoes Register.
-func (m *Metrics) Unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors() {
-		m.reg.Unregister(c)
-	}
+		m.StateFileBad, m.APIRequests, m.Refusals, m.OrphansRemoved, m.HoldsDropped, m.Connections, m.ConnectionsRefused)
+	return m
 }

@@ -1,15 +1,14 @@
 package promcheck
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/workersd/workersd/internal/metricset"
 )
 
 // Metrics are the Runner's metrics. Their names carry no prefix: the caller
 // chooses one by wrapping the Registerer, as for the other packages.
 type Metrics struct {
-	reg prometheus.Registerer
+	metricset.Set
 
 	// Findings is, per server and finding ID, how many findings of that ID
 	// the server's last check gave (0 for every ID it did not give, so
@@ -22,10 +21,10 @@ type Metrics struct {
 	LastCheck *prometheus.GaugeVec
 }
 
-// NewMetrics creates the metrics; Register registers them with reg.
+// NewMetrics creates the metrics; Register (metricset.Set) registers them
+// with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	return &Metrics{
-		reg: reg,
+	m := &Metrics{
 		Findings: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "prometheus_check_findings",
 			Help: "Findings of the last check of a Prometheus server that reads sdwriter's output, per check (docs/CHECKS.md): 0 when the check found nothing.",
@@ -39,18 +38,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "When a Prometheus server that reads sdwriter's output was last checked.",
 		}, []string{"prometheus"}),
 	}
-}
-
-// Register registers the metrics with the Registerer NewMetrics was given.
-func (m *Metrics) Register() error {
-	if m.reg == nil {
-		return nil
-	}
-	var errs []error
-	for _, c := range []prometheus.Collector{m.Findings, m.PendingTargets, m.LastCheck} {
-		errs = append(errs, m.reg.Register(c))
-	}
-	return errors.Join(errs...)
+	m.Set = metricset.New(reg, m.Findings, m.PendingTargets, m.LastCheck)
+	return m
 }
 
 // set records r, a check of server url.

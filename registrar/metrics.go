@@ -1,9 +1,8 @@
 package registrar
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/workersd/workersd/internal/metricset"
 )
 
 // Metrics are the registrar's metrics, shared by every registration given
@@ -13,7 +12,7 @@ import (
 // (prometheus.WrapRegistererWithPrefix("workersd_registrar_", reg) in the
 // agent and in package worker).
 type Metrics struct {
-	reg prometheus.Registerer
+	metricset.Set
 
 	// Registrations by state: registered or retrying.
 	Registrations *prometheus.GaugeVec
@@ -32,10 +31,10 @@ type Metrics struct {
 // claimFailureReasons are the values of ClaimFailures' reason.
 var claimFailureReasons = []string{"nospace", "unreachable", "other"}
 
-// NewMetrics creates the metrics; Register registers them with reg.
+// NewMetrics creates the metrics; Register (metricset.Set) registers them
+// with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		reg: reg,
 		Registrations: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "registrations",
 			Help: "Registrations by state: registered (key in etcd on a live lease) or retrying.",
@@ -68,32 +67,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, s := range []string{"registered", "retrying"} {
 		m.Registrations.WithLabelValues(s)
 	}
+	m.Set = metricset.New(reg, m.Registrations, m.Reregistrations, m.KeepaliveFailures, m.Losses, m.Duration, m.ClaimFailures)
 	return m
-}
-
-func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Registrations, m.Reregistrations, m.KeepaliveFailures, m.Losses, m.Duration, m.ClaimFailures}
-}
-
-// Register registers every metric with the Registerer given to NewMetrics;
-// a nil Registerer registers nothing.
-func (m *Metrics) Register() error {
-	if m.reg == nil {
-		return nil
-	}
-	var errs []error
-	for _, c := range m.collectors() {
-		errs = append(errs, m.reg.Register(c))
-	}
-	return errors.Join(errs...)
-}
-
-// Unregister undoes Register.
-func (m *Metrics) Unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors() {
-		m.reg.Unregister(c)
-	}
 }

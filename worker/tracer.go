@@ -2,13 +2,13 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"runtime"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/workersd/workersd/internal/metricset"
 )
 
 // DefaultMaxUnitAge is how long a unit may stay in flight before the tracer
@@ -62,7 +62,7 @@ type Tracer struct {
 // the program chooses one by wrapping the Registerer (package worker uses
 // workersd_tracer_).
 type TracerMetrics struct {
-	reg prometheus.Registerer
+	metricset.Set
 
 	// Abandoned counts units dropped without End, by reason.
 	Abandoned *prometheus.CounterVec
@@ -73,7 +73,6 @@ type TracerMetrics struct {
 // NewTracerMetrics creates the metrics; Register registers them with reg.
 func NewTracerMetrics(reg prometheus.Registerer) *TracerMetrics {
 	m := &TracerMetrics{
-		reg: reg,
 		Abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "abandoned_units_total",
 			Help: "Traced units dropped without End: handle unreachable, or in flight longer than the maximum age.",
@@ -86,24 +85,8 @@ func NewTracerMetrics(reg prometheus.Registerer) *TracerMetrics {
 	for _, r := range []string{"unreachable", "max_age"} {
 		m.Abandoned.WithLabelValues(r)
 	}
+	m.Set = metricset.New(reg, m.Abandoned, m.InFlight)
 	return m
-}
-
-// Register registers every metric with the Registerer given to
-// NewTracerMetrics; a nil Registerer registers nothing.
-func (m *TracerMetrics) Register() error {
-	if m.reg == nil {
-		return nil
-	}
-	return errors.Join(m.reg.Register(m.Abandoned), m.reg.Register(m.InFlight))
-}
-
-// Unregister undoes Register.
-func (m *TracerMetrics) Unregister() {
-	if m.reg != nil {
-		m.reg.Unregister(m.Abandoned)
-		m.reg.Unregister(m.InFlight)
-	}
 }
 
 // unit is the tracer's record of one unit; the handle (*Unit) given to the

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/workersd/workersd/internal/metricset"
 )
 
 // KeepAlivesReceived is etcd's count of LeaseKeepAlive stream messages
@@ -34,7 +35,7 @@ func KeepAlivesReceived() (float64, error) {
 // carry no prefix: the program chooses one by wrapping the Registerer
 // (workersd_sdwriter_ in sdwriter).
 type Metrics struct {
-	reg prometheus.Registerer
+	metricset.Set
 
 	Defrags            prometheus.Counter
 	DefragFailures     prometheus.Counter
@@ -42,10 +43,10 @@ type Metrics struct {
 	Disarms            prometheus.Counter
 }
 
-// NewMetrics creates the metrics; Register registers them with reg.
+// NewMetrics creates the metrics; Register (metricset.Set) registers them
+// with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	return &Metrics{
-		reg: reg,
+	m := &Metrics{
 		Defrags: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "embedded_etcd_defrags_total",
 			Help: "Defragmentations of the embedded etcd's database, done because its file was mostly free space.",
@@ -63,31 +64,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "NOSPACE alarms of the embedded etcd disarmed by itself, once its database was back under 80 % of its quota.",
 		}),
 	}
-}
-
-func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Defrags, m.DefragFailures, m.LastDefragDuration, m.Disarms}
-}
-
-// Register registers every metric with the Registerer given to NewMetrics;
-// a nil Registerer registers nothing.
-func (m *Metrics) Register() error {
-	if m.reg == nil {
-		return nil
-	}
-	var errs []error
-	for _, c := range m.collectors() {
-		errs = append(errs, m.reg.Register(c))
-	}
-	return errors.Join(errs...)
-}
-
-// Unregister undoes Register.
-func (m *Metrics) Unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors() {
-		m.reg.Unregister(c)
-	}
+	m.Set = metricset.New(reg, m.Defrags, m.DefragFailures, m.LastDefragDuration, m.Disarms)
+	return m
 }

@@ -1,16 +1,15 @@
 package etcdhealth
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/workersd/workersd/internal/metricset"
 )
 
 // Metrics are the Reporter's metrics. Their names carry no prefix: the
 // caller chooses one by wrapping the Registerer, for example
 // prometheus.WrapRegistererWithPrefix("workersd_sdwriter_", reg).
 type Metrics struct {
-	reg prometheus.Registerer
+	metricset.Set
 
 	// Up is 1 per endpoint that answered its last Status, 0 otherwise.
 	Up *prometheus.GaugeVec
@@ -24,10 +23,10 @@ type Metrics struct {
 	AlarmActive *prometheus.GaugeVec
 }
 
-// NewMetrics creates the metrics; Register registers them with reg.
+// NewMetrics creates the metrics; Register (metricset.Set) registers them
+// with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		reg: reg,
 		Up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "etcd_endpoint_up",
 			Help: "Whether the etcd endpoint answered its last Status request (1) or not (0).",
@@ -52,34 +51,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, a := range []string{"NOSPACE", "CORRUPT"} {
 		m.AlarmActive.WithLabelValues(a)
 	}
+	m.Set = metricset.New(reg, m.Up, m.DBSize, m.DBSizeInUse, m.Quota, m.AlarmActive)
 	return m
-}
-
-func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Up, m.DBSize, m.DBSizeInUse, m.Quota, m.AlarmActive}
-}
-
-// Register registers every metric with the Registerer given to NewMetrics;
-// a nil Registerer registers nothing.
-func (m *Metrics) Register() error {
-	if m.reg == nil {
-		return nil
-	}
-	var errs []error
-	for _, c := range m.collectors() {
-		errs = append(errs, m.reg.Register(c))
-	}
-	return errors.Join(errs...)
-}
-
-// Unregister undoes Register.
-func (m *Metrics) Unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors() {
-		m.reg.Unregister(c)
-	}
 }
 
 // update sets the metrics to what a check found.
