@@ -5,8 +5,8 @@
 // host's workersd-agent over its Unix socket (docs/AGENT.md).
 
 const agent = require('./lib/agent');
-const { MetricsEndpoint, processStartSeconds } = require('./lib/endpoint');
-const { Worker } = require('./lib/worker');
+const { MetricsEndpoint, ownMetricsPath, processStartSeconds } = require('./lib/endpoint');
+const { Worker, labelsFromEnv } = require('./lib/worker');
 const exposition = require('./lib/exposition');
 const cluster = require('./lib/cluster');
 
@@ -17,6 +17,8 @@ module.exports = {
   list: agent.list,
   MetricsEndpoint,
   Worker,
+  labelsFromEnv,
+  ownMetricsPath,
   withCreated: exposition.withCreated,
   toOpenMetrics: exposition.toOpenMetrics,
   OPENMETRICS_CONTENT_TYPE: exposition.OPENMETRICS_CONTENT_TYPE,

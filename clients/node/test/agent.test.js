@@ -47,6 +47,7 @@ test('an error answer is an AgentError with the status, message and field', { sk
     assert.equal(e.field, 'job');
     assert.match(e.error, /\//);
     assert.ok(e.message.includes(e.error), e.message);
+    assert.equal(e.retryable, false);
     return true;
   });
   await assert.rejects(workersd.register({ job: 'node-client', port: 70000 }, opts), (e) => e.status === 400 && e.field === 'port');
@@ -60,6 +61,9 @@ test('no agent: AgentError with status null', async () => {
     assert.ok(e instanceof workersd.AgentError);
     assert.equal(e.status, null);
     assert.equal(e.code, 'ENOENT');
+    assert.equal(e.retryable, true);
+    assert.equal(e.field, null);
+    assert.ok(e.error.includes(socketPath), e.error);
     return true;
   });
 });

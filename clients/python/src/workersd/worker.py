@@ -11,14 +11,24 @@ log = logging.getLogger("workersd")
 
 
 def labels_from_env(value=None):
-    """Parses "k=v,k2=v2" ($WORKERSD_LABELS by default) into a dict."""
+    """Parses "name=value,name2=value2" ($WORKERSD_LABELS by default) into
+    a dict (docs/CLIENTS.md): white space around names and values is
+    stripped, empty items are skipped; an item without "=" or a name, or a
+    name given twice, is a ValueError naming it, since dropping it would
+    register the worker without a label its user asked for."""
     if value is None:
         value = os.environ.get("WORKERSD_LABELS", "")
     out = {}
     for item in value.split(","):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            out[k.strip()] = v.strip()
+        if not item.strip():
+            continue
+        name, eq, val = item.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise ValueError("workersd: WORKERSD_LABELS: %r is not name=value" % item.strip())
+        if name in out:
+            raise ValueError("workersd: WORKERSD_LABELS: label %r is given twice" % name)
+        out[name] = val.strip()
     return out
 
 
