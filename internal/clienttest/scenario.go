@@ -75,9 +75,11 @@ func Scenario(t *testing.T, d Driver) {
 	dir := t.TempDir()
 	s := &scenario{t: t, d: d, cli: etcd.Client(t), dir: dir, sock: filepath.Join(dir, "agent.sock")}
 
-	t.Log("a Worker refuses a configuration without a job, or with labels it cannot read, naming the variable")
+	t.Log("a Worker refuses a configuration without a job, or with labels or a timeout it cannot read, naming the variable")
 	s.configError([]string{"WORKERSD_JOB=", "WORKERSD_LABELS="}, "WORKERSD_JOB")
 	s.configError([]string{"WORKERSD_JOB=" + scenarioJob, "WORKERSD_LABELS=team=core,oops"}, "WORKERSD_LABELS", "oops")
+	s.configError([]string{"WORKERSD_JOB=" + scenarioJob, "WORKERSD_LABELS=", "WORKERSD_FINAL_SCRAPE_TIMEOUT=soon"},
+		"WORKERSD_FINAL_SCRAPE_TIMEOUT", "soon")
 
 	t.Log("the Worker starts and serves before the agent is up")
 	w := s.startWorker()

@@ -33,9 +33,15 @@ function labelsFromEnv(value = process.env.WORKERSD_LABELS || '') {
   return out;
 }
 
+// envSeconds is $name as a number of seconds >= 0, fallback when unset or
+// empty; any other value throws a TypeError naming the variable
+// (docs/CLIENTS.md).
 function envSeconds(name, fallback) {
-  const v = Number(process.env[name]);
-  return process.env[name] !== undefined && process.env[name] !== '' && Number.isFinite(v) && v >= 0 ? v : fallback;
+  const raw = (process.env[name] || '').trim();
+  if (raw === '') return fallback;
+  const v = Number(raw);
+  if (!(Number.isFinite(v) && v >= 0)) throw new TypeError(`workersd: ${name}: ${JSON.stringify(raw)} is not a number of seconds >= 0`);
+  return v;
 }
 
 // Worker emits 'registered' (the agent's answer), 'retry' ({attempt,

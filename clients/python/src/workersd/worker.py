@@ -32,6 +32,21 @@ def labels_from_env(value=None):
     return out
 
 
+def _env_seconds(name, default):
+    """$name as a number of seconds >= 0, default when unset or empty; any
+    other value is a ValueError naming the variable (docs/CLIENTS.md)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError("workersd: %s: %r is not a number of seconds >= 0" % (name, raw))
+    return value
+
+
 class Worker:
     """A worker process as a Prometheus target.
 
@@ -87,7 +102,7 @@ class Worker:
         self.labels = labels if labels is not None else labels_from_env()
         self.host = host or os.environ.get("WORKERSD_METRICS_HOST") or "0.0.0.0"
         if final_scrape_timeout is None:
-            final_scrape_timeout = float(os.environ.get("WORKERSD_FINAL_SCRAPE_TIMEOUT", "15"))
+            final_scrape_timeout = _env_seconds("WORKERSD_FINAL_SCRAPE_TIMEOUT", 15.0)
         self.final_scrape_timeout = final_scrape_timeout
         self.backoff_max = backoff_max
         self.socket_path = socket_path

@@ -21,6 +21,18 @@ module Workersd
     end
   end
 
+  # $name as a number of seconds >= 0, default when unset or empty; any
+  # other value raises ArgumentError naming the variable (docs/CLIENTS.md).
+  def self.env_seconds(name, default)
+    raw = ENV.fetch(name, "").strip
+    return default if raw.empty?
+
+    value = Float(raw, exception: false)
+    raise ArgumentError, "workersd: #{name}: #{raw.inspect} is not a number of seconds >= 0" unless value&.finite? && value >= 0
+
+    value
+  end
+
   # One worker process as a Prometheus target: start it once the process
   # is forked, stop it as the process ends (gracefully).
   #
@@ -47,7 +59,7 @@ module Workersd
     # young worker's first scrape comes that late.
     # backoff_max: the longest pause between registration attempts.
     def initialize(job: ENV.fetch("WORKERSD_JOB", nil), labels: nil, exposition: nil, before_scrape: [],
-                   final_scrape_timeout: Float(ENV.fetch("WORKERSD_FINAL_SCRAPE_TIMEOUT", "15")),
+                   final_scrape_timeout: Workersd.env_seconds("WORKERSD_FINAL_SCRAPE_TIMEOUT", 15.0),
                    backoff_max: 1.0, agent: Agent.new, log: $stderr)
       unless job.is_a?(String) && !job.empty?
         raise ArgumentError, "workersd: no job: pass job: (a non-empty String) or set WORKERSD_JOB"
