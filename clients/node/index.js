@@ -14,7 +14,8 @@ module.exports = {
   AgentError: agent.AgentError,
   register: agent.register,
   deregister: agent.deregister,
-  list: agent.list,
+  workers: agent.workers,
+  list: agent.list, // deprecated: workers
   MetricsEndpoint,
   Worker,
   labelsFromEnv,

@@ -100,10 +100,13 @@ function deregister(pid = process.pid, opts = {}) {
   return call('DELETE', `/v1/workers/${encodeURIComponent(pid)}`, undefined, opts);
 }
 
-// list resolves with the agent's registrations.
-async function list(opts = {}) {
+// workers resolves with the agent's registrations (GET /v1/workers).
+async function workers(opts = {}) {
   const answer = await call('GET', '/v1/workers', undefined, opts);
   return answer.workers || [];
 }
 
-module.exports = { AgentError, DEFAULT_SOCKET, call, register, deregister, list, socketPath };
+// list is workers' name before docs/CLIENTS.md; deprecated.
+const list = workers;
+
+module.exports = { AgentError, DEFAULT_SOCKET, call, register, deregister, workers, list, socketPath };

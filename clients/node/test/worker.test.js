@@ -38,7 +38,7 @@ function newWorker(socketPath, opts = {}) {
 }
 
 async function listed(socketPath, pid = process.pid) {
-  return (await workersd.list({ socketPath })).filter((w) => w.pid === pid);
+  return (await workersd.workers({ socketPath })).filter((w) => w.pid === pid);
 }
 
 test('start without an agent returns at once; registration follows within a backoff (1 s) of the agent', { skip }, async (t) => {

@@ -69,7 +69,8 @@ def call(method, url, body=None, path=None, timeout=5.0):
         conn.request(method, url, body=payload, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:
+        # No answer, or one that is not HTTP: the agent is away (retryable).
         raise AgentError(None, "%s: %s" % (socket_path(path), e)) from e
     finally:
         conn.close()
