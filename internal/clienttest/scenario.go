@@ -92,11 +92,16 @@ func Scenario(t *testing.T, d Driver) {
 		t.Fatalf("unreachable agent: %v, want status null, retryable true, field null, error naming %s", e, absent)
 	}
 
-	t.Log("the agent starts: the Worker, retrying, registers under the documented key")
+	t.Log("the Worker's first attempt fails, logged once; once the agent starts, the Worker, retrying, registers under the documented key")
+	poll.Until(t, scenarioTimeout, func() bool { return strings.Contains(w.p.stderr.String(), unreachableLog) },
+		"the driver never logged %q:\n%s", unreachableLog, w.p.stderr)
 	servertest.Run(t, dir, "agent", nil, bin, "--etcd.endpoints="+etcd.Endpoint(), "--etcd.prefix="+scenarioPrefix,
 		"--host=test-host", "--advertise.host=127.0.0.1", "--listen.socket="+s.sock,
 		"--state.file="+filepath.Join(dir, "agent.json"))
 	v := s.registered(w)
+	if n := strings.Count(w.p.stderr.String(), unreachableLog); n != 1 {
+		t.Fatalf("%q logged %d times, want once:\n%s", unreachableLog, n, w.p.stderr)
+	}
 
 	t.Log("the registered address and path serve the client's metrics library")
 	s.serves(w)
@@ -220,6 +225,9 @@ const (
 	scenarioPrefix    = "/workersd-scenario/"
 	openMetricsAccept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 	textAccept        = "text/plain;version=0.0.4"
+	// unreachableLog begins what a Worker logs at its first retryable
+	// failure (docs/CLIENTS.md).
+	unreachableLog = "workersd: agent unreachable"
 )
 
 type scenario struct {
