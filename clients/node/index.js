@@ -5,8 +5,8 @@
 // host's workersd-agent over its Unix socket (docs/AGENT.md).
 
 const agent = require('./lib/agent');
-const { MetricsEndpoint, processStartSeconds } = require('./lib/endpoint');
-const { Worker } = require('./lib/worker');
+const { MetricsEndpoint, ownMetricsPath, processStartSeconds } = require('./lib/endpoint');
+const { Worker, labelsFromEnv } = require('./lib/worker');
 const exposition = require('./lib/exposition');
 const cluster = require('./lib/cluster');
 
@@ -14,9 +14,12 @@ module.exports = {
   AgentError: agent.AgentError,
   register: agent.register,
   deregister: agent.deregister,
-  list: agent.list,
+  workers: agent.workers,
+  list: agent.list, // deprecated: workers
   MetricsEndpoint,
   Worker,
+  labelsFromEnv,
+  ownMetricsPath,
   withCreated: exposition.withCreated,
   toOpenMetrics: exposition.toOpenMetrics,
   OPENMETRICS_CONTENT_TYPE: exposition.OPENMETRICS_CONTENT_TYPE,

@@ -6,6 +6,7 @@
 package node
 
 import (
+	"path/filepath"
 	"testing"
 
 	"github.com/workersd/workersd/internal/buildtest"
@@ -18,4 +19,18 @@ import (
 func TestNodeClient(t *testing.T) {
 	node := buildtest.RequireTool(t, "node", "apt-get install nodejs (Node 18 or later)")
 	clienttest.Run(t, ".", []string{"TMPDIR=" + t.TempDir(), "NO_COLOR=1"}, node, "--test", "--test-reporter=spec", "test/")
+}
+
+// TestNodeScenario runs the scenario every client passes (docs/CLIENTS.md),
+// with prom-client: the package has no dependencies, so the driver takes
+// prom-client from examples/node, where scripts/test installs it.
+func TestNodeScenario(t *testing.T) {
+	node := buildtest.RequireTool(t, "node", "apt-get install nodejs (Node 18 or later)")
+	modules, err := filepath.Abs(filepath.Join("..", "..", "examples", "node", "node_modules"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"NODE_PATH=" + modules}
+	clienttest.Require(t, "prom-client is missing: npm ci in examples/node", env, node, "-e", "require('prom-client')")
+	clienttest.Scenario(t, clienttest.Driver{Dir: ".", Env: env, Args: []string{node, "test-support/scenario-driver.js"}})
 }

@@ -16,7 +16,21 @@ import (
 )
 
 func TestPythonClient(t *testing.T) {
-	py := buildtest.Python(t, "setuptools.build_meta", "pip", "prometheus_client")
+	py, env := install(t)
+	clienttest.Run(t, "tests", env, py, "-m", "unittest", "discover", "-v", "-t", ".", "-s", ".")
+}
+
+// TestPythonScenario runs the scenario every client passes
+// (docs/CLIENTS.md) on the installed package, with prometheus_client.
+func TestPythonScenario(t *testing.T) {
+	py, env := install(t)
+	clienttest.Scenario(t, clienttest.Driver{Dir: "tests", Env: env, Args: []string{py, "scenario_driver.py"}})
+}
+
+// install installs the package with pip into a directory of the test's and
+// returns the Python to run and the environment that imports it from there.
+func install(t *testing.T) (py string, env []string) {
+	py = buildtest.Python(t, "setuptools.build_meta", "pip", "prometheus_client")
 	dir := t.TempDir()
 	// pip builds in the source tree: build from a copy.
 	src := filepath.Join(dir, "src")
@@ -25,9 +39,7 @@ func TestPythonClient(t *testing.T) {
 	}
 	site := filepath.Join(dir, "site")
 	run(t, src, nil, py, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "--no-index", "--target", site, ".")
-
-	clienttest.Run(t, "tests", []string{"PYTHONPATH=" + site + ":.", "PYTHONDONTWRITEBYTECODE=1"},
-		py, "-m", "unittest", "discover", "-v", "-t", ".", "-s", ".")
+	return py, []string{"PYTHONPATH=" + site + ":.", "PYTHONDONTWRITEBYTECODE=1"}
 }
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) {

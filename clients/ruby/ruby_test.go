@@ -7,8 +7,6 @@
 package ruby
 
 import (
-	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/workersd/workersd/internal/buildtest"
@@ -16,20 +14,22 @@ import (
 )
 
 func TestRubyClient(t *testing.T) {
-	ruby := buildtest.RequireTool(t, "ruby", "apt-get install ruby ruby-minitest")
-	if out, err := exec.Command(ruby, "-e", `require "minitest"`).CombinedOutput(); err != nil {
-		msg := "minitest is missing (apt-get install ruby-minitest): " + string(out)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	if out, err := exec.Command(ruby, "-e", `require "prometheus/client"`).CombinedOutput(); err != nil {
-		msg := "prometheus-client-mmap is missing (apt-get install ruby-prometheus-client-mmap): " + string(out)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	ruby := requireRuby(t)
 	clienttest.Run(t, ".", nil, ruby, "-Ilib", "-e", `Dir["test/test_*.rb"].sort.each { |f| require_relative f }`, "--", "--verbose")
+}
+
+// TestRubyScenario runs the scenario every client passes (docs/CLIENTS.md),
+// with prometheus-client-mmap.
+func TestRubyScenario(t *testing.T) {
+	ruby := requireRuby(t)
+	clienttest.Scenario(t, clienttest.Driver{Dir: ".", Args: []string{ruby, "-Ilib", "test/scenario_driver.rb"}})
+}
+
+// requireRuby returns the ruby that has what the client's tests need.
+func requireRuby(t *testing.T) string {
+	ruby := buildtest.RequireTool(t, "ruby", "apt-get install ruby ruby-minitest")
+	clienttest.Require(t, "minitest is missing (apt-get install ruby-minitest)", nil, ruby, "-e", `require "minitest"`)
+	clienttest.Require(t, "prometheus-client-mmap is missing (apt-get install ruby-prometheus-client-mmap)", nil,
+		ruby, "-e", `require "prometheus/client"`)
+	return ruby
 }

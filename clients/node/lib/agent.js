@@ -7,17 +7,35 @@ const http = require('node:http');
 
 const DEFAULT_SOCKET = '/run/workersd/agent.sock';
 
-// The agent answered with an error status, or not at all (status null:
-// no socket, connection refused, timeout).
+// The agent answered with an error status, or not at all (docs/CLIENTS.md).
+// status: the HTTP status, null when the agent could not be reached (no
+// socket, connection refused, timeout). error: the agent's own text (its
+// answer's "error"), or why it could not be reached. field: the request
+// field the agent named, null when none. code: the system's error code
+// (ENOENT, ECONNREFUSED, ...) when unreachable.
 class AgentError extends Error {
-  constructor(status, message, field, code) {
-    super(status === null ? `workersd agent unreachable: ${message}` : `workersd agent: ${status} ${message}`);
+  constructor(status, error, field, code) {
+    super(status === null ? `workersd agent unreachable: ${error}` : `workersd agent: ${status} ${error}`);
     this.name = 'AgentError';
     this.status = status;
-    this.error = message;
-    this.field = field || '';
+    this.error = error;
+    this.field = field || null;
     this.code = code || '';
   }
+
+  // retryable: the same request may succeed later, as the agent is away
+  // (no answer, or 503 while it starts or stops). Any other error is the
+  // request's fault.
+  get retryable() {
+    return this.status === null || this.status === 503;
+  }
+}
+
+// unreachable says why the socket did not answer, naming it: the system's
+// message names it for some errors (ENOENT), not for others (a timeout).
+function unreachable(opts, e) {
+  const sock = socketPath(opts.socketPath);
+  return e.message.includes(sock) ? e.message : `${sock}: ${e.message}`;
 }
 
 function socketPath(path) {
@@ -39,7 +57,7 @@ function call(method, path, body, opts = {}) {
     const req = http.request({ socketPath: socketPath(opts.socketPath), path, method, headers, agent: false }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
-      res.on('error', (e) => reject(new AgentError(null, e.message, '', e.code)));
+      res.on('error', (e) => reject(new AgentError(null, unreachable(opts, e), null, e.code)));
       res.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8');
         let answer = {};
@@ -56,7 +74,7 @@ function call(method, path, body, opts = {}) {
       });
     });
     req.setTimeout(opts.timeoutMs || 5000, () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-    req.on('error', (e) => reject(new AgentError(null, e.message, '', e.code)));
+    req.on('error', (e) => reject(new AgentError(null, unreachable(opts, e), null, e.code)));
     if (opts.unref) req.on('socket', (s) => s.unref());
     req.end(payload);
   });
@@ -82,10 +100,13 @@ function deregister(pid = process.pid, opts = {}) {
   return call('DELETE', `/v1/workers/${encodeURIComponent(pid)}`, undefined, opts);
 }
 
-// list resolves with the agent's registrations.
-async function list(opts = {}) {
+// workers resolves with the agent's registrations (GET /v1/workers).
+async function workers(opts = {}) {
   const answer = await call('GET', '/v1/workers', undefined, opts);
   return answer.workers || [];
 }
 
-module.exports = { AgentError, DEFAULT_SOCKET, call, register, deregister, list, socketPath };
+// list is workers' name before docs/CLIENTS.md; deprecated.
+const list = workers;
+
+module.exports = { AgentError, DEFAULT_SOCKET, call, register, deregister, workers, list, socketPath };

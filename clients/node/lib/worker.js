@@ -13,15 +13,42 @@ function log(msg) {
   process.stderr.write(`workersd: ${msg}\n`);
 }
 
+// labelsFromEnv parses "name=value,name2=value2" ($WORKERSD_LABELS by
+// default) into an object (docs/CLIENTS.md): white space around names and
+// values is stripped, empty items are skipped; an item without "=" or a
+// name, or a name given twice, throws a TypeError naming it, since dropping
+// it would register the worker without a label its user asked for.
+function labelsFromEnv(value = process.env.WORKERSD_LABELS || '') {
+  const out = {};
+  for (const item of value.split(',')) {
+    if (item.trim() === '') continue;
+    const eq = item.indexOf('=');
+    const name = eq < 0 ? '' : item.slice(0, eq).trim();
+    if (name === '') throw new TypeError(`workersd: WORKERSD_LABELS: ${JSON.stringify(item.trim())} is not name=value`);
+    if (Object.prototype.hasOwnProperty.call(out, name)) {
+      throw new TypeError(`workersd: WORKERSD_LABELS: label ${JSON.stringify(name)} is given twice`);
+    }
+    out[name] = item.slice(eq + 1).trim();
+  }
+  return out;
+}
+
+// envSeconds is $name as a number of seconds >= 0, fallback when unset or
+// empty; any other value throws a TypeError naming the variable
+// (docs/CLIENTS.md).
 function envSeconds(name, fallback) {
-  const v = Number(process.env[name]);
-  return process.env[name] !== undefined && process.env[name] !== '' && Number.isFinite(v) && v >= 0 ? v : fallback;
+  const raw = (process.env[name] || '').trim();
+  if (raw === '') return fallback;
+  const v = Number(raw);
+  if (!(Number.isFinite(v) && v >= 0)) throw new TypeError(`workersd: ${name}: ${JSON.stringify(raw)} is not a number of seconds >= 0`);
+  return v;
 }
 
 // Worker emits 'registered' (the agent's answer), 'retry' ({attempt,
 // error, delayMs}) and 'failed' (the AgentError it gave up on).
 class Worker extends EventEmitter {
-  // job (required), labels, exposition and contentType (see
+  // job (default $WORKERSD_JOB; one or the other is required), labels
+  // (default $WORKERSD_LABELS, see labelsFromEnv), exposition and contentType (see
   // MetricsEndpoint), host (of the endpoint), socketPath (of the agent),
   // finalScrapeTimeoutMs (default $WORKERSD_FINAL_SCRAPE_TIMEOUT seconds,
   // else 15 s: above Prometheus' 5 s discovery delay plus a scrape
@@ -30,9 +57,9 @@ class Worker extends EventEmitter {
   // MetricsEndpoint), log (a function of one string; default: stderr).
   constructor(opts = {}) {
     super();
-    if (!opts.job) throw new TypeError('workersd: job is required');
-    this.job = opts.job;
-    this.labels = opts.labels || {};
+    this.job = opts.job || process.env.WORKERSD_JOB;
+    if (!this.job) throw new TypeError('workersd: no job: pass job or set WORKERSD_JOB');
+    this.labels = opts.labels ?? labelsFromEnv();
     this.socketPath = agent.socketPath(opts.socketPath);
     this.finalScrapeTimeoutMs = opts.finalScrapeTimeoutMs ?? envSeconds('WORKERSD_FINAL_SCRAPE_TIMEOUT', 15) * 1000;
     this.backoffMinMs = opts.backoffMinMs ?? 100;
@@ -87,7 +114,7 @@ class Worker extends EventEmitter {
         this.emit('registered', reg);
         return;
       } catch (e) {
-        if (!(e instanceof agent.AgentError) || (e.status !== null && e.status !== 503)) {
+        if (!(e instanceof agent.AgentError) || !e.retryable) {
           this.log(`registration failed, not retrying (pid ${process.pid}): ${e.message}`);
           this.emit('failed', e);
           return;
@@ -160,4 +187,4 @@ class Worker extends EventEmitter {
   }
 }
 
-module.exports = { Worker };
+module.exports = { Worker, labelsFromEnv };

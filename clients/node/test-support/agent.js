@@ -70,7 +70,7 @@ async function startAgent({ socket, dir } = {}) {
     async () => {
       if (exitCode !== undefined) throw new Error(`the agent exited (${exitCode}):\n${output}`);
       try {
-        await agent.list({ socketPath: socket, timeoutMs: 1000 });
+        await agent.workers({ socketPath: socket, timeoutMs: 1000 });
         return true;
       } catch {
         return false;

@@ -25,9 +25,10 @@ test('register, list and deregister through a real agent', { skip }, async () =>
   assert.deepEqual(reg.labels, { version: '1.2' });
   assert.ok(reg.key.startsWith(agent.prefix + 'node-client/test-host/'), reg.key);
 
-  const listed = (await workersd.list(opts)).filter((w) => w.pid === process.pid);
+  const listed = (await workersd.workers(opts)).filter((w) => w.pid === process.pid);
   assert.equal(listed.length, 1);
   assert.equal(listed[0].id, reg.id);
+  assert.equal(workersd.list, workersd.workers, 'the deprecated name is the same function');
 
   // The same request again is idempotent: a retry is safe.
   const again = await workersd.register({ job: 'node-client', port: 40123, labels: { version: '1.2' } }, opts);
@@ -36,7 +37,7 @@ test('register, list and deregister through a real agent', { skip }, async () =>
 
   const gone = await workersd.deregister(process.pid, opts);
   assert.equal(gone.state, 'deregistered');
-  assert.deepEqual((await workersd.list(opts)).filter((w) => w.pid === process.pid), []);
+  assert.deepEqual((await workersd.workers(opts)).filter((w) => w.pid === process.pid), []);
 });
 
 test('an error answer is an AgentError with the status, message and field', { skip }, async () => {
@@ -47,11 +48,12 @@ test('an error answer is an AgentError with the status, message and field', { sk
     assert.equal(e.field, 'job');
     assert.match(e.error, /\//);
     assert.ok(e.message.includes(e.error), e.message);
+    assert.equal(e.retryable, false);
     return true;
   });
   await assert.rejects(workersd.register({ job: 'node-client', port: 70000 }, opts), (e) => e.status === 400 && e.field === 'port');
   await assert.rejects(workersd.deregister(process.pid, opts), (e) => e.status === 404);
-  assert.deepEqual((await workersd.list(opts)).filter((w) => w.pid === process.pid), []);
+  assert.deepEqual((await workersd.workers(opts)).filter((w) => w.pid === process.pid), []);
 });
 
 test('no agent: AgentError with status null', async () => {
@@ -60,6 +62,9 @@ test('no agent: AgentError with status null', async () => {
     assert.ok(e instanceof workersd.AgentError);
     assert.equal(e.status, null);
     assert.equal(e.code, 'ENOENT');
+    assert.equal(e.retryable, true);
+    assert.equal(e.field, null);
+    assert.ok(e.error.includes(socketPath), e.error);
     return true;
   });
 });
@@ -69,7 +74,7 @@ test('the socket comes from WORKERSD_AGENT_SOCKET', async () => {
   const saved = process.env.WORKERSD_AGENT_SOCKET;
   process.env.WORKERSD_AGENT_SOCKET = socketPath;
   try {
-    await assert.rejects(workersd.list(), (e) => e.status === null && e.message.includes(socketPath));
+    await assert.rejects(workersd.workers(), (e) => e.status === null && e.message.includes(socketPath));
   } finally {
     if (saved === undefined) delete process.env.WORKERSD_AGENT_SOCKET;
     else process.env.WORKERSD_AGENT_SOCKET = saved;

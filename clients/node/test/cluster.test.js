@@ -55,7 +55,7 @@ for (const [how, signal] of [
     t.after(() => app.kill('SIGKILL'));
 
     const ready = await until(10000, () => lines.find((l) => l.pid), () => `the worker did not register:\n${stderr}`);
-    const listed = () => workersd.list({ socketPath: agent.socket }).then((ws) => ws.some((w) => w.pid === ready.pid));
+    const listed = () => workersd.workers({ socketPath: agent.socket }).then((ws) => ws.some((w) => w.pid === ready.pid));
     assert.ok(await listed());
     assert.equal(await scrape(ready.metrics, ready.path), 200);
 

@@ -52,7 +52,7 @@ for (const primaryKind of ['runPrimary', 'manual']) {
     const exited = new Promise((resolve) => primary.on('exit', resolve));
     t.after(() => primary.kill('SIGKILL'));
     const workers = () => lines.filter((l) => l.pid);
-    const registered = async () => (await workersd.list({ socketPath: agent.socket })).map((w) => w.pid).sort();
+    const registered = async () => (await workersd.workers({ socketPath: agent.socket })).map((w) => w.pid).sort();
 
     const a = await until(10000, () => workers()[0], () => `no worker registered:\n${stderr}`);
     assert.equal((await get(appPort, '/')).body, `${a.pid}\n`);

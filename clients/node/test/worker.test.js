@@ -38,7 +38,7 @@ function newWorker(socketPath, opts = {}) {
 }
 
 async function listed(socketPath, pid = process.pid) {
-  return (await workersd.list({ socketPath })).filter((w) => w.pid === pid);
+  return (await workersd.workers({ socketPath })).filter((w) => w.pid === pid);
 }
 
 test('start without an agent returns at once; registration follows within a backoff (1 s) of the agent', { skip }, async (t) => {
@@ -212,3 +212,28 @@ function fetchMetrics(port, path) {
       .on('error', reject);
   });
 }
+
+// docs/CLIENTS.md: $WORKERSD_LABELS is "name=value,..."; an item that is
+// not name=value, or a name given twice, is an error, never dropped.
+test('labels come from WORKERSD_LABELS', () => {
+  assert.deepEqual(workersd.labelsFromEnv(' team=core, tier = web ,'), { team: 'core', tier: 'web' });
+  assert.deepEqual(workersd.labelsFromEnv(''), {});
+  assert.deepEqual(workersd.labelsFromEnv('q=a=b'), { q: 'a=b' });
+  assert.throws(() => workersd.labelsFromEnv('team=core,oops'), /WORKERSD_LABELS: "oops" is not name=value/);
+  assert.throws(() => workersd.labelsFromEnv('=x'), /not name=value/);
+  assert.throws(() => workersd.labelsFromEnv('a=1,a=2'), /given twice/);
+});
+
+test('the job comes from job or WORKERSD_JOB', () => {
+  const saved = process.env.WORKERSD_JOB;
+  try {
+    delete process.env.WORKERSD_JOB;
+    assert.throws(() => new workersd.Worker({ exposition: () => '' }), /WORKERSD_JOB/);
+    process.env.WORKERSD_JOB = 'from-env';
+    assert.equal(new workersd.Worker({ exposition: () => '' }).job, 'from-env');
+    assert.equal(new workersd.Worker({ job: 'given', exposition: () => '' }).job, 'given');
+  } finally {
+    if (saved === undefined) delete process.env.WORKERSD_JOB;
+    else process.env.WORKERSD_JOB = saved;
+  }
+});

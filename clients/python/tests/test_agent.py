@@ -32,7 +32,10 @@ class AgentAPITest(unittest.TestCase):
         e = cm.exception
         self.assertEqual(e.status, 400)
         self.assertEqual(e.field, "job")
+        self.assertIn("/", e.error)
         self.assertFalse(e.retryable)
+        with self.assertWarns(DeprecationWarning):
+            self.assertEqual(e.message, e.error, "the deprecated alias answers the same")
         self.assertEqual(agent.workers(path=self.agent.socket), [])
 
     def test_unknown_pid_is_404(self):
@@ -44,7 +47,9 @@ class AgentAPITest(unittest.TestCase):
         with self.assertRaises(agent.AgentError) as cm:
             agent.register("py-unit", 1, path=os.path.join(self.agent.dir, "absent.sock"))
         self.assertIsNone(cm.exception.status)
+        self.assertIsNone(cm.exception.field)
         self.assertTrue(cm.exception.retryable)
+        self.assertIn("absent.sock", cm.exception.error)
 
 
 if __name__ == "__main__":

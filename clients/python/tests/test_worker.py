@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 import workersd.endpoint
+import workersd.worker
 from workersd import Worker, agent
 
 from agentproc import Agent, until
@@ -141,8 +142,25 @@ class WorkerTest(unittest.TestCase):
     def test_job_is_required(self):
         env = os.environ.pop("WORKERSD_JOB", None)
         self.addCleanup(lambda: env is not None and os.environ.__setitem__("WORKERSD_JOB", env))
-        with self.assertRaises(ValueError):
+        with self.assertRaisesRegex(ValueError, "WORKERSD_JOB"):
             Worker(socket_path=self.agent.socket)
+
+
+class LabelsFromEnvTest(unittest.TestCase):
+    """docs/CLIENTS.md: $WORKERSD_LABELS is "name=value,..."; an item that
+    is not name=value, or a name given twice, is an error, never dropped."""
+
+    def test_parses(self):
+        labels_from_env = workersd.worker.labels_from_env
+        self.assertEqual(labels_from_env(" team=core, tier = web ,"), {"team": "core", "tier": "web"})
+        self.assertEqual(labels_from_env(""), {})
+        self.assertEqual(labels_from_env("q=a=b"), {"q": "a=b"})
+        with self.assertRaisesRegex(ValueError, "WORKERSD_LABELS: 'oops' is not name=value"):
+            labels_from_env("team=core,oops")
+        with self.assertRaisesRegex(ValueError, "not name=value"):
+            labels_from_env("=x")
+        with self.assertRaisesRegex(ValueError, "given twice"):
+            labels_from_env("a=1,a=2")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ require_relative "workersd/worker"
 # workersd agent, which keeps it in etcd for sdwriter and Prometheus.
 #
 #   Workersd::Agent       the agent's API on its Unix socket
-#   Workersd::Endpoint    the worker's /metrics server
+#   Workersd::MetricsEndpoint
+#                         the worker's /metrics server (Endpoint: its old name)
 #   Workersd::Worker      the two together: start after fork, stop before exit
 #   Workersd::Exposition  Prometheus::Client.registry (prometheus-client or
 #                         prometheus-client-mmap) as OpenMetrics with

@@ -34,7 +34,8 @@ class TestAgent < Minitest::Test
     assert_equal 400, err.status
     assert_equal "job", err.field
     assert_includes err.message, "job"
-    refute err.transient?
+    refute err.retryable?
+    refute err.transient?, "the deprecated alias answers the same"
 
     err = assert_raises(Workersd::AgentError) { agent.register(job: "ruby-field", port: 70_000) }
     assert_equal 400, err.status
@@ -46,7 +47,9 @@ class TestAgent < Minitest::Test
   def test_no_agent
     err = assert_raises(Workersd::AgentError) { agent.register(job: "ruby-none", port: 40_211) }
     assert_nil err.status
-    assert err.transient?
+    assert err.retryable?
+    assert err.transient?, "the deprecated alias answers the same"
+    assert_includes err.error, @socket
     assert_includes err.message, @socket
   end
 end

@@ -2,13 +2,13 @@
 
 require_relative "agent_helper"
 
-class TestEndpoint < Minitest::Test
+class TestMetricsEndpoint < Minitest::Test
   include AgentHelper
 
   def test_serves_the_exposition
     registry = Prometheus::Client::Registry.new
     registry.counter(:app_requests, "Requests.").increment({}, 3)
-    endpoint = Workersd::Endpoint.new(Workersd::Exposition.new(registry), host: "127.0.0.1").start
+    endpoint = Workersd::MetricsEndpoint.new(Workersd::Exposition.new(registry), host: "127.0.0.1").start
     status, headers, body = http_get(endpoint.port, "/metrics", accept: "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
     assert_equal 200, status
     assert_equal Workersd::Exposition::OPENMETRICS, headers["content-type"]
@@ -27,13 +27,13 @@ class TestEndpoint < Minitest::Test
   end
 
   def test_plain_callables
-    endpoint = Workersd::Endpoint.new(-> { "x_total 1\n" }, host: "127.0.0.1").start
+    endpoint = Workersd::MetricsEndpoint.new(-> { "x_total 1\n" }, host: "127.0.0.1").start
     _, headers, body = http_get(endpoint.port, "/metrics")
     assert_equal Workersd::Exposition::TEXT, headers["content-type"]
     assert_equal "x_total 1\n", body
     endpoint.close
 
-    endpoint = Workersd::Endpoint.new(->(accept) { ["text/x-test", accept.to_s] }, host: "127.0.0.1").start
+    endpoint = Workersd::MetricsEndpoint.new(->(accept) { ["text/x-test", accept.to_s] }, host: "127.0.0.1").start
     _, headers, body = http_get(endpoint.port, "/metrics", accept: "a/b")
     assert_equal "text/x-test", headers["content-type"]
     assert_equal "a/b", body
@@ -45,7 +45,7 @@ class TestEndpoint < Minitest::Test
   # worker whose port this process took) gets a 404, and a scrape of
   # /metrics by anyone else does not count as the final one.
   def test_own_path
-    endpoint = Workersd::Endpoint.new(-> { "x_total 1\n" }, host: "127.0.0.1", path: "/metrics/42-ab").start
+    endpoint = Workersd::MetricsEndpoint.new(-> { "x_total 1\n" }, host: "127.0.0.1", path: "/metrics/42-ab").start
     assert_equal "/metrics/42-ab", endpoint.path
     assert_equal 404, http_get(endpoint.port, "/metrics/41-cd")[0]
     waiter = Thread.new { endpoint.wait_final_scrape(10) }
@@ -71,7 +71,7 @@ class TestEndpoint < Minitest::Test
       end
       "x_total 1\n"
     end
-    endpoint = Workersd::Endpoint.new(exposition, host: "127.0.0.1").start
+    endpoint = Workersd::MetricsEndpoint.new(exposition, host: "127.0.0.1").start
     refute endpoint.wait_final_scrape(0.1), "no scrape at all"
 
     early = Thread.new { http_get(endpoint.port, "/metrics") }
@@ -105,7 +105,7 @@ class TestEndpoint < Minitest::Test
       end
     end
     log = StringIO.new
-    endpoint = Workersd::Endpoint.new(exposition, host: "127.0.0.1", log: log).start
+    endpoint = Workersd::MetricsEndpoint.new(exposition, host: "127.0.0.1", log: log).start
     3.times do
       status, _, body = http_get(endpoint.port, "/metrics")
       assert_equal 500, status
@@ -127,7 +127,7 @@ class TestEndpoint < Minitest::Test
   # scrape at once: the next would fail too.
   def test_failed_final_scrape_ends_the_wait
     failing = false
-    endpoint = Workersd::Endpoint.new(-> { failing ? raise("broken") : "x_total 1\n" }, host: "127.0.0.1",
+    endpoint = Workersd::MetricsEndpoint.new(-> { failing ? raise("broken") : "x_total 1\n" }, host: "127.0.0.1",
                                       path: "/metrics/1-ab", log: StringIO.new).start
     assert_nil endpoint.render_error
     waiter = Thread.new { endpoint.wait_final_scrape(10) }
@@ -163,7 +163,7 @@ class TestEndpoint < Minitest::Test
   def check_undelivered(size, read)
     skip "the kernel reports a socket's unacknowledged bytes on Linux only" unless RUBY_PLATFORM.include?("linux")
     body = "# TYPE test_requests counter\ntest_requests_total 7\n" + ("# padding\n" * (size / 10))
-    endpoint = Workersd::Endpoint.new(-> { body }, host: "127.0.0.1", path: "/metrics/42-ab").start
+    endpoint = Workersd::MetricsEndpoint.new(-> { body }, host: "127.0.0.1", path: "/metrics/42-ab").start
     waiter = Thread.new { endpoint.wait_final_scrape(20) }
     wait_until(2, "the waiter did not start") { waiter.status == "sleep" }
 

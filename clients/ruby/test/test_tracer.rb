@@ -116,7 +116,7 @@ class TestTracer < Minitest::Test
   def test_before_scrape
     t = Workersd::Tracer.new
     exposition = Workersd::Exposition.new(@registry)
-    endpoint = Workersd::Endpoint.new(exposition, host: "127.0.0.1", before_scrape: [t.method(:collect)]).start
+    endpoint = Workersd::MetricsEndpoint.new(exposition, host: "127.0.0.1", before_scrape: [t.method(:collect)]).start
     unit = t.start(@seconds)
     values = 3.times.map do
       sleep 0.05

@@ -112,4 +112,32 @@ class TestWorker < Minitest::Test
     assert_match(/\A\/metrics\/#{Process.pid}-\h{16}\z/, Workersd::Worker.own_metrics_path)
     refute_equal Workersd::Worker.own_metrics_path, Workersd::Worker.own_metrics_path
   end
+
+  # docs/CLIENTS.md: $WORKERSD_LABELS is "name=value,..."; an item that is
+  # not name=value, or a name given twice, is an error, never dropped.
+  def test_labels_from_env
+    assert_equal({ "team" => "core", "tier" => "web" }, Workersd.labels_from_env(" team=core, tier = web ,"))
+    assert_equal({}, Workersd.labels_from_env(""))
+    assert_equal({ "q" => "a=b" }, Workersd.labels_from_env("q=a=b"))
+    err = assert_raises(ArgumentError) { Workersd.labels_from_env("team=core,oops") }
+    assert_includes err.message, "WORKERSD_LABELS"
+    assert_includes err.message, "oops"
+    assert_raises(ArgumentError) { Workersd.labels_from_env("=x") }
+    err = assert_raises(ArgumentError) { Workersd.labels_from_env("a=1,a=2") }
+    assert_includes err.message, "twice"
+  end
+
+  # The job comes from job: or $WORKERSD_JOB; neither is a clear error.
+  def test_job_required
+    saved = ENV.delete("WORKERSD_JOB")
+    err = assert_raises(ArgumentError) { Workersd::Worker.new(exposition: -> { "" }) }
+    assert_includes err.message, "WORKERSD_JOB"
+  ensure
+    ENV["WORKERSD_JOB"] = saved if saved
+  end
+
+  def test_old_names_are_aliases
+    assert_same Workersd::MetricsEndpoint, Workersd::Endpoint
+  end
 end
+

@@ -5,21 +5,24 @@ import http.client
 import json
 import os
 import socket
+import warnings
 
 DEFAULT_SOCKET = "/run/workersd/agent.sock"
 
 
 class AgentError(Exception):
-    """The agent answered with an error, or not at all.
+    """The agent answered with an error, or not at all (docs/CLIENTS.md).
 
     status is the HTTP status, None when the agent could not be reached;
-    field names the request field at fault, when the agent says."""
+    error is the agent's own text (its answer's "error"), or why it could
+    not be reached (naming the socket); field names the request field at
+    fault, None when the agent names none."""
 
-    def __init__(self, status, message, field=None):
-        super().__init__("workersd agent: %s %s" % (status if status is not None else "unreachable", message))
+    def __init__(self, status, error, field=None):
+        super().__init__("workersd agent: %s %s" % (status if status is not None else "unreachable", error))
         self.status = status
-        self.message = message
-        self.field = field
+        self.error = error
+        self.field = field or None
 
     @property
     def retryable(self):
@@ -27,6 +30,12 @@ class AgentError(Exception):
         (not listening, restarting: no answer, or 503 while it starts or
         stops). Any other error is the request's fault."""
         return self.status is None or self.status == 503
+
+    @property
+    def message(self):
+        """Deprecated: the name of error before docs/CLIENTS.md."""
+        warnings.warn("AgentError.message is deprecated: use AgentError.error", DeprecationWarning, stacklevel=2)
+        return self.error
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -60,7 +69,8 @@ def call(method, url, body=None, path=None, timeout=5.0):
         conn.request(method, url, body=payload, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:
+        # No answer, or one that is not HTTP: the agent is away (retryable).
         raise AgentError(None, "%s: %s" % (socket_path(path), e)) from e
     finally:
         conn.close()

@@ -11,15 +11,40 @@ log = logging.getLogger("workersd")
 
 
 def labels_from_env(value=None):
-    """Parses "k=v,k2=v2" ($WORKERSD_LABELS by default) into a dict."""
+    """Parses "name=value,name2=value2" ($WORKERSD_LABELS by default) into
+    a dict (docs/CLIENTS.md): white space around names and values is
+    stripped, empty items are skipped; an item without "=" or a name, or a
+    name given twice, is a ValueError naming it, since dropping it would
+    register the worker without a label its user asked for."""
     if value is None:
         value = os.environ.get("WORKERSD_LABELS", "")
     out = {}
     for item in value.split(","):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            out[k.strip()] = v.strip()
+        if not item.strip():
+            continue
+        name, eq, val = item.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise ValueError("workersd: WORKERSD_LABELS: %r is not name=value" % item.strip())
+        if name in out:
+            raise ValueError("workersd: WORKERSD_LABELS: label %r is given twice" % name)
+        out[name] = val.strip()
     return out
+
+
+def _env_seconds(name, default):
+    """$name as a number of seconds >= 0, default when unset or empty; any
+    other value is a ValueError naming the variable (docs/CLIENTS.md)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError("workersd: %s: %r is not a number of seconds >= 0" % (name, raw))
+    return value
 
 
 class Worker:
@@ -77,7 +102,7 @@ class Worker:
         self.labels = labels if labels is not None else labels_from_env()
         self.host = host or os.environ.get("WORKERSD_METRICS_HOST") or "0.0.0.0"
         if final_scrape_timeout is None:
-            final_scrape_timeout = float(os.environ.get("WORKERSD_FINAL_SCRAPE_TIMEOUT", "15"))
+            final_scrape_timeout = _env_seconds("WORKERSD_FINAL_SCRAPE_TIMEOUT", 15.0)
         self.final_scrape_timeout = final_scrape_timeout
         self.backoff_max = backoff_max
         self.socket_path = socket_path

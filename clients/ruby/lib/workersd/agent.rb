@@ -5,23 +5,35 @@ require "json"
 require "socket"
 
 module Workersd
-  # The agent refused a request (status is its HTTP status, field the
-  # request field it named) or could not be reached at all (status nil).
+  # The agent refused a request or could not be reached at all
+  # (docs/CLIENTS.md).
   class AgentError < StandardError
-    # detail: the agent's own message (naming the field), or why it could
-    # not be reached.
-    attr_reader :status, :field, :detail
+    # status: the HTTP status, nil when the agent could not be reached.
+    # error: the agent's own text (its answer's "error"), or why it could
+    # not be reached (naming the socket). field: the request field the
+    # agent named, nil when none.
+    attr_reader :status, :field, :error
 
-    def initialize(status, message, field = nil)
+    def initialize(status, error, field = nil)
       @status = status
       @field = field.nil? || field.empty? ? nil : field
-      @detail = @field && !message.include?(@field) ? "#{@field}: #{message}" : message
-      super(status ? "workersd agent answered #{status}: #{@detail}" : "workersd agent unreachable: #{@detail}")
+      @error = error
+      super(status ? "workersd agent answered #{status}: #{detail}" : "workersd agent unreachable: #{detail}")
     end
 
-    # Worth trying again later: the agent is down, restarting or stopping.
-    def transient?
+    # Worth trying again later: the agent is down, restarting or stopping
+    # (no answer, or 503). Any other error is the request's fault.
+    def retryable?
       status.nil? || status == 503
+    end
+
+    # Deprecated: the name of retryable? before docs/CLIENTS.md.
+    alias transient? retryable?
+
+    # Deprecated (use error and field): the agent's text, prefixed with the
+    # field it names unless the text names it already.
+    def detail
+      @field && !@error.include?(@field) ? "#{@field}: #{@error}" : @error
     end
   end
 

@@ -21,7 +21,7 @@ module Workersd
   # (X-Prometheus-Scrape-Timeout-Seconds) less a margin. Where the kernel
   # does not say (not Linux), a written answer counts. The Go worker and the
   # Python client do the same.
-  class Endpoint
+  class MetricsEndpoint
     READ_TIMEOUT = 10 # seconds a client may take to send its request
     MAX_HEAD = 16_384
     # Prometheus' default, for a request that names no timeout.
@@ -291,4 +291,7 @@ module Workersd
       Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
+
+  # Deprecated: the name of MetricsEndpoint before docs/CLIENTS.md.
+  Endpoint = MetricsEndpoint
 end

@@ -31,7 +31,7 @@ module Workersd
   # DirectFileStore sums every process' values, and each worker would serve
   # the whole server's.
   #
-  # An Exposition is a callable for Endpoint: call(accept) returns
+  # An Exposition is a callable for MetricsEndpoint: call(accept) returns
   # [content_type, body].
   class Exposition
     OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"

@@ -3,6 +3,36 @@
 require "securerandom"
 
 module Workersd
+  # Parses "name=value,name2=value2" ($WORKERSD_LABELS by default) into a
+  # Hash (docs/CLIENTS.md): white space around names and values is
+  # stripped, empty items are skipped; an item without "=" or a name, or a
+  # name given twice, raises ArgumentError naming it, since dropping it would
+  # register the worker without a label its user asked for.
+  def self.labels_from_env(value = ENV.fetch("WORKERSD_LABELS", ""))
+    value.split(",").each_with_object({}) do |item, out|
+      next if item.strip.empty?
+
+      name, eq, val = item.partition("=")
+      name = name.strip
+      raise ArgumentError, "workersd: WORKERSD_LABELS: #{item.strip.inspect} is not name=value" if eq.empty? || name.empty?
+      raise ArgumentError, "workersd: WORKERSD_LABELS: label #{name.inspect} is given twice" if out.key?(name)
+
+      out[name] = val.strip
+    end
+  end
+
+  # $name as a number of seconds >= 0, default when unset or empty; any
+  # other value raises ArgumentError naming the variable (docs/CLIENTS.md).
+  def self.env_seconds(name, default)
+    raw = ENV.fetch(name, "").strip
+    return default if raw.empty?
+
+    value = Float(raw, exception: false)
+    raise ArgumentError, "workersd: #{name}: #{raw.inspect} is not a number of seconds >= 0" unless value&.finite? && value >= 0
+
+    value
+  end
+
   # One worker process as a Prometheus target: start it once the process
   # is forked, stop it as the process ends (gracefully).
   #
@@ -17,8 +47,10 @@ module Workersd
   class Worker
     attr_reader :endpoint
 
-    # job: the Prometheus job. labels: extra target labels.
-    # exposition: what /metrics serves (see Endpoint); default an
+    # job: the Prometheus job; default $WORKERSD_JOB (one or the other is
+    # required). labels: extra target labels; default $WORKERSD_LABELS
+    # (Workersd.labels_from_env).
+    # exposition: what /metrics serves (see MetricsEndpoint); default an
     # Exposition of Prometheus::Client.registry (prometheus-client or
     # prometheus-client-mmap), whichever the application loads.
     # before_scrape: callables run before each scrape (Tracer#collect).
@@ -26,17 +58,19 @@ module Workersd
     # Prometheus' discovery delay (5 s) plus a scrape interval, since a
     # young worker's first scrape comes that late.
     # backoff_max: the longest pause between registration attempts.
-    def initialize(job:, labels: {}, exposition: nil, before_scrape: [],
-                   final_scrape_timeout: Float(ENV.fetch("WORKERSD_FINAL_SCRAPE_TIMEOUT", "15")),
+    def initialize(job: ENV.fetch("WORKERSD_JOB", nil), labels: nil, exposition: nil, before_scrape: [],
+                   final_scrape_timeout: Workersd.env_seconds("WORKERSD_FINAL_SCRAPE_TIMEOUT", 15.0),
                    backoff_max: 1.0, agent: Agent.new, log: $stderr)
-      raise ArgumentError, "job must be a non-empty String" unless job.is_a?(String) && !job.empty?
+      unless job.is_a?(String) && !job.empty?
+        raise ArgumentError, "workersd: no job: pass job: (a non-empty String) or set WORKERSD_JOB"
+      end
 
       before_scrape = Array(before_scrape)
       bad = before_scrape.reject { |h| h.respond_to?(:call) }
       raise ArgumentError, "before_scrape: not callable: #{bad.inspect}" unless bad.empty?
 
       @job = job
-      @labels = labels
+      @labels = labels.nil? ? Workersd.labels_from_env : labels
       @exposition = exposition || Exposition.new
       @before_scrape = before_scrape
       @final_scrape_timeout = final_scrape_timeout
@@ -58,7 +92,7 @@ module Workersd
     # instead of counting that process' metrics a second time.
     def start
       @exposition.reset_inherited! if @exposition.respond_to?(:reset_inherited!)
-      @endpoint = Endpoint.new(@exposition, path: Worker.own_metrics_path, before_scrape: @before_scrape, log: @log).start
+      @endpoint = MetricsEndpoint.new(@exposition, path: Worker.own_metrics_path, before_scrape: @before_scrape, log: @log).start
       @thread = Thread.new { register_until_done }
       @thread.name = "workersd register"
       self
@@ -122,12 +156,12 @@ module Workersd
           log("registered pid #{Process.pid} port #{@endpoint.port}: slot #{reg["slot"]}, #{reg["state"]} #{reg["key"]}".rstrip)
           return
         rescue AgentError => e
-          unless e.transient?
-            log("registration failed for pid #{Process.pid}: #{e.status} #{e.detail}; it will not be scraped")
+          unless e.retryable?
+            log("registration failed for pid #{Process.pid}: #{e.message}; it will not be scraped")
             return
           end
           unless warned
-            log("agent unreachable for pid #{Process.pid} (#{[e.status, e.detail].compact.join(" ")}); retrying until it answers")
+            log("agent unreachable for pid #{Process.pid} (#{[e.status, e.error].compact.join(" ")}); retrying until it answers")
             warned = true
           end
         end
