@@ -53,7 +53,7 @@ func RequireTool(t testing.TB, name, hint string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		missing(t, fmt.Sprintf("%s is not on PATH (%s)", name, hint))
+		Missing(t, fmt.Sprintf("%s is not on PATH (%s)", name, hint))
 	}
 	return p
 }
@@ -75,12 +75,15 @@ func RequirePrometheus3(t testing.TB) string {
 		p = filepath.Join(root, "bin", "prometheus-"+Prometheus3Version)
 	}
 	if _, err := os.Stat(p); err != nil {
-		missing(t, fmt.Sprintf("Prometheus %s is not at %s (scripts/prometheus builds it)", Prometheus3Version, p))
+		Missing(t, fmt.Sprintf("Prometheus %s is not at %s (scripts/prometheus builds it)", Prometheus3Version, p))
 	}
 	return p
 }
 
-func missing(t testing.TB, msg string) {
+// Missing is the policy for a component a test needs that is not there:
+// the test is skipped, but fails in CI, where scripts/test must provide
+// it. msg says what is missing.
+func Missing(t testing.TB, msg string) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg + "; in CI, scripts/test must provide it")
@@ -108,6 +111,6 @@ func Python(t testing.TB, modules ...string) string {
 		}
 		last = fmt.Sprintf("%s: %v: %s", p, err, out)
 	}
-	missing(t, fmt.Sprintf("no python3 can import %s (%s)", strings.Join(modules, ", "), last))
+	Missing(t, fmt.Sprintf("no python3 can import %s (%s)", strings.Join(modules, ", "), last))
 	return ""
 }
