@@ -1,0 +1,583 @@
+//go:build linux
+
+package gunicorn
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v2"
+
+	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/embedetcd"
+	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/internal/servertest"
+)
+
+// deploy is deploy/kubernetes, from this package's directory.
+const deploy = "../../deploy/kubernetes"
+
+// The example pod of deploy/kubernetes (app/deployment.yaml, the cluster
+// overlay's pod unchanged but for its namespace), simulated with Linux
+// namespaces: a network namespace with the pod's IP on a veth pair, a
+// pause process as pid 1 of a PID namespace that the agent sidecar and
+// gunicorn (4 workers, recycled by max_requests) share, a directory as the
+// emptyDir, the downward API's values where the manifest asks for them.
+// Each container runs the manifest's command, arguments and environment;
+// the test changes only where etcd is, the volumes' paths, gunicorn's
+// max_requests (30, to recycle within the test) and Prometheus' intervals.
+// Outside the pod: etcd set up by etcd/setup-auth.sh (the agent logs in as
+// the Deployment's user, sdwriter as its read-only one), sdwriter with its
+// Deployment's arguments, Prometheus 3.15 reading sdwriter through the
+// http_sd job of prometheus/plain.
+//
+// Checks: 4 targets on the pod's IP; a second pod of the Deployment has
+// instances of its own; totals exact in Prometheus' raw samples across the
+// recycling; the second pod's network cut (a lost node): its targets gone
+// within the lease TTL; the first pod deleted in Kubernetes' order (SIGTERM
+// to gunicorn, then to the sidecar once gunicorn has exited): totals still
+// exact and no target of it left 1 s after the agent exits.
+func TestGunicornPod(t *testing.T) {
+	env := requireGunicorn(t)
+	requireRoot(t)
+	ipTool := buildtest.RequireTool(t, "ip", "apt-get install iproute2")
+	unshare := buildtest.RequireTool(t, "unshare", "apt-get install util-linux")
+	nsenter := buildtest.RequireTool(t, "nsenter", "apt-get install util-linux")
+	etcdctl := buildtest.RequireTool(t, "etcdctl", "apt-get install etcd-client")
+	const (
+		maxRequests = 30
+		requests    = 360
+		every       = 50 * time.Millisecond
+		ttl         = 10 * time.Second // the agent's default, which the manifest keeps
+		job         = "gunicorn-demo"
+	)
+
+	app := readWorkload(t, filepath.Join(deploy, "app", "deployment.yaml"))
+	sdwSpec := readWorkload(t, filepath.Join(deploy, "sdwriter", "deployment.yaml"))
+	authJob := readWorkload(t, filepath.Join(deploy, "etcd", "auth-job.yaml"))
+	dir := t.TempDir()
+	// Both pods' networks first: etcd listens on the node's end of them.
+	net := newPodNet(t, ipTool)
+	net1, net2 := net.add(t), net.add(t)
+
+	// etcd on the node's side of the veth pairs, where the pods reach it;
+	// users and roles by the manifests' own script.
+	etcdAddr := net.nodeIP + ":" + freePort(t)
+	etcd, err := embedetcd.Start(embedetcd.Config{Dir: filepath.Join(dir, "etcd"), ClientAddr: etcdAddr, PeerAddr: "127.0.0.1:" + freePort(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	passwords := filepath.Join(dir, "passwords")
+	if err := os.Mkdir(passwords, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, user := range []string{"root", "sdwriter", "example-gunicorn"} {
+		if err := os.WriteFile(filepath.Join(passwords, user), []byte(user+"-pw\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setup := exec.Command("/bin/sh", filepath.Join(deploy, "etcd", "setup-auth.sh"))
+	setup.Env = append(os.Environ(), "ETCD_ENDPOINTS=http://"+etcdAddr, "PASSWORDS="+passwords,
+		"WORKERSD_APPS="+envValue(t, authJob.containers()[0], "WORKERSD_APPS"), "ETCDCTL_API=3", "PATH="+filepath.Dir(etcdctl)+":"+os.Getenv("PATH"))
+	if out, err := setup.CombinedOutput(); err != nil {
+		t.Fatalf("setup-auth.sh: %v\n%s", err, out)
+	}
+
+	// sdwriter with its Deployment's arguments.
+	sdwAddr := "127.0.0.1:" + freePort(t)
+	sdwArgs := replaceFlag(sdwSpec.containers()[0].Args, "--etcd.endpoints", "http://"+etcdAddr)
+	sdwArgs = replaceFlag(sdwArgs, "--etcd.password-file", filepath.Join(passwords, "sdwriter"))
+	sdwArgs = replaceFlag(sdwArgs, "--web.listen-address", sdwAddr)
+	servertest.Run(t, dir, "sdwriter", nil, filepath.Join(env.bin, "sdwriter"), sdwArgs...)
+	sd := "http://" + sdwAddr + "/sd"
+	poll.Until(t, 30*time.Second, func() bool {
+		resp, err := http.Get("http://" + sdwAddr + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "sdwriter is not ready")
+
+	// Prometheus with the plain http_sd job, its intervals shortened.
+	scrape, err := os.ReadFile(filepath.Join(deploy, "prometheus", "plain", "workersd-scrape.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(scrape, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	jobCfg := cfg["scrape_configs"].([]any)[0].(map[any]any)
+	jobCfg["scrape_interval"] = "1s"
+	httpSD := jobCfg["http_sd_configs"].([]any)[0].(map[any]any)
+	if httpSD["url"] != "http://sdwriter.workersd.svc:9850/sd" {
+		t.Fatalf("the scrape file reads %v, not sdwriter's Service", httpSD["url"])
+	}
+	httpSD["url"], httpSD["refresh_interval"] = sd, "1s"
+	cfg["global"] = map[string]any{"evaluation_interval": "1s"}
+	promCfg, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom := servertest.StartPrometheus(t, "prometheus", env.prom3, string(promCfg), "--enable-feature=created-timestamp-zero-ingestion")
+	prom.Ready()
+
+	podEnv := podRun{t: t, dir: dir, app: app, env: env, ip: ipTool, unshare: unshare, nsenter: nsenter, passwords: passwords, etcd: "http://" + etcdAddr, maxRequests: maxRequests}
+	pod1 := podEnv.start(net1, "example-gunicorn-7d9f8c6b5-x2x4q")
+	first := waitPodTargets(t, sd, pod1, 4, 60*time.Second)
+	pod2 := podEnv.start(net2, "example-gunicorn-7d9f8c6b5-k8m2p")
+	second := waitPodTargets(t, sd, pod2, 4, 60*time.Second)
+	for inst := range second {
+		if first[inst] != "" {
+			t.Errorf("instance %s in both pods", inst)
+		}
+	}
+	t.Logf("pod 1: %v; pod 2: %v", sortedKeys(first), sortedKeys(second))
+
+	began := time.Now()
+	ok, notFound := servertest.DriveRequests(t, pod1.ip+":8000", requests, every)
+	lifetimes := strings.Count(pod1.app.Log(), "Booting worker with pid")
+	t.Logf("%d requests to pod 1 (%d 200, %d 404); %d worker lifetimes", requests, ok, notFound, lifetimes)
+	if lifetimes < 4+4 {
+		t.Errorf("%d worker lifetimes: max_requests did not recycle the workers", lifetimes)
+	}
+	lastRequest := time.Now()
+	poll.Until(t, 40*time.Second, func() bool {
+		cur := podTargets(t, sd, pod1)
+		ss, err := promtest.RawSamples(prom.URL(), fmt.Sprintf(`up{job=%q,host=%q}`, job, pod1.name), time.Now().Add(-2*time.Second), time.Now())
+		if err != nil {
+			return false
+		}
+		fresh := 0
+		for _, s := range ss {
+			if last := s.Samples[len(s.Samples)-1]; last.T >= float64(lastRequest.UnixNano())/1e9+0.5 && last.V == 1 && cur[s.Metric["instance"]] != "" {
+				fresh++
+			}
+		}
+		return fresh == len(cur)
+	}, "Prometheus did not scrape every worker of pod 1 after the last request")
+	checkTotals := func(when string) {
+		t.Helper()
+		for sel, truth := range map[string]float64{
+			fmt.Sprintf(`app_requests_total{job=%q}`, job):             requests,
+			fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, job): float64(notFound),
+		} {
+			raw, _, err := promtest.Totals(prom.URL(), sel, began.Add(-time.Minute), time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if raw != truth {
+				t.Errorf("%s: %s: Prometheus' total of the raw samples %v, want exactly %v", when, sel, raw, truth)
+				servertest.LogSeries(t, prom.URL(), sel, began.Add(-time.Minute), time.Now())
+			} else {
+				t.Logf("%s: %s = %v, exact", when, sel, raw)
+			}
+		}
+	}
+	checkTotals("after the recycling")
+
+	// A lost node: pod 2's network goes; its registrations expire with the
+	// agent's lease.
+	if out, err := exec.Command(ipTool, "-n", pod2.netns, "link", "set", "eth0", "down").CombinedOutput(); err != nil {
+		t.Fatalf("cut pod 2's network: %v %s", err, out)
+	}
+	gone := poll.Until(t, ttl+5*time.Second, func() bool { return len(podTargets(t, sd, pod2)) == 0 },
+		"pod 2's targets still served after its network was cut")
+	t.Logf("pod 2's network cut: its targets gone after %s (TTL %s)", gone.Round(10*time.Millisecond), ttl)
+	if gone > ttl+2500*time.Millisecond {
+		t.Errorf("pod 2's targets went %s after its network was cut, later than the TTL %s (with 2.5s for etcd's expiry check and sdwriter on a loaded machine)", gone, ttl)
+	}
+
+	// Pod 1 deleted as the kubelet does it: SIGTERM to the application;
+	// once it has exited, SIGTERM to the sidecar.
+	deleted := time.Now()
+	syscall.Kill(pod1.appPid, syscall.SIGTERM) // nsenter passes no signal on: the container's process
+	select {
+	case <-pod1.app.Exited():
+	case <-time.After(45 * time.Second): // the manifest's terminationGracePeriodSeconds
+		t.Fatal("gunicorn did not exit within the pod's grace period")
+	}
+	appDone := time.Since(deleted)
+	syscall.Kill(pod1.agentPid, syscall.SIGTERM)
+	select {
+	case <-pod1.agent.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not exit within 10s of SIGTERM")
+	}
+	agentDone := time.Now()
+	t.Logf("pod 1 deleted: gunicorn exited after %s, the agent %s after its SIGTERM", appDone.Round(10*time.Millisecond), agentDone.Sub(deleted.Add(appDone)).Round(time.Millisecond))
+	time.Sleep(time.Until(agentDone.Add(time.Second)))
+	if left := podTargets(t, sd, pod1); len(left) > 0 {
+		t.Errorf("1s after the agent exited, pod 1 still has targets %v", left)
+	}
+	if n := strings.Count(pod1.app.Log(), "no final scrape within"); n > 0 {
+		t.Errorf("%d workers of pod 1 exited without a final scrape", n)
+	}
+	checkTotals("after pod 1's deletion")
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Getuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("network and PID namespaces need root (CI runs as root)")
+		}
+		t.Skip("network and PID namespaces need root")
+	}
+}
+
+// freePort is a free TCP port on loopback (free on any address then).
+func freePort(t *testing.T) string {
+	t.Helper()
+	_, port, _ := strings.Cut(etcdtest.FreeAddr(t), ":")
+	return port
+}
+
+// ---- the manifests ----
+
+type k8sEnv struct {
+	Name      string `yaml:"name"`
+	Value     string `yaml:"value"`
+	ValueFrom *struct {
+		FieldRef *struct {
+			FieldPath string `yaml:"fieldPath"`
+		} `yaml:"fieldRef"`
+	} `yaml:"valueFrom"`
+}
+
+type k8sContainer struct {
+	Name         string   `yaml:"name"`
+	Command      []string `yaml:"command"`
+	Args         []string `yaml:"args"`
+	WorkingDir   string   `yaml:"workingDir"`
+	Env          []k8sEnv `yaml:"env"`
+	VolumeMounts []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+	} `yaml:"volumeMounts"`
+}
+
+type k8sWorkload struct {
+	Spec struct {
+		Template struct {
+			Spec struct {
+				InitContainers []k8sContainer `yaml:"initContainers"`
+				Containers     []k8sContainer `yaml:"containers"`
+			} `yaml:"spec"`
+		} `yaml:"template"`
+	} `yaml:"spec"`
+}
+
+func (w *k8sWorkload) containers() []k8sContainer { return w.Spec.Template.Spec.Containers }
+
+func (w *k8sWorkload) container(t *testing.T, name string) k8sContainer {
+	t.Helper()
+	for _, c := range append(slices.Clone(w.Spec.Template.Spec.InitContainers), w.Spec.Template.Spec.Containers...) {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no container %s", name)
+	return k8sContainer{}
+}
+
+func readWorkload(t *testing.T, path string) *k8sWorkload {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &k8sWorkload{}
+	if err := yaml.Unmarshal(b, w); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return w
+}
+
+func envValue(t *testing.T, c k8sContainer, name string) string {
+	t.Helper()
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	t.Fatalf("container %s has no %s", c.Name, name)
+	return ""
+}
+
+// replaceFlag sets --name=value in args, which must have it.
+func replaceFlag(args []string, name, value string) []string {
+	out := slices.Clone(args)
+	for i, a := range out {
+		if strings.HasPrefix(a, name+"=") {
+			out[i] = name + "=" + value
+			return out
+		}
+	}
+	panic(name + " is not in " + strings.Join(args, " "))
+}
+
+var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+
+// ---- the pods ----
+
+// podNet is the node's side: a veth pair per pod, the node's end in this
+// network namespace, the pod's in one of its own.
+type podNet struct {
+	ip     string
+	nodeIP string // the address of every pair's node end
+	id     int
+	n      int
+}
+
+func newPodNet(t *testing.T, ip string) *podNet {
+	t.Helper()
+	id := os.Getpid() % 50000
+	return &podNet{ip: ip, nodeIP: fmt.Sprintf("10.79.%d.1", id%250), id: id}
+}
+
+// add makes a pod's network namespace and returns its name and the pod's IP.
+func (n *podNet) add(t *testing.T) [2]string {
+	t.Helper()
+	n.n++
+	ns := fmt.Sprintf("wsd-pod-%d-%d", n.id, n.n)
+	host := fmt.Sprintf("wsdp%d-%d", n.id, n.n)
+	podIP := fmt.Sprintf("10.79.%d.%d", n.id%250, 10+n.n)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(n.ip, args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("netns", "add", ns)
+	t.Cleanup(func() {
+		exec.Command(n.ip, "link", "del", host).Run()
+		exec.Command(n.ip, "netns", "del", ns).Run()
+	})
+	run("link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	// The node's end: the node's address, and a route to this pod.
+	run("addr", "add", n.nodeIP+"/32", "dev", host)
+	run("link", "set", host, "up")
+	run("route", "add", podIP+"/32", "dev", host, "src", n.nodeIP)
+	run("-n", ns, "link", "set", "lo", "up")
+	run("-n", ns, "addr", "add", podIP+"/32", "dev", "eth0")
+	run("-n", ns, "link", "set", "eth0", "up")
+	run("-n", ns, "route", "add", n.nodeIP+"/32", "dev", "eth0")
+	run("-n", ns, "route", "add", "default", "via", n.nodeIP, "dev", "eth0")
+	return [2]string{ns, podIP}
+}
+
+type podRun struct {
+	t           *testing.T
+	dir         string
+	app         *k8sWorkload
+	env         gunicornEnv
+	ip          string
+	unshare     string
+	nsenter     string
+	passwords   string
+	etcd        string
+	maxRequests int
+}
+
+type pod struct {
+	name, ip, netns  string
+	pause            *servertest.Proc
+	agent, app       *servertest.Proc
+	agentPid, appPid int
+}
+
+// start runs a pod in netns: its pause process, then the agent sidecar,
+// healthy, then gunicorn.
+func (r podRun) start(netns [2]string, name string) *pod {
+	t := r.t
+	t.Helper()
+	p := &pod{name: name, netns: netns[0], ip: netns[1]}
+	dir := filepath.Join(r.dir, name)
+	if err := os.MkdirAll(filepath.Join(dir, "workersd-run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(dir, "etcd-password")
+	if err := os.Mkdir(secret, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The Secret's item example-gunicorn, at path password.
+	b, err := os.ReadFile(filepath.Join(r.passwords, "example-gunicorn"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(secret, "password"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	volumes := map[string]string{"workersd-run": filepath.Join(dir, "workersd-run"), "etcd-password": secret, "tmp": filepath.Join(dir, "tmp")}
+	os.Mkdir(volumes["tmp"], 0o755)
+
+	p.pause = servertest.Run(t, dir, "pause", nil, r.ip, "netns", "exec", p.netns, r.unshare, "--pid", "--fork", "--mount-proc", "--kill-child", "sleep", "100000")
+	pausePid := child(t, p.pause.Cmd.Process.Pid)
+	facts := map[string]string{"metadata.name": name, "status.podIP": p.ip}
+
+	agent := r.app.container(t, "workersd-agent")
+	argv, env := r.resolve(t, agent, facts, volumes)
+	argv = replaceFlag(argv, "--etcd.endpoints", r.etcd)
+	argv[0] = filepath.Join(r.env.bin, argv[0])
+	p.agent = servertest.Run(t, dir, "agent", env, r.nsenter, append([]string{"--target", strconv.Itoa(pausePid), "--pid", "--mount", "--net", "--"}, argv...)...)
+	p.agentPid = child(t, p.agent.Cmd.Process.Pid)
+	// The startup probe: gunicorn starts once the agent is healthy.
+	poll.Until(t, 30*time.Second, func() bool {
+		resp, err := http.Get("http://" + p.ip + ":9851/-/healthy")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, "the agent of %s is not healthy:\n%s", name, p.agent.Log())
+
+	app := r.app.container(t, "app")
+	argv, env = r.resolve(t, app, facts, volumes)
+	env = append(env, "GUNICORN_MAX_REQUESTS="+strconv.Itoa(r.maxRequests))
+	if argv[0] != "gunicorn" || app.WorkingDir != "/app" {
+		t.Fatalf("the app container runs %v in %s, not gunicorn in /app, where the image has examples/gunicorn", argv, app.WorkingDir)
+	}
+	argv[0] = r.env.gunicorn
+	wd, err := os.Getwd() // examples/gunicorn, the image's /app
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.app = servertest.Run(t, dir, "app", env, r.nsenter, append([]string{"--target", strconv.Itoa(pausePid), "--pid", "--mount", "--net", "--wd=" + wd, "--"}, argv...)...)
+	p.appPid = child(t, p.app.Cmd.Process.Pid)
+	return p
+}
+
+// resolve is what the kubelet makes of a container: its command line with
+// $(VAR) expanded from its environment, the environment with the downward
+// API's values, and every path under a volume's mount moved to the
+// volume's directory.
+func (r podRun) resolve(t *testing.T, c k8sContainer, facts, volumes map[string]string) (argv, env []string) {
+	t.Helper()
+	vars := map[string]string{}
+	for _, e := range c.Env {
+		v := e.Value
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			var ok bool
+			if v, ok = facts[e.ValueFrom.FieldRef.FieldPath]; !ok {
+				t.Fatalf("container %s: no value for %s", c.Name, e.ValueFrom.FieldRef.FieldPath)
+			}
+		}
+		vars[e.Name] = v
+	}
+	move := func(s string) string {
+		for _, m := range c.VolumeMounts {
+			dir, ok := volumes[m.Name]
+			if !ok {
+				t.Fatalf("container %s: volume %s unknown to the test", c.Name, m.Name)
+			}
+			if rest, ok := strings.CutPrefix(s, m.MountPath+"/"); ok {
+				return filepath.Join(dir, rest)
+			}
+			if k, v, ok := strings.Cut(s, "="); ok && strings.HasPrefix(v, m.MountPath+"/") {
+				return k + "=" + filepath.Join(dir, strings.TrimPrefix(v, m.MountPath+"/"))
+			}
+		}
+		return s
+	}
+	for _, a := range append(slices.Clone(c.Command), c.Args...) {
+		a = varRef.ReplaceAllStringFunc(a, func(ref string) string {
+			v, ok := vars[varRef.FindStringSubmatch(ref)[1]]
+			if !ok {
+				t.Fatalf("container %s: %s is not in its environment", c.Name, ref)
+			}
+			return v
+		})
+		argv = append(argv, move(a))
+	}
+	for _, e := range c.Env {
+		env = append(env, e.Name+"="+move(vars[e.Name]))
+	}
+	return argv, env
+}
+
+// child returns the pid of pid's only child, once it has one.
+func child(t *testing.T, pid int) int {
+	t.Helper()
+	var c int
+	poll.Until(t, 10*time.Second, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		if err != nil {
+			return false
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return false
+		}
+		c, err = strconv.Atoi(f[0])
+		return err == nil
+	}, "process %d has no child", pid)
+	return c
+}
+
+// podTargets returns the targets sdwriter serves for pod p: instance ->
+// address.
+func podTargets(t *testing.T, sd string, p *pod) map[string]string {
+	t.Helper()
+	resp, err := http.Get(sd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", sd, resp.Status) // only a starting sdwriter is not ready
+	}
+	var groups []servertest.Target
+	if err := json.NewDecoder(resp.Body).Decode(&groups); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, g := range groups {
+		if g.Labels["host"] == p.name {
+			for _, a := range g.Targets {
+				out[g.Labels["instance"]] = a
+			}
+		}
+	}
+	return out
+}
+
+// waitPodTargets waits until p has n targets, every one on its IP.
+func waitPodTargets(t *testing.T, sd string, p *pod, n int, timeout time.Duration) map[string]string {
+	t.Helper()
+	var cur map[string]string
+	poll.Until(t, timeout, func() bool {
+		cur = podTargets(t, sd, p)
+		return len(cur) == n
+	}, "pod %s does not have %d targets; the agent:\n%s\ngunicorn:\n%s", p.name, n, p.agent.Log(), p.app.Log())
+	for inst, addr := range cur {
+		if !strings.HasPrefix(addr, p.ip+":") || !strings.HasPrefix(inst, p.name+"/") {
+			t.Errorf("target %s at %s: not the pod's name and IP", inst, addr)
+		}
+	}
+	return cur
+}
+
+func sortedKeys(m map[string]string) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
