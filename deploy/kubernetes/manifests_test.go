@@ -3,6 +3,7 @@ package kubernetes
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,10 +12,12 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	monitoringv1alpha1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1alpha1"
 	"github.com/prometheus/common/promslog"
 	promconfig "github.com/prometheus/prometheus/config"
-	_ "github.com/prometheus/prometheus/discovery/http" // http_sd_configs
+	_ "github.com/prometheus/prometheus/discovery/http"       // http_sd_configs
+	_ "github.com/prometheus/prometheus/discovery/kubernetes" // kubernetes_sd_configs
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -74,15 +77,18 @@ func build(t *testing.T, dir string) []object {
 			t.Fatal(err)
 		}
 		o := object{kind: r.GetKind(), namespace: r.GetNamespace(), name: r.GetName(), raw: raw}
-		if r.GetApiVersion() == monitoringv1alpha1.SchemeGroupVersion.String() {
-			if o.kind != monitoringv1alpha1.ScrapeConfigsKind {
-				t.Fatalf("%s: unexpected %s", dir, o.kind)
+		if strings.HasPrefix(r.GetApiVersion(), monitoringv1.SchemeGroupVersion.Group+"/") {
+			switch o.kind {
+			case monitoringv1alpha1.ScrapeConfigsKind:
+				o.obj = &monitoringv1alpha1.ScrapeConfig{}
+			case monitoringv1.PodMonitorsKind:
+				o.obj = &monitoringv1.PodMonitor{}
+			default:
+				t.Fatalf("%s: no check for %s", dir, o.kind)
 			}
-			sc := &monitoringv1alpha1.ScrapeConfig{}
-			if err := sigsyaml.UnmarshalStrict(raw, sc); err != nil {
+			if err := sigsyaml.UnmarshalStrict(raw, o.obj); err != nil {
 				t.Errorf("%s: %s %s/%s: %v", dir, o.kind, o.namespace, o.name, err)
 			}
-			o.obj = sc
 		} else {
 			obj, _, err := dec.Decode(raw, nil, nil)
 			if err != nil {
@@ -118,12 +124,51 @@ func TestOverlaysBuildAndDecodeStrictly(t *testing.T) {
 	}
 }
 
-// The ScrapeConfig passes the operator's own CRD schema: OpenAPI
-// validation, pruning (a field the schema does not know would be dropped by
-// the API server: here it fails) and the CEL rules, as an API server
-// applies them.
-func TestScrapeConfigMatchesCRD(t *testing.T) {
-	crdFile := filepath.Join(moduleDir(t, operatorModule), "example", "prometheus-operator-crd", "monitoring.coreos.com_scrapeconfigs.yaml")
+// The operator's objects (the ScrapeConfig, sdwriter's PodMonitor) pass
+// the operator's own CRD schemas: OpenAPI validation, pruning (a field the
+// schema does not know would be dropped by the API server: here it fails)
+// and the CEL rules, as an API server applies them.
+func TestOperatorObjectsMatchCRDs(t *testing.T) {
+	crds := filepath.Join(moduleDir(t, operatorModule), "example", "prometheus-operator-crd")
+	found := map[string]bool{}
+	for _, dir := range overlays {
+		for _, o := range build(t, dir) {
+			var u map[string]any
+			if err := json.Unmarshal(o.raw, &u); err != nil {
+				t.Fatal(err)
+			}
+			group, version, _ := strings.Cut(u["apiVersion"].(string), "/")
+			if group != monitoringv1.SchemeGroupVersion.Group {
+				continue
+			}
+			found[o.kind] = true
+			if errs := crdCheck(t, crds, o.kind, version)(o.raw); len(errs) > 0 {
+				t.Errorf("%s: %s %s: %v", dir, o.kind, o.name, errs.ToAggregate())
+			}
+		}
+	}
+	if !found[monitoringv1alpha1.ScrapeConfigsKind] || !found[monitoringv1.PodMonitorsKind] {
+		t.Fatalf("want a ScrapeConfig and a PodMonitor in the overlays, found %v", found)
+	}
+	// The check rejects what an API server would: an unknown field, a
+	// wrong type.
+	check := crdCheck(t, crds, monitoringv1alpha1.ScrapeConfigsKind, "v1alpha1")
+	for _, bad := range []string{
+		`{"apiVersion":"monitoring.coreos.com/v1alpha1","kind":"ScrapeConfig","metadata":{"name":"x"},"spec":{"httpSDConfigs":[{"url":"http://a/sd","refreshIntervall":"5s"}]}}`,
+		`{"apiVersion":"monitoring.coreos.com/v1alpha1","kind":"ScrapeConfig","metadata":{"name":"x"},"spec":{"httpSDConfigs":[{"url":"http://a/sd","refreshInterval":"five seconds"}]}}`,
+		`{"apiVersion":"monitoring.coreos.com/v1alpha1","kind":"ScrapeConfig","metadata":{"name":"x"},"spec":{"scrapeInterval":10}}`,
+	} {
+		if errs := check([]byte(bad)); len(errs) == 0 {
+			t.Errorf("the CRD check accepts %s", bad)
+		}
+	}
+}
+
+// crdCheck returns the validation of the API server for version of kind,
+// from the operator's CRD file for it.
+func crdCheck(t *testing.T, crds, kind, version string) func(raw []byte) field.ErrorList {
+	t.Helper()
+	crdFile := filepath.Join(crds, "monitoring.coreos.com_"+strings.ToLower(kind)+"s.yaml")
 	b, err := os.ReadFile(crdFile)
 	if err != nil {
 		t.Fatal(err)
@@ -134,12 +179,12 @@ func TestScrapeConfigMatchesCRD(t *testing.T) {
 	}
 	var schema *apiextensionsv1.JSONSchemaProps
 	for _, v := range crd.Spec.Versions {
-		if v.Name == "v1alpha1" && v.Schema != nil {
+		if v.Name == version && v.Schema != nil {
 			schema = v.Schema.OpenAPIV3Schema
 		}
 	}
-	if schema == nil {
-		t.Fatalf("%s has no v1alpha1 schema", crdFile)
+	if crd.Spec.Names.Kind != kind || schema == nil {
+		t.Fatalf("%s: no schema of %s %s", crdFile, kind, version)
 	}
 	var internal apiextensions.JSONSchemaProps
 	if err := apiextensionsv1.Convert_v1_JSONSchemaProps_To_apiextensions_JSONSchemaProps(schema, &internal, nil); err != nil {
@@ -154,8 +199,7 @@ func TestScrapeConfigMatchesCRD(t *testing.T) {
 		t.Fatal(err)
 	}
 	celValidator := cel.NewValidator(structural, true, celconfig.PerCallLimit)
-
-	check := func(name string, raw []byte) field.ErrorList {
+	return func(raw []byte) field.ErrorList {
 		var u map[string]any
 		if err := json.Unmarshal(raw, &u); err != nil {
 			t.Fatal(err)
@@ -169,32 +213,6 @@ func TestScrapeConfigMatchesCRD(t *testing.T) {
 			errs = append(errs, cerrs...)
 		}
 		return errs
-	}
-	found := 0
-	for _, dir := range overlays {
-		for _, o := range build(t, dir) {
-			if o.kind != monitoringv1alpha1.ScrapeConfigsKind {
-				continue
-			}
-			found++
-			if errs := check(o.name, o.raw); len(errs) > 0 {
-				t.Errorf("%s: ScrapeConfig %s: %v", dir, o.name, errs.ToAggregate())
-			}
-		}
-	}
-	if found == 0 {
-		t.Fatal("no ScrapeConfig in any overlay")
-	}
-	// The check rejects what an API server would: an unknown field, a
-	// wrong type.
-	for _, bad := range []string{
-		`{"apiVersion":"monitoring.coreos.com/v1alpha1","kind":"ScrapeConfig","metadata":{"name":"x"},"spec":{"httpSDConfigs":[{"url":"http://a/sd","refreshIntervall":"5s"}]}}`,
-		`{"apiVersion":"monitoring.coreos.com/v1alpha1","kind":"ScrapeConfig","metadata":{"name":"x"},"spec":{"httpSDConfigs":[{"url":"http://a/sd","refreshInterval":"five seconds"}]}}`,
-		`{"apiVersion":"monitoring.coreos.com/v1alpha1","kind":"ScrapeConfig","metadata":{"name":"x"},"spec":{"scrapeInterval":10}}`,
-	} {
-		if errs := check("bad", []byte(bad)); len(errs) == 0 {
-			t.Errorf("the CRD check accepts %s", bad)
-		}
 	}
 }
 
@@ -243,8 +261,14 @@ func TestPrometheusScrapeFileLoads(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", dir, err)
 		}
-		if len(scs) != 1 || len(scs[0].ServiceDiscoveryConfigs) != 1 || scs[0].ServiceDiscoveryConfigs[0].Name() != "http" {
-			t.Fatalf("%s: want one job with one http_sd config, got %+v", dir, scs)
+		jobs := map[string]string{}
+		for _, sc := range scs {
+			for _, sd := range sc.ServiceDiscoveryConfigs {
+				jobs[sc.JobName] += sd.Name()
+			}
+		}
+		if want := map[string]string{"workersd": "http", "workersd-sdwriter": "kubernetes"}; !maps.Equal(jobs, want) {
+			t.Fatalf("%s: jobs and their discovery %v, want %v", dir, jobs, want)
 		}
 	}
 }
