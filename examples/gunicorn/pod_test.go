@@ -5,6 +5,7 @@ package gunicorn
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -202,6 +203,11 @@ func TestGunicornPod(t *testing.T) {
 	if gone > ttl+2500*time.Millisecond {
 		t.Errorf("pod 2's targets went %s after its network was cut, later than the TTL %s (with 2.5s for etcd's expiry check and sdwriter on a loaded machine)", gone, ttl)
 	}
+
+	// What the sidecar cost (docs/KUBERNETES.md), from its own metrics.
+	agentFigures := scrapeValues(t, "http://"+pod1.ip+":9851/metrics", "process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds")
+	t.Logf("the agent of pod 1: %.1f MB resident, %.2f s of CPU in %.0f s (4 workers, %d lifetimes)",
+		agentFigures[1]/1e6, agentFigures[0], float64(time.Now().UnixNano())/1e9-agentFigures[2], strings.Count(pod1.app.Log(), "Booting worker with pid"))
 
 	// Pod 1 deleted as the kubelet does it: SIGTERM to the application;
 	// once it has exited, SIGTERM to the sidecar.
@@ -571,6 +577,36 @@ func waitPodTargets(t *testing.T, sd string, p *pod, n int, timeout time.Duratio
 		}
 	}
 	return cur
+}
+
+// scrapeValues returns the values of the unlabelled metrics names at url.
+func scrapeValues(t *testing.T, url string, names ...string) []float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]float64, len(names))
+	for i, n := range names {
+		found := false
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, n+" "); ok {
+				if out[i], err = strconv.ParseFloat(v, 64); err != nil {
+					t.Fatalf("%s: %q: %v", url, line, err)
+				}
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("%s has no %s", url, n)
+		}
+	}
+	return out
 }
 
 func sortedKeys(m map[string]string) []string {
