@@ -3,6 +3,7 @@
 package gunicorn
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,10 +19,12 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.yaml.in/yaml/v2"
 
 	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/embedetcd"
+	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/internal/etcdtest"
 	"github.com/workersd/workersd/internal/poll"
 	"github.com/workersd/workersd/internal/promtest"
@@ -97,6 +100,7 @@ func TestGunicornPod(t *testing.T) {
 	if out, err := setup.CombinedOutput(); err != nil {
 		t.Fatalf("setup-auth.sh: %v\n%s", err, out)
 	}
+	checkEtcdScopes(t, "http://"+etcdAddr)
 
 	// sdwriter with its Deployment's arguments.
 	sdwAddr := "127.0.0.1:" + freePort(t)
@@ -235,6 +239,57 @@ func TestGunicornPod(t *testing.T) {
 		t.Errorf("%d workers of pod 1 exited without a final scrape", n)
 	}
 	checkTotals("after pod 1's deletion")
+}
+
+// checkEtcdScopes: after setup-auth.sh, authentication is on; the
+// Deployment's user may write its pods' keys and slot holds, and neither
+// another Deployment's nor another job's; sdwriter's may read, not write.
+func checkEtcdScopes(t *testing.T, endpoint string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	as := func(user string) *clientv3.Client {
+		t.Helper()
+		c, err := etcdclient.New([]string{endpoint}, clientv3.Config{Username: user, Password: user + "-pw"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	anon, err := etcdclient.New([]string{endpoint}, clientv3.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anon.Close()
+	if _, err := anon.Put(ctx, "/workersd/v1/gunicorn-demo/example-gunicorn-a-b/0", "{}"); err == nil {
+		t.Error("etcd accepts a write without credentials: authentication is off")
+	}
+	app, sdw := as("example-gunicorn"), as("sdwriter")
+	for key, allowed := range map[string]bool{
+		"/workersd/v1/gunicorn-demo/example-gunicorn-7d9f8c6b5-zzzzz/0":      true,
+		"/workersd/v1.hold/gunicorn-demo/example-gunicorn-7d9f8c6b5-zzzzz/0": true,
+		"/workersd/v1/gunicorn-demo/checkout-5c4d7b9f8-abcde/0":              false,
+		"/workersd/v1/other-job/example-gunicorn-7d9f8c6b5-zzzzz/0":          false,
+	} {
+		_, err := app.Put(ctx, key, "{}")
+		if allowed && err != nil {
+			t.Errorf("the Deployment's user may not write %s: %v", key, err)
+		} else if !allowed && err == nil {
+			t.Errorf("the Deployment's user may write %s", key)
+		}
+		if err == nil {
+			if _, err := app.Delete(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := sdw.Get(ctx, "/workersd/v1/", clientv3.WithPrefix()); err != nil {
+		t.Errorf("sdwriter's user may not read the prefix: %v", err)
+	}
+	if _, err := sdw.Put(ctx, "/workersd/v1/gunicorn-demo/x/0", "{}"); err == nil {
+		t.Error("sdwriter's user may write")
+	}
 }
 
 func requireRoot(t *testing.T) {
