@@ -56,7 +56,7 @@ const deploy = "../../deploy/kubernetes"
 // exact and no target of it left 1 s after the agent exits.
 func TestGunicornPod(t *testing.T) {
 	env := requireGunicorn(t)
-	requireRoot(t)
+	buildtest.RequireRoot(t, "network and PID namespaces")
 	ipTool := buildtest.RequireTool(t, "ip", "apt-get install iproute2")
 	unshare := buildtest.RequireTool(t, "unshare", "apt-get install util-linux")
 	nsenter := buildtest.RequireTool(t, "nsenter", "apt-get install util-linux")
@@ -289,16 +289,6 @@ func checkEtcdScopes(t *testing.T, endpoint string) {
 	}
 	if _, err := sdw.Put(ctx, "/workersd/v1/gunicorn-demo/x/0", "{}"); err == nil {
 		t.Error("sdwriter's user may write")
-	}
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("network and PID namespaces need root (CI runs as root)")
-		}
-		t.Skip("network and PID namespaces need root")
 	}
 }
 

@@ -80,6 +80,16 @@ func RequirePrometheus3(t testing.TB) string {
 	return p
 }
 
+// RequireRoot skips a test that needs root (namespaces, other users'
+// processes) when not run as root, but fails it in CI, which runs as root;
+// why says what needs it.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missing(t, why+" needs root")
+	}
+}
+
 func missing(t testing.TB, msg string) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
