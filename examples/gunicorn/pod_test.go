@@ -40,9 +40,10 @@ const deploy = "../../deploy/kubernetes"
 // pause process as pid 1 of a PID namespace that the agent sidecar and
 // gunicorn (4 workers, recycled by max_requests) share, a directory as the
 // emptyDir, the downward API's values where the manifest asks for them.
-// Each container runs the manifest's command, arguments and environment;
-// the test changes only where etcd is, the volumes' paths, gunicorn's
-// max_requests (30, to recycle within the test) and Prometheus' intervals.
+// Each container runs the manifest's command, arguments and environment as
+// the pod's runAsUser and runAsGroup; the test changes only where etcd is,
+// the volumes' paths, gunicorn's max_requests (30, to recycle within the
+// test) and Prometheus' intervals.
 // Outside the pod: etcd set up by etcd/setup-auth.sh (the agent logs in as
 // the Deployment's user, sdwriter as its read-only one), sdwriter with its
 // Deployment's arguments, Prometheus 3.15 reading sdwriter through the
@@ -327,6 +328,11 @@ type k8sWorkload struct {
 	Spec struct {
 		Template struct {
 			Spec struct {
+				SecurityContext struct {
+					RunAsUser  int `yaml:"runAsUser"`
+					RunAsGroup int `yaml:"runAsGroup"`
+					FSGroup    int `yaml:"fsGroup"`
+				} `yaml:"securityContext"`
 				InitContainers []k8sContainer `yaml:"initContainers"`
 				Containers     []k8sContainer `yaml:"containers"`
 			} `yaml:"spec"`
@@ -476,7 +482,24 @@ func (r podRun) start(netns [2]string, name string) *pod {
 		t.Fatal(err)
 	}
 	volumes := map[string]string{"workersd-run": filepath.Join(dir, "workersd-run"), "etcd-password": secret, "tmp": filepath.Join(dir, "tmp")}
-	os.Mkdir(volumes["tmp"], 0o755)
+	if err := os.Mkdir(volumes["tmp"], 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// As the kubelet makes them for the pod's securityContext: emptyDirs
+	// writable by all, a Secret's files readable (its defaultMode, 0644),
+	// each owned by the fsGroup; and the containers run as runAsUser and
+	// runAsGroup, so the test's directories above must be open to them.
+	sc := r.app.Spec.Template.Spec.SecurityContext
+	for name, mode := range map[string]os.FileMode{"workersd-run": 0o777, "tmp": 0o777, "etcd-password": 0o755} {
+		chown(t, volumes[name], sc.FSGroup, mode)
+	}
+	chown(t, filepath.Join(secret, "password"), sc.FSGroup, 0o644)
+	openUp(t, dir)
+	openUp(t, r.env.bin)
+	asUser := []string{"--setuid=" + strconv.Itoa(sc.RunAsUser), "--setgid=" + strconv.Itoa(sc.RunAsGroup)}
+	if sc.RunAsUser == 0 || sc.RunAsGroup == 0 {
+		t.Fatalf("the pod's securityContext sets no runAsUser and runAsGroup: %+v", sc)
+	}
 
 	p.pause = servertest.Run(t, dir, "pause", nil, r.ip, "netns", "exec", p.netns, r.unshare, "--pid", "--fork", "--mount-proc", "--kill-child", "sleep", "100000")
 	pausePid := child(t, p.pause.Cmd.Process.Pid)
@@ -486,7 +509,7 @@ func (r podRun) start(netns [2]string, name string) *pod {
 	argv, env := r.resolve(t, agent, facts, volumes)
 	argv = replaceFlag(argv, "--etcd.endpoints", r.etcd)
 	argv[0] = filepath.Join(r.env.bin, argv[0])
-	p.agent = servertest.Run(t, dir, "agent", env, r.nsenter, append([]string{"--target", strconv.Itoa(pausePid), "--pid", "--mount", "--net", "--"}, argv...)...)
+	p.agent = servertest.Run(t, dir, "agent", env, r.nsenter, slices.Concat([]string{"--target", strconv.Itoa(pausePid), "--pid", "--mount", "--net"}, asUser, []string{"--"}, argv)...)
 	p.agentPid = child(t, p.agent.Cmd.Process.Pid)
 	// The startup probe: gunicorn starts once the agent is healthy.
 	poll.Until(t, 30*time.Second, func() bool {
@@ -509,8 +532,18 @@ func (r podRun) start(netns [2]string, name string) *pod {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.app = servertest.Run(t, dir, "app", env, r.nsenter, append([]string{"--target", strconv.Itoa(pausePid), "--pid", "--mount", "--net", "--wd=" + wd, "--"}, argv...)...)
+	p.app = servertest.Run(t, dir, "app", env, r.nsenter, slices.Concat([]string{"--target", strconv.Itoa(pausePid), "--pid", "--mount", "--net", "--wd=" + wd}, asUser, []string{"--"}, argv)...)
 	p.appPid = child(t, p.app.Cmd.Process.Pid)
+	for _, pid := range []int{p.agentPid, p.appPid} {
+		// /proc/<pid> belongs to the process's effective user.
+		fi, err := os.Stat("/proc/" + strconv.Itoa(pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := fi.Sys().(*syscall.Stat_t).Uid; int(uid) != sc.RunAsUser {
+			t.Fatalf("process %d runs as uid %d, not the pod's runAsUser %d", pid, uid, sc.RunAsUser)
+		}
+	}
 	return p
 }
 
@@ -560,6 +593,28 @@ func (r podRun) resolve(t *testing.T, c k8sContainer, facts, volumes map[string]
 		env = append(env, e.Name+"="+move(vars[e.Name]))
 	}
 	return argv, env
+}
+
+// chown gives path to group gid (user root) with mode.
+func chown(t *testing.T, path string, gid int, mode os.FileMode) {
+	t.Helper()
+	if err := os.Chown(path, 0, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openUp lets every user through dir and the directories above it that the
+// test created (t.TempDir makes them 0700), up to /tmp's.
+func openUp(t *testing.T, dir string) {
+	t.Helper()
+	for d := dir; d != os.TempDir() && d != "/" && d != "."; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // child returns the pid of pid's only child, once it has one.
