@@ -319,6 +319,15 @@ func TestAppPod(t *testing.T) {
 			if a, b := mountOf(agent, filepath.Dir(socket)), mountOf(app, filepath.Dir(socket)); a == "" || a != b {
 				t.Errorf("the socket's directory is volume %q in the agent, %q in the application", a, b)
 			}
+			// The agent lets a caller act on its own user's workers only.
+			if p.SecurityContext == nil || p.SecurityContext.RunAsUser == nil {
+				t.Error("the pod sets no runAsUser: the agent and the application could run as different users")
+			}
+			for _, c := range []*corev1.Container{agent, app} {
+				if c.SecurityContext != nil && (c.SecurityContext.RunAsUser != nil || c.SecurityContext.RunAsGroup != nil) {
+					t.Errorf("container %s sets its own user: the agent and the application must run as one", c.Name)
+				}
+			}
 			// gunicorn's graceful_timeout (30 s, its default) bounds the
 			// workers' final scrapes; the agent stops within 5 s after.
 			if g := p.TerminationGracePeriodSeconds; g == nil || *g < 30+5 {
