@@ -22,6 +22,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
@@ -409,6 +410,13 @@ func checkSelectors(t *testing.T, objs []object) {
 			t.Errorf("%s %s does not select its own pods", o.kind, o.name)
 		}
 		pods = append(pods, pod{o.namespace, tmpl})
+	}
+	for _, o := range objs {
+		if rb, ok := o.obj.(*rbacv1.RoleBinding); ok && !slices.ContainsFunc(objs, func(r object) bool {
+			return r.kind == rb.RoleRef.Kind && r.name == rb.RoleRef.Name && r.namespace == rb.Namespace
+		}) {
+			t.Errorf("RoleBinding %s/%s binds %s %s, which is not in its namespace", rb.Namespace, rb.Name, rb.RoleRef.Kind, rb.RoleRef.Name)
+		}
 	}
 	selects := func(ns string, sel labels.Selector) bool {
 		return slices.ContainsFunc(pods, func(p pod) bool { return (ns == "" || p.namespace == ns) && sel.Matches(p.labels) })
