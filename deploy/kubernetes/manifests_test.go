@@ -1,8 +1,10 @@
 package kubernetes
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"maps"
 	"os"
 	"os/exec"
@@ -104,6 +106,42 @@ func build(t *testing.T, dir string) []object {
 		out = append(out, o)
 	}
 	return out
+}
+
+var update = flag.Bool("update", false, "write built/<overlay>.yaml anew")
+
+// built/<overlay>.yaml is what `kubectl apply -k overlays/<overlay>` applies,
+// as kustomize builds it now: what a reviewer reads, and what
+// examples/gunicorn's TestGunicornPod runs (go test -update writes it).
+func TestBuiltOverlaysAreCommitted(t *testing.T) {
+	for _, dir := range overlays {
+		rm, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+		if err != nil {
+			t.Fatalf("kustomize build %s: %v", dir, err)
+		}
+		got, err := rm.AsYaml()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append([]byte("# kustomize build deploy/kubernetes/"+dir+"; written by go test -update, do not edit\n"), got...)
+		file := filepath.Join("built", filepath.Base(dir)+".yaml")
+		if *update {
+			if err := os.MkdirAll("built", 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(file, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("%v (go test -update writes it)", err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s is not what kustomize builds from %s: run go test -update in deploy/kubernetes", file, dir)
+		}
+	}
 }
 
 // Every overlay builds, and every object in it decodes strictly into the
@@ -297,10 +335,10 @@ func TestAppPod(t *testing.T) {
 			}
 			app := container(t, p.Containers, "app")
 			args := agent.Args
-			if got := flag(args, "--host"); got != "$(POD_NAME)" {
+			if got := flagValue(args, "--host"); got != "$(POD_NAME)" {
 				t.Errorf("--host=%q, want the pod's name", got)
 			}
-			if got := flag(args, "--advertise.host"); got != "$(POD_IP)" {
+			if got := flagValue(args, "--advertise.host"); got != "$(POD_IP)" {
 				t.Errorf("--advertise.host=%q, want the pod's IP", got)
 			}
 			for name, path := range map[string]string{"POD_NAME": "metadata.name", "POD_IP": "status.podIP"} {
@@ -308,13 +346,13 @@ func TestAppPod(t *testing.T) {
 					t.Errorf("the agent's %s comes from %q, want the downward API's %s", name, got, path)
 				}
 			}
-			socket := flag(args, "--listen.socket")
+			socket := flagValue(args, "--listen.socket")
 			if got := env(app, "WORKERSD_AGENT_SOCKET"); got != socket {
 				t.Errorf("the application looks for the agent at %q, the agent listens on %q", got, socket)
 			}
 			for _, f := range []string{"--listen.socket", "--state.file"} {
-				if v := mountOf(agent, filepath.Dir(flag(args, f))); v == "" || emptyDir(p, v) == nil {
-					t.Errorf("%s=%s is not on an emptyDir", f, flag(args, f))
+				if v := mountOf(agent, filepath.Dir(flagValue(args, f))); v == "" || emptyDir(p, v) == nil {
+					t.Errorf("%s=%s is not on an emptyDir", f, flagValue(args, f))
 				}
 			}
 			if a, b := mountOf(agent, filepath.Dir(socket)), mountOf(app, filepath.Dir(socket)); a == "" || a != b {
@@ -482,8 +520,8 @@ func container(t *testing.T, cs []corev1.Container, name string) *corev1.Contain
 	return nil
 }
 
-// flag returns the value of --name=value in args.
-func flag(args []string, name string) string {
+// flagValue returns the value of --name=value in args.
+func flagValue(args []string, name string) string {
 	for _, a := range args {
 		if v, ok := strings.CutPrefix(a, name+"="); ok {
 			return v

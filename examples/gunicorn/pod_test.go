@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -34,20 +35,20 @@ import (
 // deploy is deploy/kubernetes, from this package's directory.
 const deploy = "../../deploy/kubernetes"
 
-// The example pod of deploy/kubernetes (app/deployment.yaml, the cluster
-// overlay's pod unchanged but for its namespace), simulated with Linux
-// namespaces: a network namespace with the pod's IP on a veth pair, a
-// pause process as pid 1 of a PID namespace that the agent sidecar and
-// gunicorn (4 workers, recycled by max_requests) share, a directory as the
-// emptyDir, the downward API's values where the manifest asks for them.
-// Each container runs the manifest's command, arguments and environment as
-// the pod's runAsUser and runAsGroup; the test changes only where etcd is,
-// the volumes' paths, gunicorn's max_requests (30, to recycle within the
-// test) and Prometheus' intervals.
-// Outside the pod: etcd set up by etcd/setup-auth.sh (the agent logs in as
-// the Deployment's user, sdwriter as its read-only one), sdwriter with its
-// Deployment's arguments, Prometheus 3.15 reading sdwriter through the
-// http_sd job of prometheus/plain.
+// The example pod of deploy/kubernetes as the cluster overlay applies it
+// (deploy/kubernetes/built/cluster.yaml), simulated with Linux namespaces:
+// a network namespace with the pod's IP on a veth pair, a pause process as
+// pid 1 of a PID namespace that the agent sidecar and gunicorn (4 workers,
+// recycled by max_requests) share, a directory as each volume, the
+// downward API's values where the manifest asks for them. Each container
+// runs the manifest's command, arguments and environment as the pod's
+// runAsUser and runAsGroup; the test changes only where etcd is, the
+// volumes' paths, gunicorn's max_requests (30, to recycle within the test)
+// and Prometheus' intervals. Outside the pod: etcd (one member) set up by
+// the overlay's setup-auth.sh (the agent logs in as the Deployment's user,
+// sdwriter as its read-only one), sdwriter with its Deployment's
+// arguments, Prometheus 3.15 reading sdwriter through the overlay's http_sd
+// job.
 //
 // Checks: 4 targets on the pod's IP; a second pod of the Deployment has
 // instances of its own; totals exact in Prometheus' raw samples across the
@@ -56,98 +57,12 @@ const deploy = "../../deploy/kubernetes"
 // to gunicorn, then to the sidecar once gunicorn has exited): totals still
 // exact and no target of it left 1 s after the agent exits.
 func TestGunicornPod(t *testing.T) {
-	env := requireGunicorn(t)
-	buildtest.RequireRoot(t, "network and PID namespaces")
-	ipTool := buildtest.RequireTool(t, "ip", "apt-get install iproute2")
-	unshare := buildtest.RequireTool(t, "unshare", "apt-get install util-linux")
-	nsenter := buildtest.RequireTool(t, "nsenter", "apt-get install util-linux")
-	etcdctl := buildtest.RequireTool(t, "etcdctl", "apt-get install etcd-client")
-	const (
-		maxRequests = 30
-		requests    = 360
-		every       = 50 * time.Millisecond
-		ttl         = 10 * time.Second // the agent's default, which the manifest keeps
-		job         = "gunicorn-demo"
-	)
-
-	app := readWorkload(t, filepath.Join(deploy, "app", "deployment.yaml"))
-	sdwSpec := readWorkload(t, filepath.Join(deploy, "sdwriter", "deployment.yaml"))
-	authJob := readWorkload(t, filepath.Join(deploy, "etcd", "auth-job.yaml"))
-	dir := t.TempDir()
-	// Both pods' networks first: etcd listens on the node's end of them.
-	net := newPodNet(t, ipTool)
-	net1, net2 := net.add(t), net.add(t)
-
-	// etcd on the node's side of the veth pairs, where the pods reach it;
-	// users and roles by the manifests' own script.
-	etcdAddr := net.nodeIP + ":" + freePort(t)
-	etcd, err := embedetcd.Start(embedetcd.Config{Dir: filepath.Join(dir, "etcd"), ClientAddr: etcdAddr, PeerAddr: "127.0.0.1:" + freePort(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(etcd.Close)
-	passwords := filepath.Join(dir, "passwords")
-	if err := os.Mkdir(passwords, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, user := range []string{"root", "sdwriter", "example-gunicorn"} {
-		if err := os.WriteFile(filepath.Join(passwords, user), []byte(user+"-pw\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	setup := exec.Command("/bin/sh", filepath.Join(deploy, "etcd", "setup-auth.sh"))
-	setup.Env = append(os.Environ(), "ETCD_ENDPOINTS=http://"+etcdAddr, "PASSWORDS="+passwords,
-		"WORKERSD_APPS="+envValue(t, authJob.containers()[0], "WORKERSD_APPS"), "ETCDCTL_API=3", "PATH="+filepath.Dir(etcdctl)+":"+os.Getenv("PATH"))
-	if out, err := setup.CombinedOutput(); err != nil {
-		t.Fatalf("setup-auth.sh: %v\n%s", err, out)
-	}
-	checkEtcdScopes(t, "http://"+etcdAddr)
-
-	// sdwriter with its Deployment's arguments.
-	sdwAddr := "127.0.0.1:" + freePort(t)
-	sdwArgs := replaceFlag(sdwSpec.containers()[0].Args, "--etcd.endpoints", "http://"+etcdAddr)
-	sdwArgs = replaceFlag(sdwArgs, "--etcd.password-file", filepath.Join(passwords, "sdwriter"))
-	sdwArgs = replaceFlag(sdwArgs, "--web.listen-address", sdwAddr)
-	servertest.Run(t, dir, "sdwriter", nil, filepath.Join(env.bin, "sdwriter"), sdwArgs...)
-	sd := "http://" + sdwAddr + "/sd"
-	poll.Until(t, 30*time.Second, func() bool {
-		resp, err := http.Get("http://" + sdwAddr + "/-/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, "sdwriter is not ready")
-
-	// Prometheus with the plain http_sd job, its intervals shortened.
-	scrape, err := os.ReadFile(filepath.Join(deploy, "prometheus", "plain", "workersd-scrape.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := yaml.Unmarshal(scrape, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	jobCfg := cfg["scrape_configs"].([]any)[0].(map[any]any)
-	jobCfg["scrape_interval"] = "1s"
-	httpSD := jobCfg["http_sd_configs"].([]any)[0].(map[any]any)
-	if httpSD["url"] != "http://sdwriter.workersd.svc:9850/sd" {
-		t.Fatalf("the scrape file reads %v, not sdwriter's Service", httpSD["url"])
-	}
-	httpSD["url"], httpSD["refresh_interval"] = sd, "1s"
-	cfg["global"] = map[string]any{"evaluation_interval": "1s"}
-	promCfg, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	prom := servertest.StartPrometheus(t, "prometheus", env.prom3, string(promCfg), "--enable-feature=created-timestamp-zero-ingestion")
-	prom.Ready()
-
-	podEnv := podRun{t: t, dir: dir, app: app, env: env, ip: ipTool, unshare: unshare, nsenter: nsenter, passwords: passwords, etcd: "http://" + etcdAddr, maxRequests: maxRequests}
-	pod1 := podEnv.start(net1, "example-gunicorn-7d9f8c6b5-x2x4q")
-	first := waitPodTargets(t, sd, pod1, 4, 60*time.Second)
-	pod2 := podEnv.start(net2, "example-gunicorn-7d9f8c6b5-k8m2p")
-	second := waitPodTargets(t, sd, pod2, 4, 60*time.Second)
+	const ttl = 10 * time.Second // the agent's default, which the manifest keeps
+	s := startPodStack(t, "cluster")
+	pod1 := s.start(s.net.add(t), "example-gunicorn-7d9f8c6b5-x2x4q")
+	first := waitPodTargets(t, s.sd, pod1, 4, 60*time.Second)
+	pod2 := s.start(s.net.add(t), "example-gunicorn-7d9f8c6b5-k8m2p")
+	second := waitPodTargets(t, s.sd, pod2, 4, 60*time.Second)
 	for inst := range second {
 		if first[inst] != "" {
 			t.Errorf("instance %s in both pods", inst)
@@ -155,54 +70,18 @@ func TestGunicornPod(t *testing.T) {
 	}
 	t.Logf("pod 1: %v; pod 2: %v", sortedKeys(first), sortedKeys(second))
 
-	began := time.Now()
-	ok, notFound := servertest.DriveRequests(t, pod1.ip+":8000", requests, every)
-	lifetimes := strings.Count(pod1.app.Log(), "Booting worker with pid")
-	t.Logf("%d requests to pod 1 (%d 200, %d 404); %d worker lifetimes", requests, ok, notFound, lifetimes)
-	if lifetimes < 4+4 {
-		t.Errorf("%d worker lifetimes: max_requests did not recycle the workers", lifetimes)
+	load := s.drive(pod1, 360)
+	if load.lifetimes < 4+4 {
+		t.Errorf("%d worker lifetimes: max_requests did not recycle the workers", load.lifetimes)
 	}
-	lastRequest := time.Now()
-	poll.Until(t, 40*time.Second, func() bool {
-		cur := podTargets(t, sd, pod1)
-		ss, err := promtest.RawSamples(prom.URL(), fmt.Sprintf(`up{job=%q,host=%q}`, job, pod1.name), time.Now().Add(-2*time.Second), time.Now())
-		if err != nil {
-			return false
-		}
-		fresh := 0
-		for _, s := range ss {
-			if last := s.Samples[len(s.Samples)-1]; last.T >= float64(lastRequest.UnixNano())/1e9+0.5 && last.V == 1 && cur[s.Metric["instance"]] != "" {
-				fresh++
-			}
-		}
-		return fresh == len(cur)
-	}, "Prometheus did not scrape every worker of pod 1 after the last request")
-	checkTotals := func(when string) {
-		t.Helper()
-		for sel, truth := range map[string]float64{
-			fmt.Sprintf(`app_requests_total{job=%q}`, job):             requests,
-			fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, job): float64(notFound),
-		} {
-			raw, _, err := promtest.Totals(prom.URL(), sel, began.Add(-time.Minute), time.Now())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if raw != truth {
-				t.Errorf("%s: %s: Prometheus' total of the raw samples %v, want exactly %v", when, sel, raw, truth)
-				servertest.LogSeries(t, prom.URL(), sel, began.Add(-time.Minute), time.Now())
-			} else {
-				t.Logf("%s: %s = %v, exact", when, sel, raw)
-			}
-		}
-	}
-	checkTotals("after the recycling")
+	s.checkTotals(load, "after the recycling")
 
 	// A lost node: pod 2's network goes; its registrations expire with the
 	// agent's lease.
-	if out, err := exec.Command(ipTool, "-n", pod2.netns, "link", "set", "eth0", "down").CombinedOutput(); err != nil {
+	if out, err := exec.Command(s.ip, "-n", pod2.netns, "link", "set", "eth0", "down").CombinedOutput(); err != nil {
 		t.Fatalf("cut pod 2's network: %v %s", err, out)
 	}
-	gone := poll.Until(t, ttl+5*time.Second, func() bool { return len(podTargets(t, sd, pod2)) == 0 },
+	gone := poll.Until(t, ttl+5*time.Second, func() bool { return len(podTargets(t, s.sd, pod2)) == 0 },
 		"pod 2's targets still served after its network was cut")
 	t.Logf("pod 2's network cut: its targets gone after %s (TTL %s)", gone.Round(10*time.Millisecond), ttl)
 	if gone > ttl+2500*time.Millisecond {
@@ -214,32 +93,220 @@ func TestGunicornPod(t *testing.T) {
 	t.Logf("the agent of pod 1: %.1f MB resident, %.2f s of CPU in %.0f s (4 workers, %d lifetimes)",
 		agentFigures[1]/1e6, agentFigures[0], float64(time.Now().UnixNano())/1e9-agentFigures[2], strings.Count(pod1.app.Log(), "Booting worker with pid"))
 
-	// Pod 1 deleted as the kubelet does it: SIGTERM to the application;
-	// once it has exited, SIGTERM to the sidecar.
+	s.delete(pod1)
+	s.checkTotals(load, "after pod 1's deletion")
+}
+
+// The same pod as the embedded overlay applies it
+// (deploy/kubernetes/built/embedded.yaml): the agent registers in the
+// embedded etcd of sdwriter's StatefulSet, without credentials. One pod:
+// 4 targets on its IP, totals exact across recycling and after its
+// deletion, no target 1 s after the agent exits.
+func TestGunicornPodEmbedded(t *testing.T) {
+	s := startPodStack(t, "embedded")
+	p := s.start(s.net.add(t), "example-gunicorn-6b8d9c7f4-q7w2e")
+	waitPodTargets(t, s.sd, p, 4, 60*time.Second)
+	load := s.drive(p, 160)
+	s.delete(p)
+	s.checkTotals(load, "after the pod's deletion")
+}
+
+// podStack is what runs outside the pods, as an overlay sets it up.
+type podStack struct {
+	podRun
+	net    *podNet
+	sd     string // sdwriter's http_sd URL
+	prom   *servertest.Prometheus
+	job    string
+	nodeIP string
+}
+
+// startPodStack starts etcd, sdwriter and Prometheus as deploy/kubernetes'
+// overlay (cluster or embedded) describes them, on the node's end of the
+// pods' veth pairs.
+func startPodStack(t *testing.T, overlay string) *podStack {
+	env := requireGunicorn(t)
+	buildtest.RequireRoot(t, "network and PID namespaces")
+	ipTool := buildtest.RequireTool(t, "ip", "apt-get install iproute2")
+	built := readBuilt(t, overlay)
+	app := built.find(t, "Deployment", "example-gunicorn")
+	dir := t.TempDir()
+	s := &podStack{
+		podRun: podRun{t: t, dir: dir, app: app, env: env, ip: ipTool, maxRequests: 30,
+			unshare: buildtest.RequireTool(t, "unshare", "apt-get install util-linux"),
+			nsenter: buildtest.RequireTool(t, "nsenter", "apt-get install util-linux")},
+		net: newPodNet(t, ipTool),
+		job: envValue(t, app.container(t, "app"), "WORKERSD_JOB"),
+	}
+	// The node's address exists once a pair does: etcd listens on it.
+	s.net.prepare(t)
+	etcdAddr := s.net.nodeIP + ":" + freePort(t)
+	s.etcd = "http://" + etcdAddr
+	sdwAddr := "127.0.0.1:" + freePort(t)
+	switch overlay {
+	case "cluster":
+		etcd, err := embedetcd.Start(embedetcd.Config{Dir: filepath.Join(dir, "etcd"), ClientAddr: etcdAddr, PeerAddr: "127.0.0.1:" + freePort(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(etcd.Close)
+		s.passwords = filepath.Join(dir, "passwords")
+		if err := os.Mkdir(s.passwords, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for _, user := range []string{"root", "sdwriter", "example-gunicorn"} {
+			if err := os.WriteFile(filepath.Join(s.passwords, user), []byte(user+"-pw\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The job etcd-auth-setup: its script from its ConfigMap.
+		etcdctl := buildtest.RequireTool(t, "etcdctl", "apt-get install etcd-client")
+		script := filepath.Join(dir, "setup-auth.sh")
+		if err := os.WriteFile(script, []byte(built.find(t, "ConfigMap", "etcd-auth-setup-").Data["setup-auth.sh"]), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		job := built.find(t, "Job", "etcd-auth-setup")
+		setup := exec.Command("/bin/sh", script)
+		setup.Env = append(os.Environ(), "ETCD_ENDPOINTS="+s.etcd, "PASSWORDS="+s.passwords,
+			"WORKERSD_APPS="+envValue(t, job.container(t, "setup"), "WORKERSD_APPS"), "ETCDCTL_API=3", "PATH="+filepath.Dir(etcdctl)+":"+os.Getenv("PATH"))
+		if out, err := setup.CombinedOutput(); err != nil {
+			t.Fatalf("setup-auth.sh: %v\n%s", err, out)
+		}
+		checkEtcdScopes(t, s.etcd)
+		args := built.find(t, "Deployment", "sdwriter").container(t, "sdwriter").Args
+		args = replaceFlag(args, "--etcd.endpoints", s.etcd)
+		args = replaceFlag(args, "--etcd.password-file", filepath.Join(s.passwords, "sdwriter"))
+		args = replaceFlag(args, "--web.listen-address", sdwAddr)
+		servertest.Run(t, dir, "sdwriter", nil, filepath.Join(env.bin, "sdwriter"), args...)
+	case "embedded":
+		args := built.find(t, "StatefulSet", "sdwriter").container(t, "sdwriter").Args
+		args = replaceFlag(args, "--etcd.embed.listen-address", etcdAddr)
+		args = replaceFlag(args, "--etcd.embed.data-dir", filepath.Join(dir, "sdwriter-etcd"))
+		args = replaceFlag(args, "--web.listen-address", sdwAddr)
+		args = append(args, "--etcd.embed.peer-address=127.0.0.1:"+freePort(t)) // its default, 2380, may be taken here
+		servertest.Run(t, dir, "sdwriter", nil, filepath.Join(env.bin, "sdwriter"), args...)
+	default:
+		t.Fatalf("no stack for overlay %s", overlay)
+	}
+	s.sd = "http://" + sdwAddr + "/sd"
+	poll.Until(t, 30*time.Second, func() bool {
+		resp, err := http.Get("http://" + sdwAddr + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "sdwriter is not ready")
+
+	// Prometheus with the overlay's workers job, its intervals shortened.
+	// (Its job for sdwriter's metrics discovers pods through an API server.)
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(built.find(t, "ConfigMap", "prometheus-workersd").Data["workersd-scrape.yml"]), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	jobCfg := cfg["scrape_configs"].([]any)[0].(map[any]any)
+	cfg["scrape_configs"] = []any{jobCfg}
+	jobCfg["scrape_interval"] = "1s"
+	httpSD := jobCfg["http_sd_configs"].([]any)[0].(map[any]any)
+	if httpSD["url"] != "http://sdwriter.workersd.svc:9850/sd" {
+		t.Fatalf("the scrape file reads %v, not sdwriter's Service", httpSD["url"])
+	}
+	httpSD["url"], httpSD["refresh_interval"] = s.sd, "1s"
+	cfg["global"] = map[string]any{"evaluation_interval": "1s"}
+	promCfg, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.prom = servertest.StartPrometheus(t, "prometheus", env.prom3, string(promCfg), "--enable-feature=created-timestamp-zero-ingestion")
+	s.prom.Ready()
+	return s
+}
+
+// load is what drive sent to a pod.
+type load struct {
+	requests, notFound int
+	lifetimes          int
+	began              time.Time
+}
+
+// drive sends n requests to p's gunicorn, one every 50ms, and waits until
+// Prometheus has scraped every worker of p since the last.
+func (s *podStack) drive(p *pod, n int) load {
+	t := s.t
+	t.Helper()
+	l := load{requests: n, began: time.Now()}
+	var ok int
+	ok, l.notFound = servertest.DriveRequests(t, p.ip+":8000", n, 50*time.Millisecond)
+	l.lifetimes = strings.Count(p.app.Log(), "Booting worker with pid")
+	t.Logf("%d requests to %s (%d 200, %d 404); %d worker lifetimes", n, p.name, ok, l.notFound, l.lifetimes)
+	lastRequest := time.Now()
+	poll.Until(t, 40*time.Second, func() bool {
+		cur := podTargets(t, s.sd, p)
+		ss, err := promtest.RawSamples(s.prom.URL(), fmt.Sprintf(`up{job=%q,host=%q}`, s.job, p.name), time.Now().Add(-2*time.Second), time.Now())
+		if err != nil {
+			return false
+		}
+		fresh := 0
+		for _, x := range ss {
+			if last := x.Samples[len(x.Samples)-1]; last.T >= float64(lastRequest.UnixNano())/1e9+0.5 && last.V == 1 && cur[x.Metric["instance"]] != "" {
+				fresh++
+			}
+		}
+		return fresh == len(cur)
+	}, "Prometheus did not scrape every worker of %s after the last request", p.name)
+	return l
+}
+
+// checkTotals fails unless Prometheus' raw samples count exactly what l sent.
+func (s *podStack) checkTotals(l load, when string) {
+	t := s.t
+	t.Helper()
+	for sel, truth := range map[string]float64{
+		fmt.Sprintf(`app_requests_total{job=%q}`, s.job):             float64(l.requests),
+		fmt.Sprintf(`app_responses_total{job=%q,code="404"}`, s.job): float64(l.notFound),
+	} {
+		raw, _, err := promtest.Totals(s.prom.URL(), sel, l.began.Add(-time.Minute), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if raw != truth {
+			t.Errorf("%s: %s: Prometheus' total of the raw samples %v, want exactly %v", when, sel, raw, truth)
+			servertest.LogSeries(t, s.prom.URL(), sel, l.began.Add(-time.Minute), time.Now())
+		} else {
+			t.Logf("%s: %s = %v, exact", when, sel, raw)
+		}
+	}
+}
+
+// delete deletes p as the kubelet does: SIGTERM to the application; once
+// it has exited, SIGTERM to the sidecar. 1 s after the agent's exit, no
+// target of p is left, and every worker had its final scrape.
+func (s *podStack) delete(p *pod) {
+	t := s.t
+	t.Helper()
 	deleted := time.Now()
-	syscall.Kill(pod1.appPid, syscall.SIGTERM) // nsenter passes no signal on: the container's process
+	syscall.Kill(p.appPid, syscall.SIGTERM) // nsenter passes no signal on: the container's process
 	select {
-	case <-pod1.app.Exited():
+	case <-p.app.Exited():
 	case <-time.After(45 * time.Second): // the manifest's terminationGracePeriodSeconds
 		t.Fatal("gunicorn did not exit within the pod's grace period")
 	}
 	appDone := time.Since(deleted)
-	syscall.Kill(pod1.agentPid, syscall.SIGTERM)
+	syscall.Kill(p.agentPid, syscall.SIGTERM)
 	select {
-	case <-pod1.agent.Exited():
+	case <-p.agent.Exited():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent did not exit within 10s of SIGTERM")
 	}
 	agentDone := time.Now()
-	t.Logf("pod 1 deleted: gunicorn exited after %s, the agent %s after its SIGTERM", appDone.Round(10*time.Millisecond), agentDone.Sub(deleted.Add(appDone)).Round(time.Millisecond))
+	t.Logf("%s deleted: gunicorn exited after %s, the agent %s after its SIGTERM", p.name, appDone.Round(10*time.Millisecond), agentDone.Sub(deleted.Add(appDone)).Round(time.Millisecond))
 	time.Sleep(time.Until(agentDone.Add(time.Second)))
-	if left := podTargets(t, sd, pod1); len(left) > 0 {
-		t.Errorf("1s after the agent exited, pod 1 still has targets %v", left)
+	if left := podTargets(t, s.sd, p); len(left) > 0 {
+		t.Errorf("1s after the agent exited, %s still has targets %v", p.name, left)
 	}
-	if n := strings.Count(pod1.app.Log(), "no final scrape within"); n > 0 {
-		t.Errorf("%d workers of pod 1 exited without a final scrape", n)
+	if n := strings.Count(p.app.Log(), "no final scrape within"); n > 0 {
+		t.Errorf("%d workers of %s exited without a final scrape", n, p.name)
 	}
-	checkTotals("after pod 1's deletion")
 }
 
 // checkEtcdScopes: after setup-auth.sh, authentication is on; the
@@ -324,7 +391,13 @@ type k8sContainer struct {
 	} `yaml:"volumeMounts"`
 }
 
+// k8sWorkload is one object of a built overlay, the fields the test reads.
 type k8sWorkload struct {
+	Kind     string `yaml:"kind"`
+	Metadata struct {
+		Name string `yaml:"name"`
+	} `yaml:"metadata"`
+	Data map[string]string `yaml:"data"` // a ConfigMap's
 	Spec struct {
 		Template struct {
 			Spec struct {
@@ -335,12 +408,20 @@ type k8sWorkload struct {
 				} `yaml:"securityContext"`
 				InitContainers []k8sContainer `yaml:"initContainers"`
 				Containers     []k8sContainer `yaml:"containers"`
+				Volumes        []struct {
+					Name     string    `yaml:"name"`
+					EmptyDir *struct{} `yaml:"emptyDir"`
+					Secret   *struct {
+						Items []struct {
+							Key  string `yaml:"key"`
+							Path string `yaml:"path"`
+						} `yaml:"items"`
+					} `yaml:"secret"`
+				} `yaml:"volumes"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
 	} `yaml:"spec"`
 }
-
-func (w *k8sWorkload) containers() []k8sContainer { return w.Spec.Template.Spec.Containers }
 
 func (w *k8sWorkload) container(t *testing.T, name string) k8sContainer {
 	t.Helper()
@@ -353,17 +434,39 @@ func (w *k8sWorkload) container(t *testing.T, name string) k8sContainer {
 	return k8sContainer{}
 }
 
-func readWorkload(t *testing.T, path string) *k8sWorkload {
+// built is an overlay as deploy/kubernetes/built/<overlay>.yaml has it:
+// what kubectl apply -k applies, which deploy/kubernetes' tests keep so.
+type built []*k8sWorkload
+
+func readBuilt(t *testing.T, overlay string) built {
 	t.Helper()
+	path := filepath.Join(deploy, "built", overlay+".yaml")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &k8sWorkload{}
-	if err := yaml.Unmarshal(b, w); err != nil {
-		t.Fatalf("%s: %v", path, err)
+	var out built
+	for _, doc := range strings.Split(string(b), "\n---\n") {
+		w := &k8sWorkload{}
+		if err := yaml.Unmarshal([]byte(doc), w); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		out = append(out, w)
 	}
-	return w
+	return out
+}
+
+// find returns the object of kind whose name is name, or starts with it
+// when it ends in "-" (a generated ConfigMap's hash suffix).
+func (b built) find(t *testing.T, kind, name string) *k8sWorkload {
+	t.Helper()
+	for _, w := range b {
+		if w.Kind == kind && (w.Metadata.Name == name || strings.HasSuffix(name, "-") && strings.HasPrefix(w.Metadata.Name, name)) {
+			return w
+		}
+	}
+	t.Fatalf("no %s %s in the built overlay", kind, name)
+	return nil
 }
 
 func envValue(t *testing.T, c k8sContainer, name string) string {
@@ -396,11 +499,15 @@ var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 // podNet is the node's side: a veth pair per pod, the node's end in this
 // network namespace, the pod's in one of its own.
 type podNet struct {
-	ip     string
-	nodeIP string // the address of every pair's node end
-	id     int
-	n      int
+	ip       string
+	nodeIP   string // the address of every pair's node end
+	id       int
+	prepared [][2]string
 }
+
+// podSeq numbers the pods of the test binary: their namespaces, links and
+// IPs.
+var podSeq atomic.Int32
 
 func newPodNet(t *testing.T, ip string) *podNet {
 	t.Helper()
@@ -408,13 +515,30 @@ func newPodNet(t *testing.T, ip string) *podNet {
 	return &podNet{ip: ip, nodeIP: fmt.Sprintf("10.79.%d.1", id%250), id: id}
 }
 
-// add makes a pod's network namespace and returns its name and the pod's IP.
+// prepare makes a pod's network ahead, for the next add: the node's
+// address exists from then on.
+func (n *podNet) prepare(t *testing.T) {
+	t.Helper()
+	n.prepared = append(n.prepared, n.make(t))
+}
+
+// add returns a pod's network namespace and the pod's IP.
 func (n *podNet) add(t *testing.T) [2]string {
 	t.Helper()
-	n.n++
-	ns := fmt.Sprintf("wsd-pod-%d-%d", n.id, n.n)
-	host := fmt.Sprintf("wsdp%d-%d", n.id, n.n)
-	podIP := fmt.Sprintf("10.79.%d.%d", n.id%250, 10+n.n)
+	if len(n.prepared) > 0 {
+		p := n.prepared[0]
+		n.prepared = n.prepared[1:]
+		return p
+	}
+	return n.make(t)
+}
+
+func (n *podNet) make(t *testing.T) [2]string {
+	t.Helper()
+	seq := int(podSeq.Add(1))
+	ns := fmt.Sprintf("wsd-pod-%d-%d", n.id, seq)
+	host := fmt.Sprintf("wsdp%d-%d", n.id, seq)
+	podIP := fmt.Sprintf("10.79.%d.%d", n.id%250, 10+seq)
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command(n.ip, args...).CombinedOutput(); err != nil {
@@ -442,7 +566,7 @@ func (n *podNet) add(t *testing.T) [2]string {
 type podRun struct {
 	t           *testing.T
 	dir         string
-	app         *k8sWorkload
+	app         *k8sWorkload // the Deployment
 	env         gunicornEnv
 	ip          string
 	unshare     string
@@ -466,34 +590,41 @@ func (r podRun) start(netns [2]string, name string) *pod {
 	t.Helper()
 	p := &pod{name: name, netns: netns[0], ip: netns[1]}
 	dir := filepath.Join(r.dir, name)
-	if err := os.MkdirAll(filepath.Join(dir, "workersd-run"), 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	secret := filepath.Join(dir, "etcd-password")
-	if err := os.Mkdir(secret, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	// The Secret's item example-gunicorn, at path password.
-	b, err := os.ReadFile(filepath.Join(r.passwords, "example-gunicorn"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(secret, "password"), b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	volumes := map[string]string{"workersd-run": filepath.Join(dir, "workersd-run"), "etcd-password": secret, "tmp": filepath.Join(dir, "tmp")}
-	if err := os.Mkdir(volumes["tmp"], 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// As the kubelet makes them for the pod's securityContext: emptyDirs
-	// writable by all, a Secret's files readable (its defaultMode, 0644),
-	// each owned by the fsGroup; and the containers run as runAsUser and
+	// The pod's volumes, as the kubelet makes them for its securityContext:
+	// emptyDirs writable by all, a Secret's items readable (its defaultMode,
+	// 0644), each owned by the fsGroup; the containers run as runAsUser and
 	// runAsGroup, so the test's directories above must be open to them.
 	sc := r.app.Spec.Template.Spec.SecurityContext
-	for name, mode := range map[string]os.FileMode{"workersd-run": 0o777, "tmp": 0o777, "etcd-password": 0o755} {
-		chown(t, volumes[name], sc.FSGroup, mode)
+	volumes := map[string]string{}
+	for _, v := range r.app.Spec.Template.Spec.Volumes {
+		path := filepath.Join(dir, v.Name)
+		volumes[v.Name] = path
+		if err := os.Mkdir(path, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case v.EmptyDir != nil:
+			chown(t, path, sc.FSGroup, 0o777)
+		case v.Secret != nil:
+			chown(t, path, sc.FSGroup, 0o755)
+			for _, it := range v.Secret.Items {
+				b, err := os.ReadFile(filepath.Join(r.passwords, it.Key))
+				if err != nil {
+					t.Fatalf("volume %s: the Secret's %s: %v", v.Name, it.Key, err)
+				}
+				f := filepath.Join(path, it.Path)
+				if err := os.WriteFile(f, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				chown(t, f, sc.FSGroup, 0o644)
+			}
+		default:
+			t.Fatalf("volume %s: neither an emptyDir nor a Secret", v.Name)
+		}
 	}
-	chown(t, filepath.Join(secret, "password"), sc.FSGroup, 0o644)
 	openUp(t, dir)
 	openUp(t, r.env.bin)
 	asUser := []string{"--setuid=" + strconv.Itoa(sc.RunAsUser), "--setgid=" + strconv.Itoa(sc.RunAsGroup)}
@@ -535,14 +666,18 @@ func (r podRun) start(netns [2]string, name string) *pod {
 	p.app = servertest.Run(t, dir, "app", env, r.nsenter, slices.Concat([]string{"--target", strconv.Itoa(pausePid), "--pid", "--mount", "--net", "--wd=" + wd}, asUser, []string{"--"}, argv)...)
 	p.appPid = child(t, p.app.Cmd.Process.Pid)
 	for _, pid := range []int{p.agentPid, p.appPid} {
-		// /proc/<pid> belongs to the process's effective user.
-		fi, err := os.Stat("/proc/" + strconv.Itoa(pid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if uid := fi.Sys().(*syscall.Stat_t).Uid; int(uid) != sc.RunAsUser {
-			t.Fatalf("process %d runs as uid %d, not the pod's runAsUser %d", pid, uid, sc.RunAsUser)
-		}
+		// /proc/<pid> belongs to the process's effective user, which
+		// nsenter's child sets between its fork and its exec.
+		var uid string
+		poll.Until(t, 10*time.Second, func() bool {
+			fi, err := os.Stat("/proc/" + strconv.Itoa(pid))
+			if err != nil {
+				uid = err.Error()
+				return false
+			}
+			uid = strconv.Itoa(int(fi.Sys().(*syscall.Stat_t).Uid))
+			return uid == strconv.Itoa(sc.RunAsUser)
+		}, "process %d runs as uid %s, not the pod's runAsUser %d", pid, poll.Latest(&uid), sc.RunAsUser)
 	}
 	return p
 }
