@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/workersd/workersd/internal/buildtest"
 	"github.com/workersd/workersd/internal/metrictest"
 	"github.com/workersd/workersd/internal/poll"
 )
@@ -65,16 +66,6 @@ func openFDs(t testing.TB) int {
 	return len(ents)
 }
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("runs processes under other uids: needs root, which CI has")
-		}
-		t.Skip("runs processes under other uids: needs root")
-	}
-}
-
 // Issue 21, acceptance 4: one user holds 1,000 idle keep-alive connections
 // and 1,000 sending a request body a byte at a time (each was ~16 KB and a
 // descriptor of the agent's until it ran out: accept4: too many open
@@ -83,7 +74,7 @@ func needRoot(t *testing.T) {
 // most the user's limit, and every held connection is closed within the
 // timeouts.
 func TestOneUserCannotExhaustTheAgent(t *testing.T) {
-	needRoot(t)
+	buildtest.RequireRoot(t, "running processes under other uids")
 	const flooder, worker = 65534, 65533
 	const timeout = time.Second // read and idle
 	h := newHarness(t, nil, nil)

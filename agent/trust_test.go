@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/workersd/workersd/internal/buildtest"
 )
 
 // Two local users, uids 65534 and 65533, each with a worker process of its
@@ -28,7 +29,7 @@ import (
 // and the agent itself are refused; an address that is not this host's,
 // or another worker's, is refused; every refusal leaves etcd as it was.
 func TestForeignCallersAreRefused(t *testing.T) {
-	needRoot(t)
+	buildtest.RequireRoot(t, "running processes under other uids")
 	h := newHarness(t, nil, nil)
 	lim, err := NewConnLimiter(LimitConfig{})
 	if err != nil {

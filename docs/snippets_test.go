@@ -17,6 +17,10 @@ import (
 // commands, JSON answers and PromQL are shown, not run as files.
 var checked = map[string]bool{"python": true, "ruby": true, "js": true, "javascript": true, "ini": true, "go": true}
 
+// checkedIn are more fence languages checked in one document: the
+// Kubernetes page's YAML is the manifests deploy/kubernetes' tests check.
+var checkedIn = map[string]map[string]bool{"docs/KUBERNETES.md": {"yaml": true}}
+
 var marker = regexp.MustCompile(`^<!-- snippet: (\S+) -->$`)
 
 type snippet struct {
@@ -86,7 +90,7 @@ func snippets(t *testing.T, root, doc string) []snippet {
 			cur.body = append(cur.body, line)
 		case strings.HasPrefix(line, "```"):
 			lang := strings.TrimPrefix(line, "```")
-			if checked[lang] {
+			if checked[lang] || checkedIn[doc][lang] {
 				cur = &snippet{doc: doc, line: n, lang: lang, file: pending}
 			} else if lang != "" {
 				// An unchecked block: skip to its end.

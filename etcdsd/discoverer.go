@@ -61,6 +61,8 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the jittered, doubling wait between
 	// failed attempts to list or watch.
 	MinBackoff, MaxBackoff time.Duration
+	// Target: what each target carries besides its registration.
+	Target TargetOptions
 }
 
 // Discoverer lists and watches the registrations under a prefix and turns
@@ -166,6 +168,7 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 	st := newState(d.opts.Prefix, d.m)
 	st.onError = d.logInvalid
 	st.onDup = d.logDuplicate
+	st.target = d.opts.Target
 	d.mu.Lock()
 	d.st = st
 	d.mu.Unlock()

@@ -19,7 +19,21 @@ import (
 const (
 	LabelHost   = "host"
 	LabelWorker = "worker"
+	// LabelTmpHash is what the Prometheus Operator's sharding (shards: N)
+	// hashes when a target has it, instead of __address__. A worker's
+	// address changes at each restart; its instance does not, so hashing
+	// the instance keeps a slot's series on one shard. Prometheus drops it
+	// with every other __ label after relabelling: no series carries it.
+	LabelTmpHash = "__tmp_hash"
 )
+
+// TargetOptions are the choices of the program that serves the targets.
+type TargetOptions struct {
+	// TmpHash adds __tmp_hash = instance to every target (LabelTmpHash):
+	// about 25 bytes more per target for every Prometheus to parse, so only
+	// where an operator shards by it.
+	TmpHash bool
+}
 
 // TargetGroup turns one decoded registration into the target group
 // Prometheus receives (DESIGN.md, "What Prometheus receives"): one target,
@@ -28,14 +42,17 @@ const (
 //
 // r must come from registrar.Decode (or have passed Value.Validate): the
 // user labels are then valid and can override none of the labels set here.
-func TargetGroup(r registrar.Registration) *targetgroup.Group {
+func TargetGroup(r registrar.Registration, o TargetOptions) *targetgroup.Group {
 	key := r.Key.String()
-	labels := make(model.LabelSet, len(r.Labels)+6)
+	labels := make(model.LabelSet, len(r.Labels)+7)
 	for name, value := range r.Labels {
 		labels[model.LabelName(name)] = model.LabelValue(value)
 	}
 	labels[model.JobLabel] = model.LabelValue(r.Job)
 	labels[model.InstanceLabel] = model.LabelValue(r.Instance())
+	if o.TmpHash {
+		labels[LabelTmpHash] = labels[model.InstanceLabel]
+	}
 	labels[LabelHost] = model.LabelValue(r.Host)
 	labels[LabelWorker] = model.LabelValue(strconv.Itoa(r.Slot))
 	if s := r.SchemeOrDefault(); s != registrar.DefaultScheme {

@@ -53,6 +53,7 @@ type invalidEntry struct {
 type state struct {
 	prefix  string
 	m       *Metrics
+	target  TargetOptions
 	onError func(key string, modRev int64, reason string, err error)
 	onDup   func(dropped, winner *entry)
 
@@ -119,7 +120,7 @@ func (s *state) put(kv *mvccpb.KeyValue) {
 	}
 	s.clearInvalid(key)
 	s.removeEntry(key)
-	e := &entry{key: key, job: r.Job, host: r.Host, addr: r.Address, pid: r.PID, startedAt: r.StartedAt, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r)}
+	e := &entry{key: key, job: r.Job, host: r.Host, addr: r.Address, pid: r.PID, startedAt: r.StartedAt, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r, s.target)}
 	s.entries[key] = e
 	s.byAddr[e.addr] = append(s.byAddr[e.addr], e)
 	if len(s.byAddr[e.addr]) > 1 {

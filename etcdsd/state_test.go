@@ -66,13 +66,19 @@ func TestTargetGroup(t *testing.T) {
 			"__scheme__": "https", "__metrics_path__": "/m",
 		},
 	}
-	if got := TargetGroup(r); !reflect.DeepEqual(got, want) {
+	if got := TargetGroup(r, TargetOptions{}); !reflect.DeepEqual(got, want) {
 		t.Errorf("TargetGroup =\n%v\nwant\n%v", got, want)
+	}
+	// For the Prometheus Operator's sharding: the instance, not the
+	// address, and only when asked.
+	want.Labels["__tmp_hash"] = "web-1/3"
+	if got := TargetGroup(r, TargetOptions{TmpHash: true}); !reflect.DeepEqual(got, want) {
+		t.Errorf("TargetGroup with TmpHash =\n%v\nwant\n%v", got, want)
 	}
 
 	// Defaults (http, /metrics) and absent facts add no labels.
 	r.Value = registrar.Value{Address: "[::1]:9", Scheme: "http", MetricsPath: "/metrics"}
-	got := TargetGroup(r)
+	got := TargetGroup(r, TargetOptions{})
 	wantLabels := model.LabelSet{
 		"job": "api", "instance": "web-1/3", "host": "web-1", "worker": "3",
 	}

@@ -173,7 +173,7 @@ func (e *entry) view(shown bool) Registration {
 	for name, value := range l {
 		switch {
 		case name == model.JobLabel, name == model.InstanceLabel, name == LabelHost, name == LabelWorker,
-			name == model.SchemeLabel, name == model.MetricsPathLabel, strings.HasPrefix(string(name), model.MetaLabelPrefix):
+			name == model.SchemeLabel, name == model.MetricsPathLabel, name == LabelTmpHash, strings.HasPrefix(string(name), model.MetaLabelPrefix):
 			continue
 		}
 		if r.Labels == nil {

@@ -98,6 +98,7 @@ type flags struct {
 	outputFile  string
 	shards      int
 	writeRate   units.Base2Bytes
+	tmpHash     bool
 	web         *web.FlagConfig
 	log         *cliflags.Log
 	prom        promFlags
@@ -138,6 +139,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		Default("1").IntVar(&f.shards)
 	app.Flag("output.write-rate", "While targets keep changing, write large outputs at most at this rate: after writing n bytes over 1MiB, wait (n - 1MiB) / rate (at most 5s) and write every change of the wait at once. Prometheus parses the whole file after each write and hands targets on every 5s. 0: write every change at once.").
 		Default(fmt.Sprintf("%dMiB", sdfile.DefaultWriteRate>>20)).BytesVar(&f.writeRate)
+	app.Flag("output.tmp-hash", "Give every target __tmp_hash = its instance: the Prometheus Operator's sharding (shards: N) hashes it instead of __address__, which changes at each restart, so a slot's series stay on one shard (docs/KUBERNETES.md). About 25 bytes more per target for Prometheus to parse.").
+		BoolVar(&f.tmpHash)
 	f.web = kingpinflag.AddFlags(app, defaultWebAddress)
 	f.log = cliflags.AddLog(app)
 	addPromFlags(app, &f.prom)
@@ -310,7 +313,8 @@ func serve(ctx context.Context, f *flags, logger hclog.Logger) error {
 		return err
 	}
 
-	disc, err := etcdsd.New(client, etcdsd.Options{Prefix: f.sd.Prefix, Logger: logger.Named("etcdsd"), Metrics: discoveryMetrics})
+	disc, err := etcdsd.New(client, etcdsd.Options{Prefix: f.sd.Prefix, Logger: logger.Named("etcdsd"), Metrics: discoveryMetrics,
+		Target: etcdsd.TargetOptions{TmpHash: f.tmpHash}})
 	if err != nil {
 		return err
 	}

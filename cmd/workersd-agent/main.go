@@ -216,6 +216,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func()) int
 		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", name, err)
 		return 2
 	}
+	if err := checkPIDNamespace(os.Getpid()); err != nil {
+		fmt.Fprintf(stderr, "%s: error: %v\n", name, err)
+		return 2
+	}
 	logger := f.log.Logger(name, stderr)
 	if err := serve(ctx, f, logger, ready); err != nil {
 		logger.Error("exiting", "error", err)

@@ -80,6 +80,16 @@ func RequirePrometheus3(t testing.TB) string {
 	return p
 }
 
+// RequireRoot skips a test that needs root (namespaces, other users'
+// processes) when not run as root, but fails it in CI, which runs as root;
+// why says what needs it.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, why+" needs root")
+	}
+}
+
 // Missing is the policy for a component a test needs that is not there:
 // the test is skipped, but fails in CI, where scripts/test must provide
 // it. msg says what is missing.

@@ -73,6 +73,9 @@ func Run(t testing.TB, dir, name string, env []string, bin string, args ...strin
 	return p
 }
 
+// Exited is closed once the process has exited and been waited for.
+func (p *Proc) Exited() <-chan struct{} { return p.waited }
+
 // Log is what the process has written so far.
 func (p *Proc) Log() string {
 	b, _ := os.ReadFile(p.LogPath)
