@@ -18,6 +18,11 @@ type Caller struct {
 	UID     int
 	PID     int
 	Trusted bool
+	// PIDUnseen: the caller's process is in no PID namespace the agent
+	// can see (SO_PEERCRED carried pid 0), so the pids it names are not
+	// the agent's: a sidecar without shareProcessNamespace, an agent in a
+	// container of its own. Its registrations are refused (trust.go).
+	PIDUnseen bool
 }
 
 func (c Caller) String() string {

@@ -24,5 +24,7 @@ func peerCredentials(c *net.UnixConn) (Caller, error) {
 	if serr != nil {
 		return Caller{}, fmt.Errorf("SO_PEERCRED: %w", serr)
 	}
-	return Caller{UID: int(cred.Uid), PID: int(cred.Pid), Trusted: cred.Uid == 0}, nil
+	// The kernel gives the peer's pid as the agent's PID namespace sees
+	// it: 0 when that namespace does not contain the peer.
+	return Caller{UID: int(cred.Uid), PID: int(cred.Pid), Trusted: cred.Uid == 0, PIDUnseen: cred.Pid == 0}, nil
 }

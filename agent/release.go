@@ -7,6 +7,8 @@ package agent
 import (
 	"context"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/workersd/workersd/internal/backoff"
@@ -158,6 +160,11 @@ func (a *Agent) revoke(e *entry, persistFirst bool) bool {
 // then goes on trying, and a restarted agent finishes the removal instead
 // of adopting the worker. Errors are *Error.
 func (a *Agent) Deregister(ctx context.Context, idOrPID string) (Worker, error) {
+	// An ID starts with the pid too: both are the agent's pids.
+	pid, _ := strconv.Atoi(strings.SplitN(idOrPID, "-", 2)[0])
+	if err := callerFrom(ctx).samePIDNamespace(pid); err != nil {
+		return Worker{}, err
+	}
 	a.opMu.Lock()
 	e := a.lookup(idOrPID)
 	if e == nil {

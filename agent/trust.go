@@ -26,6 +26,9 @@ func (a *Agent) admit(ctx context.Context, req Request) (admitted, error) {
 	if err != nil {
 		return admitted{}, err
 	}
+	if err := callerFrom(ctx).samePIDNamespace(req.PID); err != nil {
+		return admitted{}, err
+	}
 	notRunning := apiErr(http.StatusUnprocessableEntity, "pid", "pid %d is not a running process", req.PID)
 	ticks, err := processStartTicks(req.PID)
 	if errors.Is(err, errNotAlive) {
@@ -59,3 +62,15 @@ func (a *Agent) admit(ctx context.Context, req Request) (admitted, error) {
 type errNotWorker string
 
 func (e errNotWorker) Error() string { return string(e) }
+
+// samePIDNamespace refuses a caller whose pids are not the agent's: pid,
+// looked up in the agent's /proc, would name another process or none.
+func (c Caller) samePIDNamespace(pid int) *Error {
+	if !c.PIDUnseen {
+		return nil
+	}
+	return apiErr(http.StatusUnprocessableEntity, "pid",
+		"the caller is in a PID namespace the agent cannot see (its peer credentials carry pid 0), so pid %d is not a pid of the agent's: "+
+			"run the agent in the workers' PID namespace (Kubernetes: shareProcessNamespace: true, the agent as a sidecar; "+
+			"Docker or Podman: --pid=container:<the application's container>; docs/KUBERNETES.md)", pid)
+}

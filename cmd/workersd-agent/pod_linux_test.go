@@ -2,7 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,4 +70,23 @@ func TestRefusesPID1(t *testing.T) {
 		_, err := os.Stat(filepath.Join(dir, "agent.sock"))
 		return err == nil
 	}, "as pid 2 the agent's socket did not appear:\n%s", &logs)
+
+	// A caller the agent cannot see (this test, outside the agent's PID
+	// namespace: SO_PEERCRED says pid 0) is refused, with what to set;
+	// its pids are not the agent's, even where /proc is the host's.
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "agent.sock"))
+		},
+	}}
+	body := fmt.Sprintf(`{"job":"api","port":9100,"pid":%d}`, os.Getpid())
+	resp, err := client.Post("http://agent/v1/workers", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(b), "shareProcessNamespace: true") {
+		t.Errorf("a caller outside the agent's PID namespace: %d %s, want 422 saying to share the namespace", resp.StatusCode, b)
+	}
 }
