@@ -23,7 +23,9 @@ import (
 // same lease, no duplicate) and releases the worker that died meanwhile;
 // a stopped agent's keys expire with the TTL.
 func TestSharedLeaseAgent(t *testing.T) {
-	h := newHarness(t, nil, func(c *Config) { c.SlotHold = time.Second })
+	// A TTL that outlasts the restart below on a loaded machine: the
+	// test is about adoption, not about a restart racing the TTL.
+	h := newHarness(t, nil, func(c *Config) { c.SlotHold = time.Second; c.TTL = 5 * time.Second })
 	cs := h.registerChildren(3)
 	shared := h.agent.hostLease()
 	for k, l := range h.leases() {
