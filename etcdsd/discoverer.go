@@ -18,6 +18,7 @@ import (
 
 	"github.com/workersd/workersd/internal/backoff"
 	"github.com/workersd/workersd/registrar"
+	"github.com/workersd/workersd/sdfile"
 )
 
 // Defaults for Options.
@@ -39,6 +40,29 @@ const (
 // events queue up and are coalesced into the next call.
 type Sink interface {
 	Update(groups []*targetgroup.Group, seen time.Time)
+}
+
+// TargetSink is a Sink that takes registrations as they are kept, rendered
+// (sdfile.Target, one per etcd key), instead of target groups built for it
+// and rendered again: sdfile.Syncer is one. A Target without Data means its
+// key is gone. Targets are never modified after they are handed over.
+type TargetSink interface {
+	Sink
+	UpdateTargets(targets []*sdfile.Target, seen time.Time)
+}
+
+// flush takes what changed in st since the last flush, in the form sink
+// takes, and returns how many sources changed and the call that hands them
+// over, to be made without holding d.mu.
+func (d *Discoverer) flush(st *state, sink Sink) (changed int, hand func(seen time.Time)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ts, ok := sink.(TargetSink); ok {
+		targets := st.flushTargets()
+		return len(targets), func(seen time.Time) { ts.UpdateTargets(targets, seen) }
+	}
+	groups := st.flush()
+	return len(groups), func(seen time.Time) { sink.Update(groups, seen) }
 }
 
 // Options configure a Discoverer. Zero values mean the defaults.
@@ -175,7 +199,16 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 	first := true
 	for ctx.Err() == nil {
 		start := time.Now()
-		kvs, hdr, err := d.list(ctx)
+		fresh := false
+		hdr, err := d.list(ctx, func(hdr *pb.ResponseHeader, kvs []*mvccpb.KeyValue) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if hdr != nil { // the first page
+				fresh = !first && hdr.ClusterId != cluster
+				st.beginList(fresh)
+			}
+			st.listPage(kvs)
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -196,27 +229,26 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 		}
 		seen := time.Now()
 		d.setReachable(true, nil)
-		fresh := !first && hdr.ClusterId != cluster
 		if fresh {
 			d.log.Warn("etcd is another cluster now (rebuilt or restored); reading every registration again",
 				"old_cluster_id", fmt.Sprintf("%x", cluster), "cluster_id", fmt.Sprintf("%x", hdr.ClusterId))
 		}
 		cluster = hdr.ClusterId
 		d.mu.Lock()
-		st.relist(kvs, fresh)
-		groups := st.flush()
+		st.endList()
 		d.mu.Unlock()
+		changed, hand := d.flush(st, sink)
 		if first {
 			d.log.Info("listed registrations", "prefix", d.opts.Prefix, "revision", hdr.Revision,
-				"registrations", len(st.entries), "targets", len(st.shown), "invalid", len(st.invalid), "took", seen.Sub(start))
-			sink.Update(groups, seen)
+				"registrations", len(st.entries), "targets", st.inSink, "invalid", len(st.invalid), "took", seen.Sub(start))
+			hand(seen)
 			close(d.synced)
 			first = false
 		} else {
 			d.m.Relists.Inc()
-			d.log.Info("listed registrations again", "revision", hdr.Revision, "changed", len(groups), "targets", len(st.shown))
-			if len(groups) > 0 {
-				sink.Update(groups, seen)
+			d.log.Info("listed registrations again", "revision", hdr.Revision, "changed", changed, "targets", st.inSink)
+			if changed > 0 {
+				hand(seen)
 			}
 		}
 
@@ -245,14 +277,13 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 	}
 }
 
-// list reads every key under the prefix at one revision, in pages.
-func (d *Discoverer) list(ctx context.Context) ([]*mvccpb.KeyValue, *pb.ResponseHeader, error) {
+// list reads every key under the prefix at one revision, in pages, handing
+// each to page as it arrives (hdr only with the first), so that no more than
+// a page of raw keys and values is held at once.
+func (d *Discoverer) list(ctx context.Context, page func(hdr *pb.ResponseHeader, kvs []*mvccpb.KeyValue)) (*pb.ResponseHeader, error) {
 	end := clientv3.GetPrefixRangeEnd(d.opts.Prefix)
 	key := d.opts.Prefix
-	var (
-		kvs []*mvccpb.KeyValue
-		hdr *pb.ResponseHeader
-	)
+	var hdr *pb.ResponseHeader
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(d.opts.PageSize))}
 		if hdr != nil {
@@ -262,15 +293,16 @@ func (d *Discoverer) list(ctx context.Context) ([]*mvccpb.KeyValue, *pb.Response
 		resp, err := d.client.Get(rctx, key, opts...)
 		cancel()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if hdr == nil {
 			hdr = resp.Header
-			kvs = make([]*mvccpb.KeyValue, 0, resp.Count)
+			page(hdr, resp.Kvs)
+		} else {
+			page(nil, resp.Kvs)
 		}
-		kvs = append(kvs, resp.Kvs...)
 		if !resp.More || len(resp.Kvs) == 0 {
-			return kvs, hdr, nil
+			return hdr, nil
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
@@ -327,11 +359,8 @@ func (d *Discoverer) watch(ctx context.Context, st *state, sink Sink, rev int64,
 		return nil
 	}
 	emit := func(seen time.Time) {
-		d.mu.Lock()
-		groups := st.flush()
-		d.mu.Unlock()
-		if len(groups) > 0 {
-			sink.Update(groups, seen)
+		if changed, hand := d.flush(st, sink); changed > 0 {
+			hand(seen)
 		}
 	}
 
@@ -430,7 +459,7 @@ func (d *Discoverer) logInvalid(key string, modRev int64, reason string, err err
 func (d *Discoverer) logDuplicate(dropped, winner *entry) {
 	if ok, suppressed := d.dupLog.allow(); ok {
 		d.log.Warn("dropping duplicate registration: another key created later has the same address",
-			"key", dropped.key, "address", dropped.addr, "kept", winner.key, "suppressed_since_last", suppressed)
+			"key", dropped.t.Source, "address", dropped.addr, "kept", winner.t.Source, "suppressed_since_last", suppressed)
 	}
 }
 

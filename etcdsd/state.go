@@ -10,19 +10,35 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/workersd/workersd/registrar"
+	"github.com/workersd/workersd/sdfile"
 )
 
-// entry is one valid registration.
+// entry is one valid registration, kept as the bytes it renders to: its
+// Target, handed to the sink as it is (a TargetSink keeps it rather than a
+// copy), and the few facts the status page shows that the rendered labels
+// do not hold. Job, host and slot are in the key. An entry is replaced, not
+// modified, when its registration changes; only the fields below t change.
 type entry struct {
-	key       string
-	job, host string // for Status, with pid and startedAt; the rest it shows is in group
-	addr      string
+	t         sdfile.Target // Source is the key; never modified once made
+	addr      string        // a substring of t.Data when it can be
 	pid       int
 	startedAt time.Time
 	createRev int64
 	modRev    int64
-	group     *targetgroup.Group // built once, never modified after
+
+	gen  uint64 // the listing that last saw it
+	sink sinkState
+	next *entry // the next registration of the same address (byAddr)
 }
+
+// sinkState is what the sink has of an entry's key.
+type sinkState uint8
+
+const (
+	sinkNone    sinkState = iota
+	sinkStale             // an earlier registration of the key
+	sinkCurrent           // this entry
+)
 
 // newer says whether e wins over o for the same address: the registration
 // created last (a restarted worker's, not its stale predecessor's); equal
@@ -32,13 +48,14 @@ func (e *entry) newer(o *entry) bool {
 	if e.createRev != o.createRev {
 		return e.createRev > o.createRev
 	}
-	return e.key > o.key
+	return e.t.Source > o.t.Source
 }
 
 // invalidEntry remembers a malformed key so that it is counted and logged
 // once per write, not on every re-list.
 type invalidEntry struct {
 	createRev, modRev int64
+	gen               uint64
 	reason            string
 	err               string // the exact error, for Status
 }
@@ -46,10 +63,14 @@ type invalidEntry struct {
 // state mirrors the registrations under the prefix and what the sink was
 // last given. It is owned by one goroutine.
 //
-// Changes are recorded with put, del and relist; flush then returns the
-// groups that changed for the sink: a registration's group when it became
-// visible or changed, an empty group (Source only) when it went away or
-// became a duplicate.
+// Changes are recorded with put, del and relist (or beginList, listPage
+// and endList, a page at a time); flushTargets then returns the Targets
+// that changed for the sink: a registration's when it became visible or
+// changed, one without Data when it went away or became a duplicate.
+//
+// It keeps each registration rendered (entry) and nothing else of it: at
+// 250,000 registrations, label maps and target groups were two thirds of
+// sdwriter's memory and most of its garbage collector's work.
 type state struct {
 	prefix  string
 	m       *Metrics
@@ -57,9 +78,11 @@ type state struct {
 	onDup   func(dropped, winner *entry)
 
 	entries map[string]*entry
-	byAddr  map[string][]*entry
+	byAddr  map[string]*entry // the first of each address's chain (entry.next)
 	invalid map[string]invalidEntry
-	shown   map[string]*targetgroup.Group // what the sink has, by source
+	gone    map[string]struct{} // keys the sink has whose registration went, until flushed
+	inSink  int                 // keys the sink has
+	gen     uint64              // of the listing under way or last made
 
 	touchedKeys  map[string]struct{}
 	touchedAddrs map[string]struct{}
@@ -78,9 +101,9 @@ func newState(prefix string, m *Metrics) *state {
 		onError:      func(string, int64, string, error) {},
 		onDup:        func(_, _ *entry) {},
 		entries:      make(map[string]*entry),
-		byAddr:       make(map[string][]*entry),
+		byAddr:       make(map[string]*entry),
 		invalid:      make(map[string]invalidEntry),
-		shown:        make(map[string]*targetgroup.Group),
+		gone:         make(map[string]struct{}),
 		touchedKeys:  make(map[string]struct{}),
 		touchedAddrs: make(map[string]struct{}),
 		jobHosts:     make(map[string]map[string]int),
@@ -101,14 +124,26 @@ func reason(err error) string {
 	return "other"
 }
 
+// keyParts splits the key of a valid registration into job, host and
+// instance (host/slot), substrings of the key.
+func (s *state) keyParts(key string) (job, host, instance string) {
+	rest := key[len(s.prefix):]
+	job, instance, _ = strings.Cut(rest, "/")
+	host, _, _ = strings.Cut(instance, "/")
+	return job, host, instance
+}
+
 // put records a put of kv.
 func (s *state) put(kv *mvccpb.KeyValue) {
 	key := string(kv.Key)
 	// Unchanged: a re-list reads again what the watch already saw.
 	if old, ok := s.entries[key]; ok && old.modRev == kv.ModRevision && old.createRev == kv.CreateRevision {
+		old.gen = s.gen
 		return
 	}
 	if old, ok := s.invalid[key]; ok && old.modRev == kv.ModRevision && old.createRev == kv.CreateRevision {
+		old.gen = s.gen
+		s.invalid[key] = old
 		return
 	}
 	r, err := registrar.Decode(s.prefix, kv.Key, kv.Value)
@@ -119,20 +154,38 @@ func (s *state) put(kv *mvccpb.KeyValue) {
 	}
 	s.clearInvalid(key)
 	s.removeEntry(key)
-	e := &entry{key: key, job: r.Job, host: r.Host, addr: r.Address, pid: r.PID, startedAt: r.StartedAt, createRev: kv.CreateRevision, modRev: kv.ModRevision, group: TargetGroup(r)}
+	job, host, instance := s.keyParts(key)
+	t := sdfile.NewTarget(TargetGroup(r), instance)
+	e := &entry{t: *t, pid: r.PID, startedAt: r.StartedAt, createRev: kv.CreateRevision, modRev: kv.ModRevision, gen: s.gen}
+	e.t.Source, e.t.Job = key, job // the same bytes, one copy
+	e.addr = substring(e.t.Data, r.Address)
+	if _, ok := s.gone[key]; ok {
+		delete(s.gone, key)
+		e.sink = sinkStale
+	}
 	s.entries[key] = e
-	s.byAddr[e.addr] = append(s.byAddr[e.addr], e)
-	if len(s.byAddr[e.addr]) > 1 {
+	e.next = s.byAddr[e.addr]
+	s.byAddr[e.addr] = e
+	if e.next != nil {
 		s.dupAddrs[e.addr] = struct{}{}
 	}
-	hosts := s.jobHosts[r.Job]
+	hosts := s.jobHosts[job]
 	if hosts == nil {
 		hosts = make(map[string]int)
-		s.jobHosts[r.Job] = hosts
+		s.jobHosts[job] = hosts
 	}
-	hosts[r.Host]++
+	hosts[host]++
 	s.touchedKeys[key] = struct{}{}
 	s.touchedAddrs[e.addr] = struct{}{}
+}
+
+// substring returns sub as a substring of s when s holds it, else sub: the
+// address of an entry shares the bytes of its rendered Data.
+func substring(s, sub string) string {
+	if i := strings.Index(s, sub); i >= 0 {
+		return s[i : i+len(sub)]
+	}
+	return sub
 }
 
 // del records the deletion of key.
@@ -145,6 +198,16 @@ func (s *state) del(key string) {
 // listing comes from another etcd cluster (rebuilt or restored), whose
 // revisions say nothing about ours: every value is then decoded again.
 func (s *state) relist(kvs []*mvccpb.KeyValue, fresh bool) {
+	s.beginList(fresh)
+	s.listPage(kvs)
+	s.endList()
+}
+
+// beginList starts a listing read a page at a time (listPage), so that a
+// listing of a million keys is never held whole; endList then removes what
+// it did not see.
+func (s *state) beginList(fresh bool) {
+	s.gen++
 	if fresh {
 		for _, e := range s.entries {
 			e.modRev = -1
@@ -154,18 +217,22 @@ func (s *state) relist(kvs []*mvccpb.KeyValue, fresh bool) {
 			s.invalid[key] = inv
 		}
 	}
-	listed := make(map[string]struct{}, len(kvs))
+}
+
+func (s *state) listPage(kvs []*mvccpb.KeyValue) {
 	for _, kv := range kvs {
-		listed[string(kv.Key)] = struct{}{}
 		s.put(kv)
 	}
-	for key := range s.entries {
-		if _, ok := listed[key]; !ok {
+}
+
+func (s *state) endList() {
+	for key, e := range s.entries {
+		if e.gen != s.gen {
 			s.removeEntry(key)
 		}
 	}
-	for key := range s.invalid {
-		if _, ok := listed[key]; !ok {
+	for key, inv := range s.invalid {
+		if inv.gen != s.gen {
 			s.clearInvalid(key)
 		}
 	}
@@ -177,24 +244,33 @@ func (s *state) removeEntry(key string) {
 		return
 	}
 	delete(s.entries, key)
-	list := s.byAddr[e.addr]
-	if i := slices.Index(list, e); i >= 0 {
-		list = slices.Delete(list, i, i+1)
-	}
-	if len(list) == 0 {
-		delete(s.byAddr, e.addr)
+	if first := s.byAddr[e.addr]; first == e {
+		s.byAddr[e.addr] = e.next
 	} else {
-		s.byAddr[e.addr] = list
+		for p := first; p != nil; p = p.next {
+			if p.next == e {
+				p.next = e.next
+				break
+			}
+		}
 	}
-	if len(list) < 2 {
+	switch first := s.byAddr[e.addr]; {
+	case first == nil:
+		delete(s.byAddr, e.addr)
+		delete(s.dupAddrs, e.addr)
+	case first.next == nil:
 		delete(s.dupAddrs, e.addr)
 	}
-	if hosts := s.jobHosts[e.job]; hosts != nil {
-		if hosts[e.host]--; hosts[e.host] <= 0 {
-			delete(hosts, e.host)
+	if e.sink != sinkNone {
+		s.gone[key] = struct{}{}
+	}
+	job, host, _ := s.keyParts(key)
+	if hosts := s.jobHosts[job]; hosts != nil {
+		if hosts[host]--; hosts[host] <= 0 {
+			delete(hosts, host)
 		}
 		if len(hosts) == 0 {
-			delete(s.jobHosts, e.job)
+			delete(s.jobHosts, job)
 		}
 	}
 	s.touchedKeys[key] = struct{}{}
@@ -207,7 +283,7 @@ func (s *state) setInvalid(key string, createRev, modRev int64, err error) {
 	if seen {
 		s.m.Invalid.WithLabelValues(old.reason).Dec()
 	}
-	s.invalid[key] = invalidEntry{createRev: createRev, modRev: modRev, reason: r, err: err.Error()}
+	s.invalid[key] = invalidEntry{createRev: createRev, modRev: modRev, gen: s.gen, reason: r, err: err.Error()}
 	s.m.Invalid.WithLabelValues(r).Inc()
 	s.m.InvalidSkipped.WithLabelValues(r).Inc()
 	s.onError(key, modRev, r, err)
@@ -225,7 +301,7 @@ func (s *state) clearInvalid(key string) {
 // winner is the registration shown for addr, nil when there is none.
 func (s *state) winner(addr string) *entry {
 	var w *entry
-	for _, e := range s.byAddr[addr] {
+	for e := s.byAddr[addr]; e != nil; e = e.next {
 		if w == nil || e.newer(w) {
 			w = e
 		}
@@ -233,32 +309,41 @@ func (s *state) winner(addr string) *entry {
 	return w
 }
 
-// flush returns the groups whose visible state changed since the last flush,
-// sorted by source, and records them as shown.
-func (s *state) flush() []*targetgroup.Group {
+// flushTargets returns the Targets whose visible state changed since the
+// last flush, sorted by source, and records them as the sink's.
+func (s *state) flushTargets() []*sdfile.Target {
 	for addr := range s.touchedAddrs {
-		for _, e := range s.byAddr[addr] {
-			s.touchedKeys[e.key] = struct{}{}
+		for e := s.byAddr[addr]; e != nil; e = e.next {
+			s.touchedKeys[e.t.Source] = struct{}{}
 		}
 	}
-	var out []*targetgroup.Group
+	var out []*sdfile.Target
 	for key := range s.touchedKeys {
-		var want *targetgroup.Group
-		if e, ok := s.entries[key]; ok {
-			if w := s.winner(e.addr); w == e {
-				want = e.group
-			} else {
-				s.onDup(e, w)
+		e, ok := s.entries[key]
+		if !ok {
+			if _, had := s.gone[key]; had {
+				delete(s.gone, key)
+				s.inSink--
+				_, _, instance := s.keyParts(key)
+				out = append(out, &sdfile.Target{Source: key, Instance: instance})
 			}
+			continue
 		}
-		have, shown := s.shown[key]
+		w := s.winner(e.addr)
 		switch {
-		case want == nil && shown:
-			delete(s.shown, key)
-			out = append(out, &targetgroup.Group{Source: key})
-		case want != nil && want != have:
-			s.shown[key] = want
-			out = append(out, want)
+		case w == e && e.sink != sinkCurrent:
+			if e.sink == sinkNone {
+				s.inSink++
+			}
+			e.sink = sinkCurrent
+			out = append(out, &e.t)
+		case w != e:
+			s.onDup(e, w)
+			if e.sink != sinkNone {
+				e.sink = sinkNone
+				s.inSink--
+				out = append(out, &sdfile.Target{Source: key, Instance: e.t.Instance})
+			}
 		}
 	}
 	// New maps, not clear(): a cleared map keeps its size, and ranging
@@ -268,7 +353,19 @@ func (s *state) flush() []*targetgroup.Group {
 	s.touchedKeys = make(map[string]struct{})
 	s.touchedAddrs = make(map[string]struct{})
 	s.m.Registrations.Set(float64(len(s.entries)))
-	s.m.Duplicates.Set(float64(len(s.entries) - len(s.shown)))
-	slices.SortFunc(out, func(a, b *targetgroup.Group) int { return strings.Compare(a.Source, b.Source) })
+	s.m.Duplicates.Set(float64(len(s.entries) - s.inSink))
+	slices.SortFunc(out, func(a, b *sdfile.Target) int { return strings.Compare(a.Source, b.Source) })
+	return out
+}
+
+// flush is flushTargets as target groups, for a Sink that is no
+// TargetSink (a Discoverer run by Prometheus' discovery manager): each is
+// read back from its rendered entry, as file_sd would read it.
+func (s *state) flush() []*targetgroup.Group {
+	targets := s.flushTargets()
+	out := make([]*targetgroup.Group, 0, len(targets))
+	for _, t := range targets {
+		out = append(out, groupOf(t))
+	}
 	return out
 }

@@ -8,102 +8,137 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
 
-// Store holds the current target groups by source, each rendered once when
-// it arrives, and their order by source: rendering the whole set is a merge
-// of the sources that came since the last render into that order, and one
-// copy. It applies updates as Prometheus' discovery manager does: a group
-// replaces the previous group of its source, and a group without targets
-// removes it.
-// A Store is not safe for concurrent use.
-type Store struct {
-	entries map[string]*storeEntry
-	order   []*storeEntry // sorted by source as of the last render; may hold gone entries
-	added   []*storeEntry // new since the last render, in no order
-	gone    int           // entries of order and added that went since
-	size    int           // bytes of all entries
-	jobs    map[string]int
+// Target is one source's part of the output, rendered once: what a Store
+// keeps, and what a discoverer that keeps its registrations rendered
+// (package etcdsd) hands a Syncer without building target groups. A Target
+// is never modified once handed over; a change is a new Target of the same
+// source. Writing the output is then a copy of the Targets' bytes in order,
+// whatever they hold.
+type Target struct {
+	Source string
+	// Data is the source's file_sd entries as Render writes them, without
+	// the separators between sources; empty means the source is gone.
+	Data string
+	// Instance is the instance label of the source's targets, which picks
+	// its shard (Shard); only Syncer.UpdateTargets reads it.
+	Instance string
+	// Job is the job label of the first target, more those of the others
+	// (groups of several targets only), for TargetsByJob.
+	Job  string
+	more []string
 }
 
-type storeEntry struct {
-	source string
-	data   []byte
-	jobs   []string
-	gone   bool
+// NewTarget renders g. A group without targets (or with none Prometheus
+// could scrape) gives a Target without Data, which removes its source.
+func NewTarget(g *targetgroup.Group, instance string) *Target {
+	data, jobs := renderGroup(g)
+	t := &Target{Source: g.Source, Data: string(data), Instance: instance}
+	if len(jobs) > 0 {
+		t.Job, t.more = jobs[0], jobs[1:]
+	}
+	return t
+}
+
+// Store holds the current Targets and their order by source: rendering the
+// whole set is a merge of the sources that changed since the last render
+// into that order, and one copy. It applies updates as Prometheus'
+// discovery manager does: a group replaces the previous group of its
+// source, and a group without targets removes it.
+//
+// It keeps no map of all sources: a source is looked up by binary search
+// in the order, which is all the memory a source costs besides its Target.
+// A Store is not safe for concurrent use.
+type Store struct {
+	order   []*Target          // sorted by source as of the last render
+	pending map[string]*Target // changed since the last render; a gone source has no Data
+	n       int                // sources with targets
+	size    int                // bytes of their Data
+	jobs    map[string]int
 }
 
 // NewStore returns an empty Store.
 func NewStore() *Store {
-	return &Store{entries: make(map[string]*storeEntry), jobs: make(map[string]int)}
+	return &Store{pending: make(map[string]*Target), jobs: make(map[string]int)}
 }
 
 // Apply applies the groups of one update.
 func (s *Store) Apply(groups []*targetgroup.Group) {
 	for _, g := range groups {
-		if g == nil {
-			continue
-		}
-		e, had := s.entries[g.Source]
-		if had {
-			s.uncount(e)
-		}
-		data, jobs := renderGroup(g)
-		if len(data) == 0 {
-			if had {
-				delete(s.entries, g.Source)
-				e.gone = true
-				s.gone++
-			}
-			continue
-		}
-		if !had {
-			e = &storeEntry{source: g.Source}
-			s.entries[g.Source] = e
-			s.added = append(s.added, e)
-		}
-		e.data, e.jobs = data, jobs
-		s.size += len(data)
-		for _, j := range jobs {
-			s.jobs[j]++
+		if g != nil {
+			s.ApplyTarget(NewTarget(g, ""))
 		}
 	}
 }
 
-func compareEntries(a, b *storeEntry) int { return strings.Compare(a.source, b.source) }
-
-// sort brings order up to date: the entries that went are dropped and the
-// new ones merged in, in one pass over the order.
-func (s *Store) sort() {
-	if len(s.added) == 0 && s.gone == 0 {
-		return
+// ApplyTarget replaces the Target of t's source by t (removes it when t has
+// no Data).
+func (s *Store) ApplyTarget(t *Target) {
+	if old := s.lookup(t.Source); old != nil {
+		s.count(old, -1)
+	} else if t.Data == "" {
+		return // nothing to remove
 	}
-	slices.SortFunc(s.added, compareEntries)
-	merged := make([]*storeEntry, 0, len(s.entries))
-	i, j := 0, 0
-	for i < len(s.order) || j < len(s.added) {
-		var e *storeEntry
-		if j == len(s.added) || (i < len(s.order) && compareEntries(s.order[i], s.added[j]) < 0) {
-			e, i = s.order[i], i+1
-		} else {
-			e, j = s.added[j], j+1
-		}
-		if !e.gone {
-			merged = append(merged, e)
-		}
+	s.pending[t.Source] = t
+	if t.Data != "" {
+		s.count(t, 1)
 	}
-	s.order, s.added, s.gone = merged, nil, 0
 }
 
-func (s *Store) uncount(e *storeEntry) {
-	s.size -= len(e.data)
-	for _, j := range e.jobs {
-		if s.jobs[j]--; s.jobs[j] == 0 {
+// lookup returns the current Target of source, nil when there is none.
+func (s *Store) lookup(source string) *Target {
+	if t, ok := s.pending[source]; ok {
+		if t.Data == "" {
+			return nil
+		}
+		return t
+	}
+	if i, ok := s.search(s.order, source); ok {
+		return s.order[i]
+	}
+	return nil
+}
+
+func (s *Store) search(order []*Target, source string) (int, bool) {
+	return slices.BinarySearchFunc(order, source, func(t *Target, src string) int { return strings.Compare(t.Source, src) })
+}
+
+func (s *Store) count(t *Target, sign int) {
+	s.n += sign
+	s.size += sign * len(t.Data)
+	for _, j := range append([]string{t.Job}, t.more...) {
+		if s.jobs[j] += sign; s.jobs[j] == 0 {
 			delete(s.jobs, j)
 		}
 	}
 }
 
+// sort brings order up to date: each changed source is found by binary
+// search and the runs of unchanged ones between them are copied whole, so
+// a render compares about (changes × log sources) keys, not every key.
+func (s *Store) sort() {
+	if len(s.pending) == 0 {
+		return
+	}
+	changed := slices.SortedFunc(maps.Values(s.pending), func(a, b *Target) int { return strings.Compare(a.Source, b.Source) })
+	merged := make([]*Target, 0, s.n)
+	rest := s.order
+	for _, t := range changed {
+		i, found := s.search(rest, t.Source)
+		merged = append(merged, rest[:i]...)
+		if found {
+			i++ // replaced or gone
+		}
+		rest = rest[i:]
+		if t.Data != "" {
+			merged = append(merged, t)
+		}
+	}
+	s.order = append(merged, rest...)
+	s.pending = make(map[string]*Target)
+}
+
 // Len is the number of groups with targets.
-func (s *Store) Len() int { return len(s.entries) }
+func (s *Store) Len() int { return s.n }
 
 // TargetsByJob counts the targets by job label ("" for none).
 func (s *Store) TargetsByJob() map[string]int { return maps.Clone(s.jobs) }
@@ -111,17 +146,17 @@ func (s *Store) TargetsByJob() map[string]int { return maps.Clone(s.jobs) }
 // Bytes renders every group (see Render). The result is never modified
 // afterwards; the Store does not keep it.
 func (s *Store) Bytes() []byte {
-	if len(s.entries) == 0 {
+	if s.n == 0 {
 		return []byte("[]\n")
 	}
 	s.sort()
 	b := make([]byte, 0, s.size+2*len(s.order)+4)
 	b = append(b, "[\n"...)
-	for i, e := range s.order {
+	for i, t := range s.order {
 		if i > 0 {
 			b = append(b, ",\n"...)
 		}
-		b = append(b, e.data...)
+		b = append(b, t.Data...)
 	}
 	return append(b, "\n]\n"...)
 }

@@ -198,6 +198,33 @@ func (s *Syncer) Update(groups []*targetgroup.Group, seen time.Time) {
 			s.shards[k].dirty = true
 		}
 	}
+	s.updated(seen)
+}
+
+// UpdateTargets is Update for a discoverer that keeps its sources rendered
+// (NewTarget): the Targets are kept as they are, not rendered again. A
+// Target goes to the shard of its Instance, so a source must keep its
+// instance label for as long as it exists (an etcd key does: the instance
+// is part of it). It implements etcdsd.TargetSink.
+func (s *Syncer) UpdateTargets(targets []*Target, seen time.Time) {
+	s.mu.Lock()
+	n := len(s.shards)
+	for _, t := range targets {
+		sh := s.shards[Shard(t.Instance, n)]
+		sh.store.ApplyTarget(t)
+		sh.dirty = true
+	}
+	for _, sh := range s.shards {
+		if sh.out.Load() == nil {
+			sh.dirty = true // the first update, even of no targets, is an output
+		}
+	}
+	s.updated(seen)
+}
+
+// updated records the arrival of an update and wakes Run; s.mu is held,
+// and released.
+func (s *Syncer) updated(seen time.Time) {
 	if !seen.IsZero() && (s.seen.IsZero() || seen.Before(s.seen)) {
 		s.seen = seen
 	}
