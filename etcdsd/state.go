@@ -26,7 +26,7 @@ type entry struct {
 	createRev int64
 	modRev    int64
 
-	gen  uint64 // the listing that last saw it
+	gen  uint32 // the listing that last saw it
 	sink sinkState
 	next *entry // the next registration of the same address (byAddr)
 }
@@ -55,7 +55,7 @@ func (e *entry) newer(o *entry) bool {
 // once per write, not on every re-list.
 type invalidEntry struct {
 	createRev, modRev int64
-	gen               uint64
+	gen               uint32
 	reason            string
 	err               string // the exact error, for Status
 }
@@ -82,10 +82,14 @@ type state struct {
 	invalid map[string]invalidEntry
 	gone    map[string]struct{} // keys the sink has whose registration went, until flushed
 	inSink  int                 // keys the sink has
-	gen     uint64              // of the listing under way or last made
+	gen     uint32              // of the listing under way or last made (wraps: only equality counts)
 
 	touchedKeys  map[string]struct{}
 	touchedAddrs map[string]struct{}
+	// touchedAll stands for every key touched, during a first listing:
+	// two maps of every key and address were a fifth of sdwriter's peak
+	// memory.
+	touchedAll bool
 
 	// For Status, kept as entries come and go so that it costs no pass
 	// over them: registrations by job and host, and the addresses that
@@ -175,8 +179,14 @@ func (s *state) put(kv *mvccpb.KeyValue) {
 		s.jobHosts[job] = hosts
 	}
 	hosts[host]++
-	s.touchedKeys[key] = struct{}{}
-	s.touchedAddrs[e.addr] = struct{}{}
+	s.touch(key, e.addr)
+}
+
+func (s *state) touch(key, addr string) {
+	if !s.touchedAll {
+		s.touchedKeys[key] = struct{}{}
+		s.touchedAddrs[addr] = struct{}{}
+	}
 }
 
 // substring returns sub as a substring of s when s holds it, else sub: the
@@ -208,6 +218,9 @@ func (s *state) relist(kvs []*mvccpb.KeyValue, fresh bool) {
 // it did not see.
 func (s *state) beginList(fresh bool) {
 	s.gen++
+	if len(s.entries) == 0 && len(s.gone) == 0 {
+		s.touchedAll = true
+	}
 	if fresh {
 		for _, e := range s.entries {
 			e.modRev = -1
@@ -273,8 +286,7 @@ func (s *state) removeEntry(key string) {
 			delete(s.jobHosts, job)
 		}
 	}
-	s.touchedKeys[key] = struct{}{}
-	s.touchedAddrs[e.addr] = struct{}{}
+	s.touch(key, e.addr)
 }
 
 func (s *state) setInvalid(key string, createRev, modRev int64, err error) {
@@ -312,38 +324,24 @@ func (s *state) winner(addr string) *entry {
 // flushTargets returns the Targets whose visible state changed since the
 // last flush, sorted by source, and records them as the sink's.
 func (s *state) flushTargets() []*sdfile.Target {
-	for addr := range s.touchedAddrs {
-		for e := s.byAddr[addr]; e != nil; e = e.next {
-			s.touchedKeys[e.t.Source] = struct{}{}
-		}
-	}
 	var out []*sdfile.Target
-	for key := range s.touchedKeys {
-		e, ok := s.entries[key]
-		if !ok {
-			if _, had := s.gone[key]; had {
-				delete(s.gone, key)
-				s.inSink--
-				_, _, instance := s.keyParts(key)
-				out = append(out, &sdfile.Target{Source: key, Instance: instance})
-			}
-			continue
+	if s.touchedAll {
+		out = make([]*sdfile.Target, 0, len(s.entries))
+		for key := range s.entries {
+			out = s.flushKey(key, out)
 		}
-		w := s.winner(e.addr)
-		switch {
-		case w == e && e.sink != sinkCurrent:
-			if e.sink == sinkNone {
-				s.inSink++
+		for key := range s.gone {
+			out = s.flushKey(key, out)
+		}
+		s.touchedAll = false
+	} else {
+		for addr := range s.touchedAddrs {
+			for e := s.byAddr[addr]; e != nil; e = e.next {
+				s.touchedKeys[e.t.Source] = struct{}{}
 			}
-			e.sink = sinkCurrent
-			out = append(out, &e.t)
-		case w != e:
-			s.onDup(e, w)
-			if e.sink != sinkNone {
-				e.sink = sinkNone
-				s.inSink--
-				out = append(out, &sdfile.Target{Source: key, Instance: e.t.Instance})
-			}
+		}
+		for key := range s.touchedKeys {
+			out = s.flushKey(key, out)
 		}
 	}
 	// New maps, not clear(): a cleared map keeps its size, and ranging
@@ -355,6 +353,37 @@ func (s *state) flushTargets() []*sdfile.Target {
 	s.m.Registrations.Set(float64(len(s.entries)))
 	s.m.Duplicates.Set(float64(len(s.entries) - s.inSink))
 	slices.SortFunc(out, func(a, b *sdfile.Target) int { return strings.Compare(a.Source, b.Source) })
+	return out
+}
+
+// flushKey appends to out what changed for the sink of key.
+func (s *state) flushKey(key string, out []*sdfile.Target) []*sdfile.Target {
+	e, ok := s.entries[key]
+	if !ok {
+		if _, had := s.gone[key]; had {
+			delete(s.gone, key)
+			s.inSink--
+			_, _, instance := s.keyParts(key)
+			out = append(out, &sdfile.Target{Source: key, Instance: instance})
+		}
+		return out
+	}
+	w := s.winner(e.addr)
+	switch {
+	case w == e && e.sink != sinkCurrent:
+		if e.sink == sinkNone {
+			s.inSink++
+		}
+		e.sink = sinkCurrent
+		out = append(out, &e.t)
+	case w != e:
+		s.onDup(e, w)
+		if e.sink != sinkNone {
+			e.sink = sinkNone
+			s.inSink--
+			out = append(out, &sdfile.Target{Source: key, Instance: e.t.Instance})
+		}
+	}
 	return out
 }
 

@@ -25,7 +25,7 @@ type Target struct {
 	// Job is the job label of the first target, more those of the others
 	// (groups of several targets only), for TargetsByJob.
 	Job  string
-	more []string
+	more *[]string
 }
 
 // NewTarget renders g. A group without targets (or with none Prometheus
@@ -34,7 +34,11 @@ func NewTarget(g *targetgroup.Group, instance string) *Target {
 	data, jobs := renderGroup(g)
 	t := &Target{Source: g.Source, Data: string(data), Instance: instance}
 	if len(jobs) > 0 {
-		t.Job, t.more = jobs[0], jobs[1:]
+		t.Job = jobs[0]
+	}
+	if len(jobs) > 1 {
+		more := jobs[1:]
+		t.more = &more
 	}
 	return t
 }
@@ -78,10 +82,16 @@ func (s *Store) ApplyTarget(t *Target) {
 	} else if t.Data == "" {
 		return // nothing to remove
 	}
-	s.pending[t.Source] = t
 	if t.Data != "" {
 		s.count(t, 1)
 	}
+	// A source after every other, with nothing pending (a first listing,
+	// which comes in order): straight into the order.
+	if n := len(s.order); t.Data != "" && len(s.pending) == 0 && (n == 0 || s.order[n-1].Source < t.Source) {
+		s.order = append(s.order, t)
+		return
+	}
+	s.pending[t.Source] = t
 }
 
 // lookup returns the current Target of source, nil when there is none.
@@ -105,10 +115,17 @@ func (s *Store) search(order []*Target, source string) (int, bool) {
 func (s *Store) count(t *Target, sign int) {
 	s.n += sign
 	s.size += sign * len(t.Data)
-	for _, j := range append([]string{t.Job}, t.more...) {
-		if s.jobs[j] += sign; s.jobs[j] == 0 {
-			delete(s.jobs, j)
+	s.countJob(t.Job, sign)
+	if t.more != nil {
+		for _, j := range *t.more {
+			s.countJob(j, sign)
 		}
+	}
+}
+
+func (s *Store) countJob(j string, sign int) {
+	if s.jobs[j] += sign; s.jobs[j] == 0 {
+		delete(s.jobs, j)
 	}
 }
 
@@ -142,6 +159,13 @@ func (s *Store) Len() int { return s.n }
 
 // TargetsByJob counts the targets by job label ("" for none).
 func (s *Store) TargetsByJob() map[string]int { return maps.Clone(s.jobs) }
+
+// output is the current output, which shares the Store's order until the
+// next change: nothing is copied.
+func (s *Store) output() *output {
+	s.sort()
+	return newOutput(s.order[:len(s.order):len(s.order)], s.size)
+}
 
 // Bytes renders every group (see Render). The result is never modified
 // afterwards; the Store does not keep it.

@@ -113,8 +113,8 @@ type SyncStatus struct {
 func (s *Syncer) Status() SyncStatus {
 	st := SyncStatus{Files: s.Files()}
 	for _, sh := range s.shards {
-		if p := sh.out.Load(); p != nil {
-			st.Bytes += len(*p)
+		if o := sh.out.Load(); o != nil {
+			st.Bytes += o.size
 		}
 	}
 	s.doneMu.Lock()
@@ -132,8 +132,8 @@ type shard struct {
 	dirty  bool        // under Syncer.mu
 	writer *FileWriter // nil without a file
 
-	out    atomic.Pointer[[]byte] // the current output, nil before the first Update
-	synced []byte                 // output of the last completed sync, under Syncer.doneMu
+	out    atomic.Pointer[output] // the current output, nil before the first Update
+	synced *output                // output of the last completed sync, under Syncer.doneMu
 }
 
 // New returns a Syncer; call Run to start writing.
@@ -245,7 +245,7 @@ func (s *Syncer) Ready() bool { return s.shards[0].out.Load() != nil }
 func (s *Syncer) Output() ([]byte, <-chan struct{}) {
 	s.doneMu.Lock()
 	defer s.doneMu.Unlock()
-	return s.shards[0].synced, s.done
+	return s.shards[0].synced.bytes(), s.done
 }
 
 // ShardOutputs is Output for every shard, in shard order.
@@ -254,7 +254,7 @@ func (s *Syncer) ShardOutputs() ([][]byte, <-chan struct{}) {
 	defer s.doneMu.Unlock()
 	out := make([][]byte, len(s.shards))
 	for k, sh := range s.shards {
-		out[k] = sh.synced
+		out[k] = sh.synced.bytes()
 	}
 	return out, s.done
 }
@@ -272,14 +272,14 @@ func (s *Syncer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		sh = s.shards[k]
 	}
-	p := sh.out.Load()
-	if p == nil {
+	o := sh.out.Load()
+	if o == nil {
 		http.Error(w, "waiting for the first complete listing of etcd", http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(*p)))
-	w.Write(*p)
+	w.Header().Set("Content-Length", strconv.Itoa(o.size))
+	o.WriteTo(w)
 }
 
 // Run renders and writes until ctx is done.
@@ -317,10 +317,10 @@ func (s *Syncer) Run(ctx context.Context) {
 		s.mu.Lock()
 		for _, sh := range s.shards {
 			if sh.dirty {
-				b := sh.store.Bytes()
-				sh.out.Store(&b)
+				o := sh.store.output()
+				sh.out.Store(o)
 				sh.dirty = false
-				rendered += len(b)
+				rendered += o.size
 			}
 		}
 		changed := rendered > 0
@@ -376,7 +376,8 @@ func (s *Syncer) write() error {
 		if sh.writer == nil {
 			continue
 		}
-		written, err := sh.writer.Write(*sh.out.Load())
+		o := sh.out.Load()
+		written, err := sh.writer.writeOutput(o)
 		if err != nil {
 			if first == nil {
 				first = fmt.Errorf("%s: %w", sh.writer.Path(), err)
@@ -385,7 +386,7 @@ func (s *Syncer) write() error {
 		}
 		if written {
 			s.m.Writes.Inc()
-			s.m.WrittenBytes.Add(float64(len(*sh.out.Load())))
+			s.m.WrittenBytes.Add(float64(o.size))
 		}
 		wrote = true
 	}
@@ -416,8 +417,8 @@ func (s *Syncer) setTargets() {
 			total += n
 			jobs[j] = true
 		}
-		if p := sh.out.Load(); p != nil {
-			size += len(*p)
+		if o := sh.out.Load(); o != nil {
+			size += o.size
 		}
 	}
 	s.m.Targets.Set(float64(total))
@@ -430,8 +431,8 @@ func (s *Syncer) setTargets() {
 func (s *Syncer) finish() {
 	s.doneMu.Lock()
 	for _, sh := range s.shards {
-		if p := sh.out.Load(); p != nil {
-			sh.synced = *p
+		if o := sh.out.Load(); o != nil {
+			sh.synced = o
 		}
 	}
 	close(s.done)

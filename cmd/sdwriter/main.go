@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -72,7 +73,18 @@ const (
 	minCheckInterval = time.Second
 )
 
+// gcPercent is sdwriter's GOGC unless the environment sets one. Nearly all
+// of its heap is the registrations' rendered bytes, which hold no pointers:
+// the collector's work per cycle is small and its cycles are rare (a few
+// megabytes of garbage a second at 200 restarts a second), while the
+// default (100) lets the heap grow to twice what is live, which is what
+// sizes sdwriter's memory (docs/SCALING.md: 250,000 registrations).
+const gcPercent = 50
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	var code int
 	if len(os.Args) > 1 && os.Args[1] == "check" {
