@@ -44,11 +44,12 @@ type Sink interface {
 
 // TargetSink is a Sink that takes registrations as they are kept, rendered
 // (sdfile.Target, one per etcd key), instead of target groups built for it
-// and rendered again: sdfile.Syncer is one. A Target without Data means its
-// key is gone. Targets are never modified after they are handed over.
+// and rendered again: sdfile.Syncer is one. Each update names the Target
+// it replaces, the one this sink was last given for the key. Targets are
+// never modified after they are handed over.
 type TargetSink interface {
 	Sink
-	UpdateTargets(targets []*sdfile.Target, seen time.Time)
+	UpdateTargets(updates []sdfile.Update, seen time.Time)
 }
 
 // flush takes what changed in st since the last flush, in the form sink
@@ -58,8 +59,8 @@ func (d *Discoverer) flush(st *state, sink Sink) (changed int, hand func(seen ti
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if ts, ok := sink.(TargetSink); ok {
-		targets := st.flushTargets()
-		return len(targets), func(seen time.Time) { ts.UpdateTargets(targets, seen) }
+		updates := st.flushTargets()
+		return len(updates), func(seen time.Time) { ts.UpdateTargets(updates, seen) }
 	}
 	groups := st.flush()
 	return len(groups), func(seen time.Time) { sink.Update(groups, seen) }

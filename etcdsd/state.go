@@ -26,19 +26,10 @@ type entry struct {
 	createRev int64
 	modRev    int64
 
-	gen  uint32 // the listing that last saw it
-	sink sinkState
-	next *entry // the next registration of the same address (byAddr)
+	gen    uint32 // the listing that last saw it
+	inSink bool   // the sink has t (else, maybe an earlier one: state.gone)
+	next   *entry // the next registration of the same address (byAddr)
 }
-
-// sinkState is what the sink has of an entry's key.
-type sinkState uint8
-
-const (
-	sinkNone    sinkState = iota
-	sinkStale             // an earlier registration of the key
-	sinkCurrent           // this entry
-)
 
 // newer says whether e wins over o for the same address: the registration
 // created last (a restarted worker's, not its stale predecessor's); equal
@@ -80,8 +71,8 @@ type state struct {
 	entries map[string]*entry
 	byAddr  map[string]*entry // the first of each address's chain (entry.next)
 	invalid map[string]invalidEntry
-	gone    map[string]struct{} // keys the sink has whose registration went, until flushed
-	inSink  int                 // keys the sink has
+	gone    map[string]*sdfile.Target // what the sink has of keys whose entry is gone or not yet flushed
+	inSink  int                       // keys the sink has
 	gen     uint32              // of the listing under way or last made (wraps: only equality counts)
 
 	touchedKeys  map[string]struct{}
@@ -107,7 +98,7 @@ func newState(prefix string, m *Metrics) *state {
 		entries:      make(map[string]*entry),
 		byAddr:       make(map[string]*entry),
 		invalid:      make(map[string]invalidEntry),
-		gone:         make(map[string]struct{}),
+		gone:         make(map[string]*sdfile.Target),
 		touchedKeys:  make(map[string]struct{}),
 		touchedAddrs: make(map[string]struct{}),
 		jobHosts:     make(map[string]map[string]int),
@@ -163,10 +154,6 @@ func (s *state) put(kv *mvccpb.KeyValue) {
 	e := &entry{t: *t, pid: r.PID, startedAt: r.StartedAt, createRev: kv.CreateRevision, modRev: kv.ModRevision, gen: s.gen}
 	e.t.Source, e.t.Job = key, job // the same bytes, one copy
 	e.addr = substring(e.t.Data, r.Address)
-	if _, ok := s.gone[key]; ok {
-		delete(s.gone, key)
-		e.sink = sinkStale
-	}
 	s.entries[key] = e
 	e.next = s.byAddr[e.addr]
 	s.byAddr[e.addr] = e
@@ -274,8 +261,8 @@ func (s *state) removeEntry(key string) {
 	case first.next == nil:
 		delete(s.dupAddrs, e.addr)
 	}
-	if e.sink != sinkNone {
-		s.gone[key] = struct{}{}
+	if e.inSink {
+		s.gone[key] = &e.t
 	}
 	job, host, _ := s.keyParts(key)
 	if hosts := s.jobHosts[job]; hosts != nil {
@@ -321,12 +308,15 @@ func (s *state) winner(addr string) *entry {
 	return w
 }
 
-// flushTargets returns the Targets whose visible state changed since the
-// last flush, sorted by source, and records them as the sink's.
-func (s *state) flushTargets() []*sdfile.Target {
-	var out []*sdfile.Target
+// flushTargets returns the changes of what the sink should have since the
+// last flush, sorted by source, and records them as the sink's. Each names
+// the Target the sink had for its source (Old), so that the sink finds
+// nothing: a registration's when it became visible or changed, none when it
+// went away or became a duplicate.
+func (s *state) flushTargets() []sdfile.Update {
+	var out []sdfile.Update
 	if s.touchedAll {
-		out = make([]*sdfile.Target, 0, len(s.entries))
+		out = make([]sdfile.Update, 0, len(s.entries))
 		for key := range s.entries {
 			out = s.flushKey(key, out)
 		}
@@ -352,36 +342,36 @@ func (s *state) flushTargets() []*sdfile.Target {
 	s.touchedAddrs = make(map[string]struct{})
 	s.m.Registrations.Set(float64(len(s.entries)))
 	s.m.Duplicates.Set(float64(len(s.entries) - s.inSink))
-	slices.SortFunc(out, func(a, b *sdfile.Target) int { return strings.Compare(a.Source, b.Source) })
+	slices.SortFunc(out, func(a, b sdfile.Update) int { return strings.Compare(a.Source(), b.Source()) })
 	return out
 }
 
 // flushKey appends to out what changed for the sink of key.
-func (s *state) flushKey(key string, out []*sdfile.Target) []*sdfile.Target {
+func (s *state) flushKey(key string, out []sdfile.Update) []sdfile.Update {
+	old := s.gone[key]
+	delete(s.gone, key)
 	e, ok := s.entries[key]
-	if !ok {
-		if _, had := s.gone[key]; had {
-			delete(s.gone, key)
-			s.inSink--
-			_, _, instance := s.keyParts(key)
-			out = append(out, &sdfile.Target{Source: key, Instance: instance})
-		}
-		return out
-	}
-	w := s.winner(e.addr)
 	switch {
-	case w == e && e.sink != sinkCurrent:
-		if e.sink == sinkNone {
-			s.inSink++
+	case ok && s.winner(e.addr) == e:
+		if !e.inSink {
+			if old == nil {
+				s.inSink++
+			}
+			e.inSink = true
+			out = append(out, sdfile.Update{Old: old, New: &e.t})
 		}
-		e.sink = sinkCurrent
-		out = append(out, &e.t)
-	case w != e:
-		s.onDup(e, w)
-		if e.sink != sinkNone {
-			e.sink = sinkNone
+	case ok && e.inSink: // a duplicate now
+		s.onDup(e, s.winner(e.addr))
+		e.inSink = false
+		s.inSink--
+		out = append(out, sdfile.Update{Old: &e.t})
+	default:
+		if ok {
+			s.onDup(e, s.winner(e.addr))
+		}
+		if old != nil {
 			s.inSink--
-			out = append(out, &sdfile.Target{Source: key, Instance: e.t.Instance})
+			out = append(out, sdfile.Update{Old: old})
 		}
 	}
 	return out
@@ -391,10 +381,14 @@ func (s *state) flushKey(key string, out []*sdfile.Target) []*sdfile.Target {
 // TargetSink (a Discoverer run by Prometheus' discovery manager): each is
 // read back from its rendered entry, as file_sd would read it.
 func (s *state) flush() []*targetgroup.Group {
-	targets := s.flushTargets()
-	out := make([]*targetgroup.Group, 0, len(targets))
-	for _, t := range targets {
-		out = append(out, groupOf(t))
+	updates := s.flushTargets()
+	out := make([]*targetgroup.Group, 0, len(updates))
+	for _, u := range updates {
+		if u.New == nil {
+			out = append(out, &targetgroup.Group{Source: u.Old.Source})
+		} else {
+			out = append(out, groupOf(u.New))
+		}
 	}
 	return out
 }

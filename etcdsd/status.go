@@ -133,7 +133,7 @@ func (d *Discoverer) Status(q Query) Status {
 		first := matching[:end]
 		slices.SortFunc(first, compareEntries)
 		for _, e := range first[q.Offset:] {
-			out.Page = append(out.Page, e.view(st.prefix, e.sink != sinkNone))
+			out.Page = append(out.Page, e.view(st.prefix, e.inSink || st.gone[e.t.Source] != nil))
 		}
 	}
 

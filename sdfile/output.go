@@ -29,29 +29,54 @@ func newOutput(targets []*Target, dataSize int) *output {
 	return o
 }
 
-// writeBuffer is the copy's buffer: large enough that a write of a large
-// output is a few hundred system calls, not one per target.
+// writeBuffer is the size of the copy's buffer: large enough that a write
+// of a large output is a few hundred system calls, not one per target.
 const writeBuffer = 256 << 10
+
+// buffers are the copy buffers of WriteTo, shared by the file writes and
+// the http_sd responses.
+var buffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // WriteTo writes the output as Render does.
 func (o *output) WriteTo(w io.Writer) (int64, error) {
-	bw := bufio.NewWriterSize(w, min(writeBuffer, o.size))
+	bp := buffers.Get().(*[]byte)
+	defer buffers.Put(bp)
+	b := (*bp)[:0]
+	if cap(b) < writeBuffer {
+		b = make([]byte, 0, writeBuffer)
+		*bp = b
+	}
+	var n int64
+	flush := func() error {
+		m, err := w.Write(b)
+		n += int64(m)
+		b = b[:0]
+		return err
+	}
 	if len(o.targets) == 0 {
-		bw.WriteString("[]\n")
+		b = append(b, "[]\n"...)
 	} else {
-		bw.WriteString("[\n")
+		b = append(b, "[\n"...)
 		for i, t := range o.targets {
-			if i > 0 {
-				bw.WriteString(",\n")
+			if len(b)+len(t.Data)+2 > cap(b) {
+				if err := flush(); err != nil {
+					return n, err
+				}
 			}
-			bw.WriteString(t.Data)
+			if i > 0 {
+				b = append(b, ",\n"...)
+			}
+			b = append(b, t.Data...) // within cap unless t.Data alone is larger
 		}
-		bw.WriteString("\n]\n")
+		if len(b)+4 > cap(b) {
+			if err := flush(); err != nil {
+				return n, err
+			}
+		}
+		b = append(b, "\n]\n"...)
 	}
-	if err := bw.Flush(); err != nil {
-		return 0, err
-	}
-	return int64(o.size), nil
+	err := flush()
+	return n, err
 }
 
 // Bytes is the output joined, made once and kept: for the callers that

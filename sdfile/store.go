@@ -28,6 +28,31 @@ type Target struct {
 	more *[]string
 }
 
+// Update replaces the Target of a source: Old is the Target the Store (or
+// Syncer) was last given for the source, nil when none or when it has
+// been removed since; New is the source's Target from now on, nil to
+// remove it. Whoever hands over Updates knows Old (etcdsd does), which
+// spares the Store a search for it at every change.
+type Update struct {
+	Old, New *Target
+}
+
+// Source is the source u changes.
+func (u Update) Source() string {
+	if u.New != nil {
+		return u.New.Source
+	}
+	return u.Old.Source
+}
+
+// instance is the instance label of the source u changes.
+func (u Update) instance() string {
+	if u.New != nil {
+		return u.New.Instance
+	}
+	return u.Old.Instance
+}
+
 // NewTarget renders g. A group without targets (or with none Prometheus
 // could scrape) gives a Target without Data, which removes its source.
 func NewTarget(g *targetgroup.Group, instance string) *Target {
@@ -54,7 +79,7 @@ func NewTarget(g *targetgroup.Group, instance string) *Target {
 // A Store is not safe for concurrent use.
 type Store struct {
 	order   []*Target          // sorted by source as of the last render
-	pending map[string]*Target // changed since the last render; a gone source has no Data
+	pending map[string]*Target // changed since the last render; nil for a source gone
 	n       int                // sources with targets
 	size    int                // bytes of their Data
 	jobs    map[string]int
@@ -75,19 +100,32 @@ func (s *Store) Apply(groups []*targetgroup.Group) {
 }
 
 // ApplyTarget replaces the Target of t's source by t (removes it when t has
-// no Data).
+// no Data), finding the Target it replaces.
 func (s *Store) ApplyTarget(t *Target) {
-	if old := s.lookup(t.Source); old != nil {
-		s.count(old, -1)
-	} else if t.Data == "" {
-		return // nothing to remove
+	u := Update{Old: s.lookup(t.Source), New: t}
+	if t.Data == "" {
+		u.New = nil
+		if u.Old == nil {
+			return // nothing to remove
+		}
 	}
-	if t.Data != "" {
-		s.count(t, 1)
+	s.ApplyUpdate(u)
+}
+
+// ApplyUpdate applies u, whose Old must be the source's current Target.
+func (s *Store) ApplyUpdate(u Update) {
+	if u.Old != nil {
+		s.count(u.Old, -1)
 	}
+	t := u.New
+	if t == nil {
+		s.pending[u.Old.Source] = nil
+		return
+	}
+	s.count(t, 1)
 	// A source after every other, with nothing pending (a first listing,
 	// which comes in order): straight into the order.
-	if n := len(s.order); t.Data != "" && len(s.pending) == 0 && (n == 0 || s.order[n-1].Source < t.Source) {
+	if n := len(s.order); len(s.pending) == 0 && (n == 0 || s.order[n-1].Source < t.Source) {
 		s.order = append(s.order, t)
 		return
 	}
@@ -97,9 +135,6 @@ func (s *Store) ApplyTarget(t *Target) {
 // lookup returns the current Target of source, nil when there is none.
 func (s *Store) lookup(source string) *Target {
 	if t, ok := s.pending[source]; ok {
-		if t.Data == "" {
-			return nil
-		}
 		return t
 	}
 	if i, ok := s.search(s.order, source); ok {
@@ -136,17 +171,16 @@ func (s *Store) sort() {
 	if len(s.pending) == 0 {
 		return
 	}
-	changed := slices.SortedFunc(maps.Values(s.pending), func(a, b *Target) int { return strings.Compare(a.Source, b.Source) })
 	merged := make([]*Target, 0, s.n)
 	rest := s.order
-	for _, t := range changed {
-		i, found := s.search(rest, t.Source)
+	for _, source := range slices.Sorted(maps.Keys(s.pending)) {
+		i, found := s.search(rest, source)
 		merged = append(merged, rest[:i]...)
 		if found {
 			i++ // replaced or gone
 		}
 		rest = rest[i:]
-		if t.Data != "" {
+		if t := s.pending[source]; t != nil {
 			merged = append(merged, t)
 		}
 	}

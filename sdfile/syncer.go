@@ -202,16 +202,17 @@ func (s *Syncer) Update(groups []*targetgroup.Group, seen time.Time) {
 }
 
 // UpdateTargets is Update for a discoverer that keeps its sources rendered
-// (NewTarget): the Targets are kept as they are, not rendered again. A
-// Target goes to the shard of its Instance, so a source must keep its
-// instance label for as long as it exists (an etcd key does: the instance
-// is part of it). It implements etcdsd.TargetSink.
-func (s *Syncer) UpdateTargets(targets []*Target, seen time.Time) {
+// (NewTarget): the Targets are kept as they are, not rendered again. Each
+// Update's Old must be the Target last given for its source. A source
+// goes to the shard of its Instance, so it must keep its instance label
+// for as long as it exists (an etcd key does: the instance is part of it).
+// It implements etcdsd.TargetSink.
+func (s *Syncer) UpdateTargets(updates []Update, seen time.Time) {
 	s.mu.Lock()
 	n := len(s.shards)
-	for _, t := range targets {
-		sh := s.shards[Shard(t.Instance, n)]
-		sh.store.ApplyTarget(t)
+	for _, u := range updates {
+		sh := s.shards[Shard(u.instance(), n)]
+		sh.store.ApplyUpdate(u)
 		sh.dirty = true
 	}
 	for _, sh := range s.shards {
