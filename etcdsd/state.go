@@ -73,7 +73,7 @@ type state struct {
 	invalid map[string]invalidEntry
 	gone    map[string]*sdfile.Target // what the sink has of keys whose entry is gone or not yet flushed
 	inSink  int                       // keys the sink has
-	gen     uint32              // of the listing under way or last made (wraps: only equality counts)
+	gen     uint32                    // of the listing under way or last made (wraps: only equality counts)
 
 	touchedKeys  map[string]struct{}
 	touchedAddrs map[string]struct{}
