@@ -7,24 +7,24 @@ import (
 	"sync"
 )
 
-// output is one rendered output (a shard's, or the whole): the Targets in
-// source order, written to the file and served by copying their bytes in
+// output is one rendered output (a shard's, or the whole): the Targets'
+// bytes in source order, written to the file and served by copying their bytes in
 // turn. It is never joined into one buffer unless someone asks for one
 // (Bytes): at 250,000 targets that buffer was 46 MB, and two of them (the
 // output served and the next being rendered) a third of sdwriter's memory.
 // An output is never modified once made.
 type output struct {
-	targets []*Target
-	size    int // bytes of the whole output
+	data []string // each source's Target.Data, in order
+	size int      // bytes of the whole output
 
 	once   sync.Once
 	joined []byte
 }
 
-func newOutput(targets []*Target, dataSize int) *output {
-	o := &output{targets: targets, size: len("[]\n")}
-	if len(targets) > 0 {
-		o.size = len("[\n") + dataSize + len(",\n")*(len(targets)-1) + len("\n]\n")
+func newOutput(data []string, dataSize int) *output {
+	o := &output{data: data, size: len("[]\n")}
+	if len(data) > 0 {
+		o.size = len("[\n") + dataSize + len(",\n")*(len(data)-1) + len("\n]\n")
 	}
 	return o
 }
@@ -53,12 +53,12 @@ func (o *output) WriteTo(w io.Writer) (int64, error) {
 		b = b[:0]
 		return err
 	}
-	if len(o.targets) == 0 {
+	if len(o.data) == 0 {
 		b = append(b, "[]\n"...)
 	} else {
 		b = append(b, "[\n"...)
-		for i, t := range o.targets {
-			if len(b)+len(t.Data)+2 > cap(b) {
+		for i, d := range o.data {
+			if len(b)+len(d)+2 > cap(b) {
 				if err := flush(); err != nil {
 					return n, err
 				}
@@ -66,7 +66,7 @@ func (o *output) WriteTo(w io.Writer) (int64, error) {
 			if i > 0 {
 				b = append(b, ",\n"...)
 			}
-			b = append(b, t.Data...) // within cap unless t.Data alone is larger
+			b = append(b, d...) // within cap unless d alone is larger
 		}
 		if len(b)+4 > cap(b) {
 			if err := flush(); err != nil {
@@ -103,11 +103,11 @@ func (o *output) bytes() []byte {
 // Targets, or Targets of the same bytes, in the same order. False may be
 // wrong (the same bytes cut otherwise), which costs a needless write.
 func (o *output) sameAs(p *output) bool {
-	if p == nil || o.size != p.size || len(o.targets) != len(p.targets) {
+	if p == nil || o.size != p.size || len(o.data) != len(p.data) {
 		return false
 	}
-	for i, t := range o.targets {
-		if u := p.targets[i]; t != u && t.Data != u.Data {
+	for i, d := range o.data {
+		if d != p.data[i] { // the same bytes at the same address: no compare
 			return false
 		}
 	}

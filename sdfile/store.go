@@ -79,6 +79,7 @@ func NewTarget(g *targetgroup.Group, instance string) *Target {
 // A Store is not safe for concurrent use.
 type Store struct {
 	order   []*Target          // sorted by source as of the last render
+	data    []string           // the Data of order, for the copy (no Target to read per source)
 	pending map[string]*Target // changed since the last render; nil for a source gone
 	n       int                // sources with targets
 	size    int                // bytes of their Data
@@ -127,6 +128,7 @@ func (s *Store) ApplyUpdate(u Update) {
 	// which comes in order): straight into the order.
 	if n := len(s.order); len(s.pending) == 0 && (n == 0 || s.order[n-1].Source < t.Source) {
 		s.order = append(s.order, t)
+		s.data = append(s.data, t.Data)
 		return
 	}
 	s.pending[t.Source] = t
@@ -171,20 +173,20 @@ func (s *Store) sort() {
 	if len(s.pending) == 0 {
 		return
 	}
-	merged := make([]*Target, 0, s.n)
-	rest := s.order
+	merged, data := make([]*Target, 0, s.n), make([]string, 0, s.n)
+	rest, restData := s.order, s.data
 	for _, source := range slices.Sorted(maps.Keys(s.pending)) {
 		i, found := s.search(rest, source)
-		merged = append(merged, rest[:i]...)
+		merged, data = append(merged, rest[:i]...), append(data, restData[:i]...)
 		if found {
 			i++ // replaced or gone
 		}
-		rest = rest[i:]
+		rest, restData = rest[i:], restData[i:]
 		if t := s.pending[source]; t != nil {
-			merged = append(merged, t)
+			merged, data = append(merged, t), append(data, t.Data)
 		}
 	}
-	s.order = append(merged, rest...)
+	s.order, s.data = append(merged, rest...), append(data, restData...)
 	s.pending = make(map[string]*Target)
 }
 
@@ -198,7 +200,7 @@ func (s *Store) TargetsByJob() map[string]int { return maps.Clone(s.jobs) }
 // next change: nothing is copied.
 func (s *Store) output() *output {
 	s.sort()
-	return newOutput(s.order[:len(s.order):len(s.order)], s.size)
+	return newOutput(s.data[:len(s.data):len(s.data)], s.size)
 }
 
 // Bytes renders every group (see Render). The result is never modified

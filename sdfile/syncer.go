@@ -90,6 +90,8 @@ type Syncer struct {
 	mu   sync.Mutex // guards the stores, dirty flags and seen
 	seen time.Time  // arrival of the oldest change not rendered yet
 
+	holdUntil atomic.Int64 // HoldUntil, in Unix nanoseconds
+
 	doneMu      sync.Mutex
 	done        chan struct{} // closed after each completed sync
 	lastWrite   time.Time     // the files last found or made up to date
@@ -236,6 +238,11 @@ func (s *Syncer) updated(seen time.Time) {
 	}
 }
 
+// HoldUntil is when the next write can be at the earliest, while Run
+// waits after writing a large output (Options.WriteRate); before then,
+// updates are only kept. It implements etcdsd.Holder.
+func (s *Syncer) HoldUntil() time.Time { return time.Unix(0, s.holdUntil.Load()) }
+
 // Ready says whether the first update has been rendered.
 func (s *Syncer) Ready() bool { return s.shards[0].out.Load() != nil }
 
@@ -360,6 +367,7 @@ func (s *Syncer) Run(ctx context.Context) {
 			pending = time.Time{}
 		}
 		next = start.Add(s.writeWait(rendered))
+		s.holdUntil.Store(next.UnixNano())
 		s.doneMu.Lock()
 		s.lastWrite, s.lastError = time.Now(), nil
 		s.doneMu.Unlock()
