@@ -169,9 +169,11 @@ func (e *entry) view(prefix string, shown bool) Registration {
 	k, _ := registrar.ParseKey(prefix, e.t.Source) // valid: it was decoded
 	r := Registration{Key: e.t.Source, Job: k.Job, Host: k.Host, Slot: k.Slot, Address: e.addr, PID: e.pid, StartedAt: e.startedAt, Shown: shown}
 	for name, value := range parse(&e.t).Labels {
+		// Those set by TargetGroup; a user label never starts with "__"
+		// (registrar refuses it), so any such label is TargetGroup's too.
 		switch {
 		case name == model.JobLabel, name == model.InstanceLabel, name == LabelHost, name == LabelWorker,
-			name == model.SchemeLabel, name == model.MetricsPathLabel, strings.HasPrefix(name, model.MetaLabelPrefix):
+			strings.HasPrefix(name, model.ReservedLabelPrefix):
 			continue
 		}
 		if r.Labels == nil {

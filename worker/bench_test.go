@@ -72,20 +72,7 @@ func BenchmarkStartToRegistered(b *testing.B) {
 // registrar metrics every worker has), with 20 units in flight for the
 // tracer. Goal: p99 <= 2 ms.
 func BenchmarkMetricsLatency(b *testing.B) {
-	etcd := etcdtest.Start(b)
-	w, err := Start(context.Background(), Config{
-		Job: "bench", Host: "h", EtcdEndpoints: []string{etcd.Endpoint()},
-		ListenAddress: "127.0.0.1:0", FinalScrapeTimeout: new(time.Duration(0)), Logger: hclog.NewNullLogger(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer w.Stop(context.Background())
-	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "app_requests_total", Help: "h"}, []string{"route", "code"})
-	w.Registry().MustRegister(vec)
-	for i := range 200 {
-		vec.WithLabelValues("/route/"+strconv.Itoa(i/4), strconv.Itoa(200+i%4)).Add(float64(i))
-	}
+	w, vec := benchWorker(b)
 	for i := range 20 {
 		u := w.Tracer().Start(context.Background(), vec.WithLabelValues("/route/"+strconv.Itoa(i), "200"))
 		defer u.End()
@@ -102,6 +89,26 @@ func BenchmarkMetricsLatency(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(quantileMs(lat, 0.5), "p50-ms")
 	b.ReportMetric(quantileMs(lat, 0.99), "p99-ms")
+}
+
+// benchWorker starts a worker, stopped when b ends, whose application
+// registers 200 series.
+func benchWorker(b *testing.B) (*Worker, *prometheus.CounterVec) {
+	etcd := etcdtest.Start(b)
+	w, err := Start(context.Background(), Config{
+		Job: "bench", Host: "h", EtcdEndpoints: []string{etcd.Endpoint()},
+		ListenAddress: "127.0.0.1:0", FinalScrapeTimeout: new(time.Duration(0)), Logger: hclog.NewNullLogger(),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { w.Stop(context.Background()) })
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "app_requests_total", Help: "h"}, []string{"route", "code"})
+	w.Registry().MustRegister(vec)
+	for i := range 200 {
+		vec.WithLabelValues("/route/"+strconv.Itoa(i/4), strconv.Itoa(200+i%4)).Add(float64(i))
+	}
+	return w, vec
 }
 
 // getter returns a function that GETs url (gzip accepted, as Prometheus
@@ -136,20 +143,7 @@ func quantileMs(lat []time.Duration, q float64) float64 {
 // 5 % of the plain handler's: the workersd layer (final-scrape tracking,
 // its process collector, gzip at BestSpeed) must cost nothing measurable.
 func BenchmarkMetricsVsPlainHandler(b *testing.B) {
-	etcd := etcdtest.Start(b)
-	w, err := Start(context.Background(), Config{
-		Job: "bench", Host: "h", EtcdEndpoints: []string{etcd.Endpoint()},
-		ListenAddress: "127.0.0.1:0", FinalScrapeTimeout: new(time.Duration(0)), Logger: hclog.NewNullLogger(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer w.Stop(context.Background())
-	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "app_requests_total", Help: "h"}, []string{"route", "code"})
-	w.Registry().MustRegister(vec)
-	for i := range 200 {
-		vec.WithLabelValues("/route/"+strconv.Itoa(i/4), strconv.Itoa(200+i%4)).Add(float64(i))
-	}
+	w, _ := benchWorker(b)
 	plain := httptest.NewServer(promhttp.HandlerFor(w.Gatherer(), promhttp.HandlerOpts{}))
 	defer plain.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
