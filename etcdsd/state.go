@@ -22,13 +22,25 @@ type entry struct {
 	t         sdfile.Target // Source is the key; never modified once made
 	addr      string        // a substring of t.Data when it can be
 	pid       int
-	startedAt time.Time
+	started   int64 // StartedAt in Unix seconds (when hasStart), with:
 	createRev int64
 	modRev    int64
 
-	gen    uint32 // the listing that last saw it
-	inSink bool   // the sink has t (else, maybe an earlier one: state.gone)
-	next   *entry // the next registration of the same address (byAddr)
+	startedNsec int32  // its nanoseconds
+	startedOff  int32  // its zone offset, seconds east of UTC
+	gen         uint32 // the listing that last saw it
+	hasStart    bool
+	inSink      bool   // the sink has t (else, maybe an earlier one: state.gone)
+	next        *entry // the next registration of the same address (byAddr)
+}
+
+// startedAt is the registration's start, as it was registered (its zone
+// kept as an offset).
+func (e *entry) startedAt() time.Time {
+	if !e.hasStart {
+		return time.Time{}
+	}
+	return time.Unix(e.started, int64(e.startedNsec)).In(time.FixedZone("", int(e.startedOff)))
 }
 
 // newer says whether e wins over o for the same address: the registration
@@ -149,9 +161,13 @@ func (s *state) put(kv *mvccpb.KeyValue) {
 	}
 	s.clearInvalid(key)
 	s.removeEntry(key)
-	job, host, instance := s.keyParts(key)
-	t := sdfile.NewTarget(TargetGroup(r), instance)
-	e := &entry{t: *t, pid: r.PID, startedAt: r.StartedAt, createRev: kv.CreateRevision, modRev: kv.ModRevision, gen: s.gen}
+	job, host, _ := s.keyParts(key)
+	t := sdfile.NewTarget(TargetGroup(r))
+	e := &entry{t: *t, pid: r.PID, createRev: kv.CreateRevision, modRev: kv.ModRevision, gen: s.gen}
+	if !r.StartedAt.IsZero() {
+		_, off := r.StartedAt.Zone()
+		e.hasStart, e.started, e.startedNsec, e.startedOff = true, r.StartedAt.Unix(), int32(r.StartedAt.Nanosecond()), int32(off)
+	}
 	e.t.Source, e.t.Job = key, job // the same bytes, one copy
 	e.addr = substring(e.t.Data, r.Address)
 	s.entries[key] = e
@@ -350,6 +366,7 @@ func (s *state) flushTargets() []sdfile.Update {
 func (s *state) flushKey(key string, out []sdfile.Update) []sdfile.Update {
 	old := s.gone[key]
 	delete(s.gone, key)
+	_, _, instance := s.keyParts(key)
 	e, ok := s.entries[key]
 	switch {
 	case ok && s.winner(e.addr) == e:
@@ -358,20 +375,20 @@ func (s *state) flushKey(key string, out []sdfile.Update) []sdfile.Update {
 				s.inSink++
 			}
 			e.inSink = true
-			out = append(out, sdfile.Update{Old: old, New: &e.t})
+			out = append(out, sdfile.Update{Old: old, New: &e.t, Instance: instance})
 		}
 	case ok && e.inSink: // a duplicate now
 		s.onDup(e, s.winner(e.addr))
 		e.inSink = false
 		s.inSink--
-		out = append(out, sdfile.Update{Old: &e.t})
+		out = append(out, sdfile.Update{Old: &e.t, Instance: instance})
 	default:
 		if ok {
 			s.onDup(e, s.winner(e.addr))
 		}
 		if old != nil {
 			s.inSink--
-			out = append(out, sdfile.Update{Old: old})
+			out = append(out, sdfile.Update{Old: old, Instance: instance})
 		}
 	}
 	return out

@@ -167,7 +167,7 @@ func (d *Discoverer) Status(q Query) Status {
 // copy was 100 MB of sdwriter's memory).
 func (e *entry) view(prefix string, shown bool) Registration {
 	k, _ := registrar.ParseKey(prefix, e.t.Source) // valid: it was decoded
-	r := Registration{Key: e.t.Source, Job: k.Job, Host: k.Host, Slot: k.Slot, Address: e.addr, PID: e.pid, StartedAt: e.startedAt, Shown: shown}
+	r := Registration{Key: e.t.Source, Job: k.Job, Host: k.Host, Slot: k.Slot, Address: e.addr, PID: e.pid, StartedAt: e.startedAt(), Shown: shown}
 	for name, value := range parse(&e.t).Labels {
 		// Those set by TargetGroup; a user label never starts with "__"
 		// (registrar refuses it), so any such label is TargetGroup's too.

@@ -19,9 +19,6 @@ type Target struct {
 	// Data is the source's file_sd entries as Render writes them, without
 	// the separators between sources; empty means the source is gone.
 	Data string
-	// Instance is the instance label of the source's targets, which picks
-	// its shard (Shard); only Syncer.UpdateTargets reads it.
-	Instance string
 	// Job is the job label of the first target, more those of the others
 	// (groups of several targets only), for TargetsByJob.
 	Job  string
@@ -35,6 +32,9 @@ type Target struct {
 // spares the Store a search for it at every change.
 type Update struct {
 	Old, New *Target
+	// Instance is the instance label of the source's targets, which picks
+	// its shard (Shard); only Syncer.UpdateTargets reads it.
+	Instance string
 }
 
 // Source is the source u changes.
@@ -45,19 +45,11 @@ func (u Update) Source() string {
 	return u.Old.Source
 }
 
-// instance is the instance label of the source u changes.
-func (u Update) instance() string {
-	if u.New != nil {
-		return u.New.Instance
-	}
-	return u.Old.Instance
-}
-
 // NewTarget renders g. A group without targets (or with none Prometheus
 // could scrape) gives a Target without Data, which removes its source.
-func NewTarget(g *targetgroup.Group, instance string) *Target {
+func NewTarget(g *targetgroup.Group) *Target {
 	data, jobs := renderGroup(g)
-	t := &Target{Source: g.Source, Data: string(data), Instance: instance}
+	t := &Target{Source: g.Source, Data: string(data)}
 	if len(jobs) > 0 {
 		t.Job = jobs[0]
 	}
@@ -95,7 +87,7 @@ func NewStore() *Store {
 func (s *Store) Apply(groups []*targetgroup.Group) {
 	for _, g := range groups {
 		if g != nil {
-			s.ApplyTarget(NewTarget(g, ""))
+			s.ApplyTarget(NewTarget(g))
 		}
 	}
 }

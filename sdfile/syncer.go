@@ -206,14 +206,15 @@ func (s *Syncer) Update(groups []*targetgroup.Group, seen time.Time) {
 // UpdateTargets is Update for a discoverer that keeps its sources rendered
 // (NewTarget): the Targets are kept as they are, not rendered again. Each
 // Update's Old must be the Target last given for its source. A source
-// goes to the shard of its Instance, so it must keep its instance label
-// for as long as it exists (an etcd key does: the instance is part of it).
+// goes to the shard of the Update's Instance, so it must keep its instance
+// label for as long as it exists (an etcd key does: the instance is part
+// of it).
 // It implements etcdsd.TargetSink.
 func (s *Syncer) UpdateTargets(updates []Update, seen time.Time) {
 	s.mu.Lock()
 	n := len(s.shards)
 	for _, u := range updates {
-		sh := s.shards[Shard(u.instance(), n)]
+		sh := s.shards[Shard(u.Instance, n)]
 		sh.store.ApplyUpdate(u)
 		sh.dirty = true
 	}
