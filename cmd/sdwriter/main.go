@@ -80,8 +80,8 @@ const (
 // the collector's work per cycle is small and its cycles are rare (a few
 // megabytes of garbage a second at 200 restarts a second), while the
 // default (100) lets the heap grow to twice what is live, which is what
-// sizes sdwriter's memory (docs/SCALING.md: 250,000 registrations).
-const gcPercent = 50
+// sizes sdwriter's memory (docs/PROFILING.md: 250,000 registrations).
+const gcPercent = 40
 
 func main() {
 	if os.Getenv("GOGC") == "" {
