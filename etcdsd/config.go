@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/prometheus/discovery"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 
 	"github.com/workersd/workersd/internal/etcdclient"
 	"github.com/workersd/workersd/registrar"
@@ -90,6 +91,10 @@ func (c *SDConfig) SetDirectory(dir string) {
 	c.PasswordFile = config.JoinDir(dir, c.PasswordFile)
 }
 
+// watchWindow is the gRPC stream window of NewClient's clients: four pages
+// of a listing (DefaultPageSize values of a few hundred bytes).
+const watchWindow = 4 << 20
+
 // NewClient returns an etcd client for this configuration (TLS, user and
 // password read from PasswordFile). The caller closes it.
 func (c *SDConfig) NewClient() (*clientv3.Client, error) {
@@ -100,6 +105,13 @@ func (c *SDConfig) NewClient() (*clientv3.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workersd SD: %w", err)
 	}
+	// Static flow-control windows: with gRPC's dynamic ones, each watch
+	// event that arrives alone (a restart every few milliseconds) made the
+	// client send a BDP ping and read its ack, two more frames and system
+	// calls per event on both sides (docs/PROFILING.md). Large enough for a
+	// page of the listing and for a burst of events.
+	cfg.DialOptions = append(cfg.DialOptions,
+		grpc.WithStaticStreamWindowSize(watchWindow), grpc.WithStaticConnWindowSize(2*watchWindow))
 	return etcdclient.New(c.Endpoints, cfg)
 }
 

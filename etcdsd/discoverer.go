@@ -18,11 +18,17 @@ import (
 
 	"github.com/workersd/workersd/internal/backoff"
 	"github.com/workersd/workersd/registrar"
+	"github.com/workersd/workersd/sdfile"
 )
 
 // Defaults for Options.
 const (
-	DefaultPageSize       = 2000
+	DefaultPageSize = 2000
+	// MaxPages bounds the requests of one listing. etcd counts the keys
+	// left in the range at every page, so a listing costs pages × keys:
+	// a million keys in pages of 2000 took 66 s of etcd's time, where 64
+	// pages take seconds (docs/SCALING.md).
+	MaxPages              = 64
 	DefaultRequestTimeout = 10 * time.Second
 	DefaultProbeInterval  = 5 * time.Second
 	DefaultMinBackoff     = 100 * time.Millisecond
@@ -41,6 +47,49 @@ type Sink interface {
 	Update(groups []*targetgroup.Group, seen time.Time)
 }
 
+// TargetSink is a Sink that takes registrations as they are kept, rendered
+// (sdfile.Target, one per etcd key), instead of target groups built for it
+// and rendered again: sdfile.Syncer is one. Each update names the Target
+// it replaces, the one this sink was last given for the key. Targets are
+// never modified after they are handed over.
+type TargetSink interface {
+	Sink
+	UpdateTargets(updates []sdfile.Update, seen time.Time)
+}
+
+// Holder is a Sink that knows it will write nothing before some moment
+// (sdfile.Syncer, while it waits after writing a large output): until a
+// little before it, a Discoverer holds the events it receives and hands
+// them over together. The status page and metrics then lag by as much,
+// at most maxHold.
+type Holder interface {
+	Sink
+	// HoldUntil is the moment; zero or past when the sink writes at once.
+	HoldUntil() time.Time
+}
+
+const (
+	// holdMargin is how long before a Holder's moment the held events are
+	// handed over, so that they are in its next write.
+	holdMargin = 100 * time.Millisecond
+	// maxHold bounds one hold.
+	maxHold = time.Second
+)
+
+// flush takes what changed in st since the last flush, in the form sink
+// takes, and returns how many sources changed and the call that hands them
+// over, to be made without holding d.mu.
+func (d *Discoverer) flush(st *state, sink Sink) (changed int, hand func(seen time.Time)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ts, ok := sink.(TargetSink); ok {
+		updates := st.flushTargets()
+		return len(updates), func(seen time.Time) { ts.UpdateTargets(updates, seen) }
+	}
+	groups := st.flush()
+	return len(groups), func(seen time.Time) { sink.Update(groups, seen) }
+}
+
 // Options configure a Discoverer. Zero values mean the defaults.
 type Options struct {
 	// Prefix is where registrations live; registrar.DefaultPrefix when empty.
@@ -49,7 +98,8 @@ type Options struct {
 	Logger hclog.Logger
 	// Metrics; nil means metrics that are kept but not registered.
 	Metrics *Metrics
-	// PageSize is the number of keys per list request.
+	// PageSize is the number of keys per list request, at least: with more
+	// than MaxPages pages of keys, pages grow to make MaxPages.
 	PageSize int
 	// RequestTimeout bounds one list request.
 	RequestTimeout time.Duration
@@ -178,7 +228,16 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 	first := true
 	for ctx.Err() == nil {
 		start := time.Now()
-		kvs, hdr, err := d.list(ctx)
+		fresh := false
+		hdr, err := d.list(ctx, func(hdr *pb.ResponseHeader, kvs []*mvccpb.KeyValue) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if hdr != nil { // the first page
+				fresh = !first && hdr.ClusterId != cluster
+				st.beginList(fresh)
+			}
+			st.listPage(kvs)
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -199,27 +258,26 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 		}
 		seen := time.Now()
 		d.setReachable(true, nil)
-		fresh := !first && hdr.ClusterId != cluster
 		if fresh {
 			d.log.Warn("etcd is another cluster now (rebuilt or restored); reading every registration again",
 				"old_cluster_id", fmt.Sprintf("%x", cluster), "cluster_id", fmt.Sprintf("%x", hdr.ClusterId))
 		}
 		cluster = hdr.ClusterId
 		d.mu.Lock()
-		st.relist(kvs, fresh)
-		groups := st.flush()
+		st.endList()
 		d.mu.Unlock()
+		changed, hand := d.flush(st, sink)
 		if first {
 			d.log.Info("listed registrations", "prefix", d.opts.Prefix, "revision", hdr.Revision,
-				"registrations", len(st.entries), "targets", len(st.shown), "invalid", len(st.invalid), "took", seen.Sub(start))
-			sink.Update(groups, seen)
+				"registrations", len(st.entries), "targets", st.inSink, "invalid", len(st.invalid), "took", seen.Sub(start))
+			hand(seen)
 			close(d.synced)
 			first = false
 		} else {
 			d.m.Relists.Inc()
-			d.log.Info("listed registrations again", "revision", hdr.Revision, "changed", len(groups), "targets", len(st.shown))
-			if len(groups) > 0 {
-				sink.Update(groups, seen)
+			d.log.Info("listed registrations again", "revision", hdr.Revision, "changed", changed, "targets", st.inSink)
+			if changed > 0 {
+				hand(seen)
 			}
 		}
 
@@ -248,16 +306,16 @@ func (d *Discoverer) RunSink(ctx context.Context, sink Sink) {
 	}
 }
 
-// list reads every key under the prefix at one revision, in pages.
-func (d *Discoverer) list(ctx context.Context) ([]*mvccpb.KeyValue, *pb.ResponseHeader, error) {
+// list reads every key under the prefix at one revision, in pages, handing
+// each to page as it arrives (hdr only with the first), so that no more than
+// a page of raw keys and values is held at once.
+func (d *Discoverer) list(ctx context.Context, page func(hdr *pb.ResponseHeader, kvs []*mvccpb.KeyValue)) (*pb.ResponseHeader, error) {
 	end := clientv3.GetPrefixRangeEnd(d.opts.Prefix)
 	key := d.opts.Prefix
-	var (
-		kvs []*mvccpb.KeyValue
-		hdr *pb.ResponseHeader
-	)
+	var hdr *pb.ResponseHeader
+	limit := int64(d.opts.PageSize)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(d.opts.PageSize))}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(limit)}
 		if hdr != nil {
 			opts = append(opts, clientv3.WithRev(hdr.Revision))
 		}
@@ -265,15 +323,17 @@ func (d *Discoverer) list(ctx context.Context) ([]*mvccpb.KeyValue, *pb.Response
 		resp, err := d.client.Get(rctx, key, opts...)
 		cancel()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if hdr == nil {
 			hdr = resp.Header
-			kvs = make([]*mvccpb.KeyValue, 0, resp.Count)
+			limit = max(limit, (resp.Count+MaxPages-1)/MaxPages)
+			page(hdr, resp.Kvs)
+		} else {
+			page(nil, resp.Kvs)
 		}
-		kvs = append(kvs, resp.Kvs...)
 		if !resp.More || len(resp.Kvs) == 0 {
-			return kvs, hdr, nil
+			return hdr, nil
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
@@ -330,15 +390,30 @@ func (d *Discoverer) watch(ctx context.Context, st *state, sink Sink, rev int64,
 		return nil
 	}
 	emit := func(seen time.Time) {
-		d.mu.Lock()
-		groups := st.flush()
-		d.mu.Unlock()
-		if len(groups) > 0 {
-			sink.Update(groups, seen)
+		if changed, hand := d.flush(st, sink); changed > 0 {
+			hand(seen)
 		}
 	}
 
+	holder, _ := sink.(Holder)
+	hold := time.NewTimer(time.Hour)
+	hold.Stop()
+	defer hold.Stop()
 	for {
+		// While the sink writes nothing anyway, let events pile up in the
+		// client and take them in one go: at hundreds of events a second,
+		// waking for each, applying it and handing it over one at a time
+		// was a fifth of sdwriter's CPU (docs/PROFILING.md).
+		if holder != nil {
+			if wait := min(time.Until(holder.HoldUntil())-holdMargin, maxHold); wait > 0 {
+				hold.Reset(wait)
+				select {
+				case <-ctx.Done():
+					return watchEnd{err: ctx.Err()}
+				case <-hold.C:
+				}
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return watchEnd{err: ctx.Err()}
@@ -433,7 +508,7 @@ func (d *Discoverer) logInvalid(key string, modRev int64, reason string, err err
 func (d *Discoverer) logDuplicate(dropped, winner *entry) {
 	if ok, suppressed := d.dupLog.allow(); ok {
 		d.log.Warn("dropping duplicate registration: another key created later has the same address",
-			"key", dropped.key, "address", dropped.addr, "kept", winner.key, "suppressed_since_last", suppressed)
+			"key", dropped.t.Source, "address", dropped.addr, "kept", winner.t.Source, "suppressed_since_last", suppressed)
 	}
 }
 

@@ -20,5 +20,8 @@
 // Register. sdwriter uses RunSink instead, which also tells when each change
 // arrived from etcd.
 //
-// The package does not write files; package sdfile renders its output.
+// The package does not write files. It keeps each registration as the
+// bytes package sdfile renders for it (sdfile.Target), and hands those to
+// a TargetSink (sdfile.Syncer) as they are; other sinks get target groups
+// read back from them.
 package etcdsd

@@ -1,12 +1,15 @@
 package etcdsd
 
 import (
+	"encoding/json"
+	"fmt"
 	"strconv"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 
 	"github.com/workersd/workersd/registrar"
+	"github.com/workersd/workersd/sdfile"
 )
 
 // Labels that TargetGroup sets besides job, instance and the user labels.
@@ -66,4 +69,38 @@ func TargetGroup(r registrar.Registration, o TargetOptions) *targetgroup.Group {
 		Targets: []model.LabelSet{{model.AddressLabel: model.LabelValue(r.Address)}},
 		Labels:  labels,
 	}
+}
+
+// rendered is a one-target entry as sdfile renders it.
+type rendered struct {
+	Targets []string          `json:"targets"`
+	Labels  map[string]string `json:"labels"`
+}
+
+// parse reads t's rendered entry back. It was rendered by this process from
+// a validated registration, so failing to read it is a bug, not bad input.
+func parse(t *sdfile.Target) rendered {
+	var r rendered
+	if err := json.Unmarshal([]byte(t.Data), &r); err != nil {
+		panic(fmt.Sprintf("etcdsd: the rendered entry of %s does not parse: %v: %s", t.Source, err, t.Data))
+	}
+	return r
+}
+
+// groupOf is the target group t renders, read back as file_sd reads it:
+// what TargetGroup made of the registration.
+func groupOf(t *sdfile.Target) *targetgroup.Group {
+	g := &targetgroup.Group{Source: t.Source}
+	if t.Data == "" {
+		return g
+	}
+	r := parse(t)
+	for _, addr := range r.Targets {
+		g.Targets = append(g.Targets, model.LabelSet{model.AddressLabel: model.LabelValue(addr)})
+	}
+	g.Labels = make(model.LabelSet, len(r.Labels))
+	for name, value := range r.Labels {
+		g.Labels[model.LabelName(name)] = model.LabelValue(value)
+	}
+	return g
 }

@@ -1,6 +1,9 @@
 package etcdsd
 
 import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/workersd/workersd/internal/metrictest"
 	"github.com/workersd/workersd/registrar"
+	"github.com/workersd/workersd/sdfile"
 )
 
 const testPrefix = "/workersd/v1/"
@@ -169,5 +173,59 @@ func TestLimiter(t *testing.T) {
 	now = now.Add(time.Second)
 	if ok, suppressed := l.allow(); !ok || suppressed != 2 {
 		t.Errorf("after a second: allow = %v, suppressed = %d", ok, suppressed)
+	}
+}
+
+// The updates a TargetSink gets, each naming the Target it replaces, keep
+// a Store equal to a rendering of the registrations shown, whatever comes
+// and goes: duplicates, invalid values, re-lists, a key's address changing.
+func TestFlushTargetsKeepsAStoreExact(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	st := newState(testPrefix, NewMetrics(nil))
+	store := sdfile.NewStore()
+	rev := int64(1)
+	live := map[string]*mvccpb.KeyValue{}
+	for step := range 3000 {
+		key := fmt.Sprintf("job-%d/host-%d/%d", rng.IntN(2), rng.IntN(4), rng.IntN(6))
+		rev++
+		switch n := rng.IntN(10); {
+		case n < 3:
+			st.del(testPrefix + key)
+			delete(live, testPrefix+key)
+		case n < 4:
+			kv := kv(key, []byte(`{"address":`), rev, rev)
+			st.put(kv)
+			delete(live, testPrefix+key)
+		case n < 5 && step%7 == 0:
+			var kvs []*mvccpb.KeyValue
+			for _, kv := range live {
+				kvs = append(kvs, kv)
+			}
+			st.relist(kvs, false)
+		default:
+			v := value(t, registrar.Value{Address: fmt.Sprintf("10.0.0.%d:9100", rng.IntN(30)), Labels: map[string]string{"n": fmt.Sprint(rng.IntN(3))}})
+			kv := kv(key, v, rev, rev)
+			st.put(kv)
+			live[testPrefix+key] = kv
+		}
+		for _, u := range st.flushTargets() {
+			store.ApplyUpdate(u)
+		}
+		var shown []*targetgroup.Group
+		for _, e := range st.entries {
+			if st.winner(e.addr) == e {
+				r, err := registrar.Decode(testPrefix, []byte(e.t.Source), live[e.t.Source].Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				shown = append(shown, TargetGroup(r, TargetOptions{}))
+			}
+		}
+		if got, want := store.Bytes(), sdfile.Render(shown); !bytes.Equal(got, want) {
+			t.Fatalf("step %d: the Store holds\n%s\nwant\n%s", step, got, want)
+		}
+		if store.Len() != len(shown) || st.inSink != len(shown) {
+			t.Fatalf("step %d: Store.Len %d, inSink %d, shown %d", step, store.Len(), st.inSink, len(shown))
+		}
 	}
 }

@@ -4,11 +4,12 @@ import (
 	"cmp"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/common/model"
+
+	"github.com/workersd/workersd/registrar"
 )
 
 // MaxPage bounds the registrations, rejected keys and duplicates one Status
@@ -105,7 +106,7 @@ func (d *Discoverer) Status(q Query) Status {
 	if st == nil {
 		return out
 	}
-	out.Registrations, out.Targets = len(st.entries), len(st.shown)
+	out.Registrations, out.Targets = len(st.entries), st.inSink
 
 	for _, job := range slices.Sorted(maps.Keys(st.jobHosts)) {
 		n := 0
@@ -118,8 +119,8 @@ func (d *Discoverer) Status(q Query) Status {
 	if q.Job == "" && q.Host == "" {
 		matching = slices.Collect(maps.Values(st.entries))
 	} else {
-		for _, e := range st.entries {
-			if (q.Job == "" || e.job == q.Job) && (q.Host == "" || e.host == q.Host) {
+		for key, e := range st.entries {
+			if job, host, _ := st.keyParts(key); (q.Job == "" || job == q.Job) && (q.Host == "" || host == q.Host) {
 				matching = append(matching, e)
 			}
 		}
@@ -132,8 +133,7 @@ func (d *Discoverer) Status(q Query) Status {
 		first := matching[:end]
 		slices.SortFunc(first, compareEntries)
 		for _, e := range first[q.Offset:] {
-			_, shown := st.shown[e.key]
-			out.Page = append(out.Page, e.view(shown))
+			out.Page = append(out.Page, e.view(st.prefix, e.inSink || st.gone[e.t.Source] != nil))
 		}
 	}
 
@@ -147,12 +147,11 @@ func (d *Discoverer) Status(q Query) Status {
 	}
 
 	for addr := range st.dupAddrs {
-		list := st.byAddr[addr]
 		w := st.winner(addr)
-		for _, e := range list {
+		for e := st.byAddr[addr]; e != nil; e = e.next {
 			if e != w {
 				out.DuplicatesTotal++
-				out.Duplicates = append(out.Duplicates, Duplicate{Address: addr, Dropped: e.key, Winner: w.key})
+				out.Duplicates = append(out.Duplicates, Duplicate{Address: addr, Dropped: e.t.Source, Winner: w.t.Source})
 			}
 		}
 	}
@@ -163,28 +162,29 @@ func (d *Discoverer) Status(q Query) Status {
 	return out
 }
 
-// view is e as the page shows it, read back from its target group (an
-// entry keeps no decoded copy of its registration: at 100,000 that copy
-// was 100 MB of sdwriter's memory).
-func (e *entry) view(shown bool) Registration {
-	l := e.group.Labels
-	r := Registration{Key: e.key, Job: e.job, Host: e.host, Address: e.addr, PID: e.pid, StartedAt: e.startedAt, Shown: shown}
-	r.Slot, _ = strconv.Atoi(string(l[LabelWorker]))
-	for name, value := range l {
+// view is e as the page shows it, read back from its rendered entry and its
+// key (an entry keeps no decoded copy of its registration: at 100,000 that
+// copy was 100 MB of sdwriter's memory).
+func (e *entry) view(prefix string, shown bool) Registration {
+	k, _ := registrar.ParseKey(prefix, e.t.Source) // valid: it was decoded
+	r := Registration{Key: e.t.Source, Job: k.Job, Host: k.Host, Slot: k.Slot, Address: e.addr, PID: e.pid, StartedAt: e.startedAt(), Shown: shown}
+	for name, value := range parse(&e.t).Labels {
+		// Those set by TargetGroup; a user label never starts with "__"
+		// (registrar refuses it), so any such label is TargetGroup's too.
 		switch {
 		case name == model.JobLabel, name == model.InstanceLabel, name == LabelHost, name == LabelWorker,
-			name == model.SchemeLabel, name == model.MetricsPathLabel, name == LabelTmpHash, strings.HasPrefix(string(name), model.MetaLabelPrefix):
+			strings.HasPrefix(name, model.ReservedLabelPrefix):
 			continue
 		}
 		if r.Labels == nil {
 			r.Labels = map[string]string{}
 		}
-		r.Labels[string(name)] = string(value)
+		r.Labels[name] = value
 	}
 	return r
 }
 
-func compareEntries(a, b *entry) int { return strings.Compare(a.key, b.key) }
+func compareEntries(a, b *entry) int { return strings.Compare(a.t.Source, b.t.Source) }
 
 // selectSmallest reorders es so that its first k are the k smallest by
 // key, in no order (quickselect): a page near the start of 100,000
@@ -192,13 +192,13 @@ func compareEntries(a, b *entry) int { return strings.Compare(a.key, b.key) }
 func selectSmallest(es []*entry, k int) {
 	lo, hi := 0, len(es)-1
 	for lo < hi && k > lo && k <= hi {
-		p := es[lo+(hi-lo)/2].key
+		p := es[lo+(hi-lo)/2].t.Source
 		i, j := lo, hi
 		for i <= j {
-			for es[i].key < p {
+			for es[i].t.Source < p {
 				i++
 			}
-			for es[j].key > p {
+			for es[j].t.Source > p {
 				j--
 			}
 			if i <= j {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/workersd/workersd/registrar"
+	"github.com/workersd/workersd/sdfile"
 )
 
 func TestSelectSmallest(t *testing.T) {
@@ -17,13 +18,13 @@ func TestSelectSmallest(t *testing.T) {
 		for _, k := range []int{0, 1, n / 3, n - 1, n} {
 			es := make([]*entry, n)
 			for i := range es {
-				es[i] = &entry{key: fmt.Sprintf("k%06d", rng.IntN(n/2+1))} // with repeats
+				es[i] = &entry{t: sdfile.Target{Source: fmt.Sprintf("k%06d", rng.IntN(n/2+1))}} // with repeats
 			}
 			sorted := slices.SortedFunc(slices.Values(slices.Clone(es)), compareEntries)
 			selectSmallest(es, k)
 			got := slices.SortedFunc(slices.Values(es[:k]), compareEntries)
 			for i := range got {
-				if got[i].key != sorted[i].key {
+				if got[i].t.Source != sorted[i].t.Source {
 					t.Fatalf("n %d, k %d: the first k are not the k smallest: %v", n, k, keysOf(got))
 				}
 			}
@@ -34,7 +35,7 @@ func TestSelectSmallest(t *testing.T) {
 func keysOf(es []*entry) []string {
 	var out []string
 	for _, e := range es {
-		out = append(out, e.key)
+		out = append(out, e.t.Source)
 	}
 	return out
 }
@@ -61,11 +62,12 @@ func TestStatusAgreesWithTheRegistrations(t *testing.T) {
 		}
 		s := d.Status(Query{Limit: MaxPage})
 		jobs := map[string]map[string]int{}
-		for _, e := range st.entries {
-			if jobs[e.job] == nil {
-				jobs[e.job] = map[string]int{}
+		for key := range st.entries {
+			job, host, _ := st.keyParts(key)
+			if jobs[job] == nil {
+				jobs[job] = map[string]int{}
 			}
-			jobs[e.job][e.host]++
+			jobs[job][host]++
 		}
 		var want []JobSummary
 		for _, j := range slices.Sorted(maps.Keys(jobs)) {
@@ -79,8 +81,10 @@ func TestStatusAgreesWithTheRegistrations(t *testing.T) {
 			t.Fatalf("step %d: jobs %v, want %v", step, s.Jobs, want)
 		}
 		dups := 0
-		for _, list := range st.byAddr {
-			dups += len(list) - 1
+		for _, first := range st.byAddr {
+			for e := first.next; e != nil; e = e.next {
+				dups++
+			}
 		}
 		if s.DuplicatesTotal != dups || len(s.Page) != len(st.entries) || s.Targets+dups != len(st.entries) {
 			t.Fatalf("step %d: %d duplicates (want %d), page %d of %d, %d targets", step, s.DuplicatesTotal, dups, len(s.Page), len(st.entries), s.Targets)

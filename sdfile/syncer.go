@@ -90,6 +90,8 @@ type Syncer struct {
 	mu   sync.Mutex // guards the stores, dirty flags and seen
 	seen time.Time  // arrival of the oldest change not rendered yet
 
+	holdUntil atomic.Int64 // HoldUntil, in Unix nanoseconds
+
 	doneMu      sync.Mutex
 	done        chan struct{} // closed after each completed sync
 	lastWrite   time.Time     // the files last found or made up to date
@@ -113,8 +115,8 @@ type SyncStatus struct {
 func (s *Syncer) Status() SyncStatus {
 	st := SyncStatus{Files: s.Files()}
 	for _, sh := range s.shards {
-		if p := sh.out.Load(); p != nil {
-			st.Bytes += len(*p)
+		if o := sh.out.Load(); o != nil {
+			st.Bytes += o.size
 		}
 	}
 	s.doneMu.Lock()
@@ -132,8 +134,8 @@ type shard struct {
 	dirty  bool        // under Syncer.mu
 	writer *FileWriter // nil without a file
 
-	out    atomic.Pointer[[]byte] // the current output, nil before the first Update
-	synced []byte                 // output of the last completed sync, under Syncer.doneMu
+	out    atomic.Pointer[output] // the current output, nil before the first Update
+	synced *output                // output of the last completed sync, under Syncer.doneMu
 }
 
 // New returns a Syncer; call Run to start writing.
@@ -198,6 +200,35 @@ func (s *Syncer) Update(groups []*targetgroup.Group, seen time.Time) {
 			s.shards[k].dirty = true
 		}
 	}
+	s.updated(seen)
+}
+
+// UpdateTargets is Update for a discoverer that keeps its sources rendered
+// (NewTarget): the Targets are kept as they are, not rendered again. Each
+// Update's Old must be the Target last given for its source. A source
+// goes to the shard of the Update's Instance, so it must keep its instance
+// label for as long as it exists (an etcd key does: the instance is part
+// of it).
+// It implements etcdsd.TargetSink.
+func (s *Syncer) UpdateTargets(updates []Update, seen time.Time) {
+	s.mu.Lock()
+	n := len(s.shards)
+	for _, u := range updates {
+		sh := s.shards[Shard(u.Instance, n)]
+		sh.store.ApplyUpdate(u)
+		sh.dirty = true
+	}
+	for _, sh := range s.shards {
+		if sh.out.Load() == nil {
+			sh.dirty = true // the first update, even of no targets, is an output
+		}
+	}
+	s.updated(seen)
+}
+
+// updated records the arrival of an update and wakes Run; s.mu is held,
+// and released.
+func (s *Syncer) updated(seen time.Time) {
 	if !seen.IsZero() && (s.seen.IsZero() || seen.Before(s.seen)) {
 		s.seen = seen
 	}
@@ -207,6 +238,11 @@ func (s *Syncer) Update(groups []*targetgroup.Group, seen time.Time) {
 	default:
 	}
 }
+
+// HoldUntil is when the next write can be at the earliest, while Run
+// waits after writing a large output (Options.WriteRate); before then,
+// updates are only kept. It implements etcdsd.Holder.
+func (s *Syncer) HoldUntil() time.Time { return time.Unix(0, s.holdUntil.Load()) }
 
 // Ready says whether the first update has been rendered.
 func (s *Syncer) Ready() bool { return s.shards[0].out.Load() != nil }
@@ -218,7 +254,7 @@ func (s *Syncer) Ready() bool { return s.shards[0].out.Load() != nil }
 func (s *Syncer) Output() ([]byte, <-chan struct{}) {
 	s.doneMu.Lock()
 	defer s.doneMu.Unlock()
-	return s.shards[0].synced, s.done
+	return s.shards[0].synced.bytes(), s.done
 }
 
 // ShardOutputs is Output for every shard, in shard order.
@@ -227,7 +263,7 @@ func (s *Syncer) ShardOutputs() ([][]byte, <-chan struct{}) {
 	defer s.doneMu.Unlock()
 	out := make([][]byte, len(s.shards))
 	for k, sh := range s.shards {
-		out[k] = sh.synced
+		out[k] = sh.synced.bytes()
 	}
 	return out, s.done
 }
@@ -245,14 +281,14 @@ func (s *Syncer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		sh = s.shards[k]
 	}
-	p := sh.out.Load()
-	if p == nil {
+	o := sh.out.Load()
+	if o == nil {
 		http.Error(w, "waiting for the first complete listing of etcd", http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(*p)))
-	w.Write(*p)
+	w.Header().Set("Content-Length", strconv.Itoa(o.size))
+	o.WriteTo(w)
 }
 
 // Run renders and writes until ctx is done.
@@ -290,10 +326,10 @@ func (s *Syncer) Run(ctx context.Context) {
 		s.mu.Lock()
 		for _, sh := range s.shards {
 			if sh.dirty {
-				b := sh.store.Bytes()
-				sh.out.Store(&b)
+				o := sh.store.output()
+				sh.out.Store(o)
 				sh.dirty = false
-				rendered += len(b)
+				rendered += o.size
 			}
 		}
 		changed := rendered > 0
@@ -332,6 +368,7 @@ func (s *Syncer) Run(ctx context.Context) {
 			pending = time.Time{}
 		}
 		next = start.Add(s.writeWait(rendered))
+		s.holdUntil.Store(next.UnixNano())
 		s.doneMu.Lock()
 		s.lastWrite, s.lastError = time.Now(), nil
 		s.doneMu.Unlock()
@@ -349,7 +386,8 @@ func (s *Syncer) write() error {
 		if sh.writer == nil {
 			continue
 		}
-		written, err := sh.writer.Write(*sh.out.Load())
+		o := sh.out.Load()
+		written, err := sh.writer.writeOutput(o)
 		if err != nil {
 			if first == nil {
 				first = fmt.Errorf("%s: %w", sh.writer.Path(), err)
@@ -358,7 +396,7 @@ func (s *Syncer) write() error {
 		}
 		if written {
 			s.m.Writes.Inc()
-			s.m.WrittenBytes.Add(float64(len(*sh.out.Load())))
+			s.m.WrittenBytes.Add(float64(o.size))
 		}
 		wrote = true
 	}
@@ -389,8 +427,8 @@ func (s *Syncer) setTargets() {
 			total += n
 			jobs[j] = true
 		}
-		if p := sh.out.Load(); p != nil {
-			size += len(*p)
+		if o := sh.out.Load(); o != nil {
+			size += o.size
 		}
 	}
 	s.m.Targets.Set(float64(total))
@@ -403,8 +441,8 @@ func (s *Syncer) setTargets() {
 func (s *Syncer) finish() {
 	s.doneMu.Lock()
 	for _, sh := range s.shards {
-		if p := sh.out.Load(); p != nil {
-			sh.synced = *p
+		if o := sh.out.Load(); o != nil {
+			sh.synced = o
 		}
 	}
 	close(s.done)

@@ -56,6 +56,10 @@ func main() {
 		profile = flag.String("profile", "", "save CPU profiles of sdwriter and Prometheus during the paced churns here: <file>[.shards][.prometheus]")
 		only    = flag.String("only", "before,after,shards", "the runs to make, of before, after and shards")
 		extra   = flag.String("sdwriter-flag", "", "one more sdwriter flag for the after and shards runs (to try a setting)")
+		huge    = flag.Int("huge", 0, "registrations of a last run without Prometheus, after the others (0: skip; issue 27: 1000000)")
+		hugeSh  = flag.Int("huge-shards", 8, "sdwriter's --output.shards in the -huge run")
+		hugeR   = flag.Int("huge-rate", 2000, "worker restarts per second in the -huge run")
+		hugeS   = flag.Int("huge-seconds", 30, "duration of the -huge run's churn")
 	)
 	flag.Parse()
 	if *prom == "" {
@@ -64,7 +68,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	b := &bench{repo: *repo, prom: *prom, n: *n, rate: *rate, window: time.Duration(*seconds) * time.Second, profile: *profile,
-		only: strings.Split(*only, ","), extra: *extra}
+		only: strings.Split(*only, ","), extra: *extra,
+		hugeN: *huge, hugeShards: *hugeSh, hugeRate: *hugeR, hugeWindow: time.Duration(*hugeS) * time.Second}
 	table, err := b.run(ctx, *big)
 	b.cleanup()
 	if err != nil {
@@ -94,6 +99,10 @@ type bench struct {
 	profile    string
 	only       []string
 	extra      string
+	hugeN      int
+	hugeShards int
+	hugeRate   int
+	hugeWindow time.Duration
 
 	tmp   string
 	procs []*exec.Cmd
@@ -216,11 +225,33 @@ func (b *bench) run(ctx context.Context, big int) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		// Then the status page and http_sd served (issue 27: the memory
+		// figure holds with them), and the peak RSS after.
+		web := argValue(sdw.Args, "--web.listen-address=")
+		status, _, err := timeGet(web, "/api/v1/status?limit=1000")
+		if err != nil {
+			stopProc(sdw)
+			return "", err
+		}
+		sd, _, err := timeGet(web, "/sd")
+		if err != nil {
+			stopProc(sdw)
+			return "", err
+		}
+		hwm, _ := procstatus.Bytes(sdw.Process.Pid, "VmHWM")
 		stopProc(sdw)
-		bigReady, bigRSS, bigBytes = ready, rss, size
-		logf("initial sync of %d: %s, peak RSS %.0f MB", len(b.live), ready.Round(time.Millisecond), rss)
+		bigReady, bigRSS, bigBytes = ready, float64(hwm)/1e6, size
+		logf("initial sync of %d: %s, peak RSS %.0f MB; then the status page in %s and /sd in %s: peak RSS %.0f MB", len(b.live), ready.Round(time.Millisecond), rss, status.Round(time.Millisecond), sd.Round(time.Millisecond), bigRSS)
 	}
-	return b.table(results, big, bigReady, bigRSS, bigBytes), nil
+	table := b.table(results, big, bigReady, bigRSS, bigBytes)
+	if b.hugeN > len(b.live) {
+		h, err := b.huge(ctx, bin, b.hugeN, b.hugeShards, b.hugeRate, b.hugeWindow)
+		if err != nil {
+			return "", fmt.Errorf("huge: %w", err)
+		}
+		table += h.markdown()
+	}
+	return table, nil
 }
 
 func (b *bench) startEtcd(ctx context.Context, bin string) error {

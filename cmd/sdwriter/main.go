@@ -23,6 +23,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -72,16 +75,54 @@ const (
 	minCheckInterval = time.Second
 )
 
+// gcPercent is sdwriter's GOGC unless the environment sets one. Nearly all
+// of its heap is the registrations' rendered bytes, which hold no pointers:
+// the collector's work per cycle is small and its cycles are rare (a few
+// megabytes of garbage a second at 200 restarts a second), while the
+// default (100) lets the heap grow to twice what is live, which is what
+// sizes sdwriter's memory (docs/PROFILING.md: 250,000 registrations).
+const gcPercent = 40
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	var code int
 	if len(os.Args) > 1 && os.Args[1] == "check" {
 		code = runCheck(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	} else {
+		// sdwriter's work, reading an etcd cluster, is one stream of
+		// events: a second processor only adds the cost of handing each
+		// event from thread to thread (futex wake-ups, idle processors
+		// looking for work), 18 % of its CPU at 200 restarts a second
+		// (docs/PROFILING.md). Not with the embedded etcd, which serves
+		// every worker from this process.
+		if os.Getenv("GOMAXPROCS") == "" && externalEtcd(os.Args[1:]) {
+			runtime.GOMAXPROCS(1)
+		}
 		code = run(ctx, os.Args[1:], os.Stderr)
 	}
 	stop()
 	os.Exit(code)
+}
+
+// externalEtcd says whether args name etcd endpoints (the last
+// --etcd.endpoints, as kingpin reads it, is not empty), before they are
+// parsed: main decides the processors before anything runs.
+func externalEtcd(args []string) bool {
+	external := false
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		if v, ok := strings.CutPrefix(a, "--etcd.endpoints="); ok {
+			external = v != ""
+		} else if a == "--etcd.endpoints" && i+1 < len(args) {
+			external = args[i+1] != ""
+		}
+	}
+	return external
 }
 
 // flags are sdwriter's command line.

@@ -456,3 +456,24 @@ func TestShardedOutput(t *testing.T) {
 		t.Errorf("/sd without a shard: %d %q, want 400", code, body)
 	}
 }
+
+// main runs sdwriter on one processor only when it reads an etcd of its
+// own (--etcd.endpoints not empty, the last one counting as in kingpin).
+func TestExternalEtcdArgs(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--etcd.endpoints=http://e:2379"}, true},
+		{[]string{"--etcd.endpoints", "http://e:2379", "--output.file=x"}, true},
+		{[]string{"--etcd.endpoints="}, false},
+		{[]string{"--etcd.endpoints=http://e:2379", "--etcd.endpoints="}, false},
+		{[]string{"--etcd.embed.data-dir=d"}, false},
+		{[]string{"--", "--etcd.endpoints=http://e:2379"}, false},
+	} {
+		if got := externalEtcd(c.args); got != c.want {
+			t.Errorf("externalEtcd(%q) = %v, want %v", c.args, got, c.want)
+		}
+	}
+}

@@ -5,8 +5,10 @@
 package atomicfile
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,7 +41,7 @@ const TempDir = ".atomicfile"
 // symbolic link at path is an error (callers that follow links resolve them
 // first with Resolve), so a mistaken path never replaces /dev/null.
 func Write(path string, data []byte, mode os.FileMode) error {
-	return write(path, data, mode, true)
+	return write(path, bytes.NewReader(data), mode, true)
 }
 
 // Replace is Write without the fsyncs: readers still see the old content
@@ -49,10 +51,16 @@ func Write(path string, data []byte, mode os.FileMode) error {
 // synchronous disk write of all of it, and a millisecond or more of every
 // change's latency.
 func Replace(path string, data []byte, mode os.FileMode) error {
-	return write(path, data, mode, false)
+	return write(path, bytes.NewReader(data), mode, false)
 }
 
-func write(path string, data []byte, mode os.FileMode, durable bool) (err error) {
+// ReplaceFrom is Replace of what src writes: a large content made of parts
+// is written without first being joined into one buffer.
+func ReplaceFrom(path string, src io.WriterTo, mode os.FileMode) error {
+	return write(path, src, mode, false)
+}
+
+func write(path string, src io.WriterTo, mode os.FileMode, durable bool) (err error) {
 	dir, name := filepath.Split(path)
 	if name == "" {
 		return fmt.Errorf("write %q: not a file name", path)
@@ -82,7 +90,7 @@ func write(path string, data []byte, mode os.FileMode, durable bool) (err error)
 			os.Remove(tmp)
 		}
 	}()
-	if _, err := f.Write(data); err != nil {
+	if _, err := src.WriteTo(f); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if durable {
