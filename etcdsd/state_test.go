@@ -229,3 +229,22 @@ func TestFlushTargetsKeepsAStoreExact(t *testing.T) {
 		}
 	}
 }
+
+// The target options reach what the state renders (sdwriter
+// --output.tmp-hash): each target carries __tmp_hash = its instance, and
+// without the option none does.
+func TestStateRendersTargetOptions(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		st := newState(testPrefix, NewMetrics(nil))
+		st.target = TargetOptions{TmpHash: on}
+		st.put(kv("j/h/3", value(t, registrar.Value{Address: "10.0.0.1:9"}), 2, 2))
+		updates := st.flushTargets()
+		if len(updates) != 1 || updates[0].New == nil {
+			t.Fatalf("updates %+v, want the one target", updates)
+		}
+		got, has := parse(updates[0].New).Labels[LabelTmpHash]
+		if has != on || (on && got != "h/3") {
+			t.Errorf("TmpHash %v: __tmp_hash %q (present %v) in %s", on, got, has, updates[0].New.Data)
+		}
+	}
+}
