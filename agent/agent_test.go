@@ -25,8 +25,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/workersd/workersd/internal/etcdclient"
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/poll"
 	"github.com/workersd/workersd/registrar"
 )
 

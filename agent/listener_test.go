@@ -23,9 +23,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/metrictest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/metrictest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // serveAPI serves h's agent with cfg on a new Unix socket behind lim,

@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/workersd/workersd/internal/leaktest"
+	"github.com/workersd/workersd/internal/testing/leaktest"
 	"github.com/workersd/workersd/registrar"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 )
 
 // Two local users, uids 65534 and 65533, each with a worker process of its

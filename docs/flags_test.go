@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 )
 
 // flagTables are where each command's flags are documented: the tables

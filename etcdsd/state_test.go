@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
-	"github.com/workersd/workersd/internal/metrictest"
+	"github.com/workersd/workersd/internal/testing/metrictest"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 )

@@ -18,7 +18,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // agentStopBound is what the agent allows itself between SIGTERM and its

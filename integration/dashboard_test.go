@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // dashboard is what the test reads of examples/grafana/workersd.json: the

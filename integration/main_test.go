@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/procgroup"
 )
 

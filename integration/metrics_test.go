@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // Every workersd_* metric a running sdwriter, agent (with a registered

@@ -12,7 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v2"
 
-	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 )
 
 // promtool runs promtool in examples/, where the relative paths of the

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/poll"
-	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/poll"
+	"github.com/workersd/workersd/internal/testing/promtest"
 )
 
 // The README's "Using it", followed word for word (issue 10): sdwriter run

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/internal/testing/promtest"
 	"github.com/workersd/workersd/registrar"
 )
 

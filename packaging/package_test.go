@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 )
 
 // The package builds, installs with dpkg -i on this Debian machine, holds

@@ -19,9 +19,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/poll"
-	"github.com/workersd/workersd/internal/servertest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/poll"
+	"github.com/workersd/workersd/internal/testing/servertest"
 	"github.com/workersd/workersd/sdfile"
 )
 

@@ -12,9 +12,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/workersd/workersd/internal/logtest"
-	"github.com/workersd/workersd/internal/metrictest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/logtest"
+	"github.com/workersd/workersd/internal/testing/metrictest"
+	"github.com/workersd/workersd/internal/testing/poll"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/worker"
 )

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/registrar"
 )
 

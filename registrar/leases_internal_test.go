@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
 )
 
 // While a grant waits for an etcd that is down, ID answers at once: the

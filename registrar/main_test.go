@@ -3,7 +3,7 @@ package registrar
 import (
 	"testing"
 
-	"github.com/workersd/workersd/internal/leaktest"
+	"github.com/workersd/workersd/internal/testing/leaktest"
 )
 
 // Every goroutine has an owner that stops it and waits for it: none may

@@ -19,9 +19,9 @@ import (
 
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/etcdclient"
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/metrictest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/metrictest"
+	"github.com/workersd/workersd/internal/testing/poll"
 	"github.com/workersd/workersd/registrar"
 )
 

@@ -19,7 +19,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/relabel"
 
-	"github.com/workersd/workersd/internal/metrictest"
+	"github.com/workersd/workersd/internal/testing/metrictest"
 )
 
 // Shard agrees with Prometheus' own hashmod relabelling (the code of the

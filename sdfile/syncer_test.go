@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 
 	"github.com/workersd/workersd/internal/atomicfile"
-	"github.com/workersd/workersd/internal/filetest"
-	"github.com/workersd/workersd/internal/metrictest"
+	"github.com/workersd/workersd/internal/testing/filetest"
+	"github.com/workersd/workersd/internal/testing/metrictest"
 )
 
 // waitOutput waits until the Syncer's output satisfies ok.

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/workersd/workersd/internal/filetest"
+	"github.com/workersd/workersd/internal/testing/filetest"
 )
 
 func TestFileWriterWritesOnlyChanges(t *testing.T) {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/workersd/workersd/internal/metrictest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/metrictest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // fakeClock is a settable clock for the tracer.

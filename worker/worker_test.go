@@ -22,7 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/embedetcd"
-	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/registrar"
 )
 

@@ -9,8 +9,8 @@ package ruby
 import (
 	"testing"
 
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/clienttest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/clienttest"
 )
 
 func TestRubyClient(t *testing.T) {

@@ -12,9 +12,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdclient"
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/nospacetest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/nospacetest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // Issue 23, acceptance 1, and issue 21, acceptance 2 (sdwriter's part):

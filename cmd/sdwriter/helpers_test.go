@@ -21,9 +21,9 @@ import (
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/logtest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/logtest"
+	"github.com/workersd/workersd/internal/testing/poll"
 	"github.com/workersd/workersd/registrar"
 )
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
 )
 
 // Issue 12, finding 1: an output path that is not a regular file (here a

@@ -12,9 +12,9 @@ import (
 
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/etcdclient"
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/nospacetest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/nospacetest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // Issue 21, acceptance 2 (the agent's part): with etcd at NOSPACE the

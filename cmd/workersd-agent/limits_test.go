@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 func TestConnectionFlagErrors(t *testing.T) {

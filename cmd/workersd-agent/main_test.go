@@ -18,8 +18,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/logtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/logtest"
 )
 
 // syncBuffer is the agent's log as the tests read it.

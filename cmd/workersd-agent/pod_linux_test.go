@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // The agent started as pid 1 of a PID namespace of its own, as a sidecar

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
 )
 
 // The quick start runs, shows four targets, replaces a killed worker in a

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // With 127.0.0.1:2379 and :2380 taken (a local etcd, another sdwriter),

@@ -55,7 +55,7 @@ import (
 	"go.yaml.in/yaml/v2"
 
 	"github.com/workersd/workersd/internal/procgroup"
-	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/internal/testing/promtest"
 )
 
 type options struct {

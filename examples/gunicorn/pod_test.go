@@ -23,13 +23,13 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.yaml.in/yaml/v2"
 
-	"github.com/workersd/workersd/internal/buildtest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/embedetcd"
 	"github.com/workersd/workersd/internal/etcdclient"
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/poll"
-	"github.com/workersd/workersd/internal/promtest"
-	"github.com/workersd/workersd/internal/servertest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/poll"
+	"github.com/workersd/workersd/internal/testing/promtest"
+	"github.com/workersd/workersd/internal/testing/servertest"
 )
 
 // deploy is deploy/kubernetes, from this package's directory.

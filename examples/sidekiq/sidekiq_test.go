@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/workersd/workersd/examples/internal/rubytest"
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/poll"
-	"github.com/workersd/workersd/internal/promtest"
-	"github.com/workersd/workersd/internal/servertest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/poll"
+	"github.com/workersd/workersd/internal/testing/promtest"
+	"github.com/workersd/workersd/internal/testing/servertest"
 )
 
 const (

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/buildtest"
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/servertest"
+	"github.com/workersd/workersd/internal/testing/buildtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/servertest"
 )
 
 const (

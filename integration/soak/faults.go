@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/internal/testing/promtest"
 )
 
 // The kinds of fault.

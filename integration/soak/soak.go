@@ -19,7 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/procgroup"
-	"github.com/workersd/workersd/internal/promtest"
+	"github.com/workersd/workersd/internal/testing/promtest"
 )
 
 type kindStats struct {

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	"github.com/workersd/workersd/internal/filetest"
+	"github.com/workersd/workersd/internal/testing/filetest"
 )
 
 func TestWrite(t *testing.T) {

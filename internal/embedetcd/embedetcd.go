@@ -3,7 +3,7 @@
 // It exists so that one host needs nothing but sdwriter: with no etcd
 // endpoints configured, sdwriter serves an embedded single-member etcd on
 // 127.0.0.1:2379, where workers look by default. The same code backs the test
-// helper (internal/etcdtest) and the integration suite's cluster members, so
+// helper (internal/testing/etcdtest) and the integration suite's cluster members, so
 // the etcd that tests exercise is the one users run.
 //
 // A member stays bounded for months unattended (see maintain.go): etcd

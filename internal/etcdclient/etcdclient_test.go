@@ -10,7 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/internal/etcdclient"
-	"github.com/workersd/workersd/internal/etcdtest"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
 )
 
 // A client with a user and password is returned at once when etcd cannot

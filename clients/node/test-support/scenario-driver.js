@@ -1,8 +1,8 @@
 'use strict';
 
-// The Node client under internal/clienttest's shared scenario: the
+// The Node client under internal/testing/clienttest's shared scenario: the
 // scenario drives it through the line protocol documented in
-// internal/clienttest/scenario.go (commands on stdin, one JSON event per
+// internal/testing/clienttest/scenario.go (commands on stdin, one JSON event per
 // line on stdout), identically for the three clients. Everything the
 // Worker is configured with comes from the environment, as in a real
 // server's hook. prom-client is the metrics library (clients/node_test.go

@@ -1,8 +1,8 @@
 # frozen_string_literal: true
 
-# The Ruby client under internal/clienttest's shared scenario: the scenario
+# The Ruby client under internal/testing/clienttest's shared scenario: the scenario
 # drives it through the line protocol documented in
-# internal/clienttest/scenario.go (commands on stdin, one JSON event per
+# internal/testing/clienttest/scenario.go (commands on stdin, one JSON event per
 # line on stdout), identically for the three clients. Everything the Worker
 # is configured with comes from the environment, as in a real server's hook.
 

@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/poll"
-	"github.com/workersd/workersd/internal/servertest"
+	"github.com/workersd/workersd/internal/testing/poll"
+	"github.com/workersd/workersd/internal/testing/servertest"
 )
 
 // RequireLib checks that ruby can require lib (a gem from a Debian

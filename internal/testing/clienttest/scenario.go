@@ -22,11 +22,11 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/logtest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/logtest"
+	"github.com/workersd/workersd/internal/testing/poll"
 	"github.com/workersd/workersd/internal/procgroup"
-	"github.com/workersd/workersd/internal/servertest"
+	"github.com/workersd/workersd/internal/testing/servertest"
 )
 
 // Driver is a client's scenario driver: a small program of the client's

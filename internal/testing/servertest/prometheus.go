@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/etcdtest"
-	"github.com/workersd/workersd/internal/poll"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
+	"github.com/workersd/workersd/internal/testing/poll"
 )
 
 // Prometheus is a Prometheus server a test runs: a real binary on a free
