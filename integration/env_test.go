@@ -25,8 +25,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.yaml.in/yaml/v2"
 
-	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/internal/testing/poll"
 	"github.com/workersd/workersd/internal/testing/promtest"

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/procgroup"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 )
 
 // binDir holds the binaries built once for the whole run.

@@ -19,10 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/internal/testing/poll"
-	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/testing/servertest"
 )
 

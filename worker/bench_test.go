@@ -21,8 +21,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/internal/procstatus"
+	"github.com/workersd/workersd/internal/testing/etcdtest"
 )
 
 // rssChildEnv makes the test binary act as the child of BenchmarkRSS.

@@ -29,9 +29,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/workersd/workersd/etcdsd"
+	"github.com/workersd/workersd/internal/procstatus"
 	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/internal/testing/poll"
-	"github.com/workersd/workersd/internal/procstatus"
 	"github.com/workersd/workersd/registrar"
 	"github.com/workersd/workersd/sdfile"
 )

@@ -15,8 +15,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/etcdclient"
+	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/internal/testing/poll"
 	"github.com/workersd/workersd/registrar"

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/testing/etcdtest"
-	"github.com/workersd/workersd/internal/procgroup"
 )
 
 // Timeout bounds a suite's run.

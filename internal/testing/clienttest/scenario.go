@@ -22,10 +22,10 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/internal/testing/logtest"
 	"github.com/workersd/workersd/internal/testing/poll"
-	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/testing/servertest"
 )
 

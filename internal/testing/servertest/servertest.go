@@ -25,10 +25,10 @@ import (
 
 	"github.com/prometheus/common/model"
 	"github.com/workersd/workersd/etcdsd"
+	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/testing/buildtest"
 	"github.com/workersd/workersd/internal/testing/etcdtest"
 	"github.com/workersd/workersd/internal/testing/poll"
-	"github.com/workersd/workersd/internal/procgroup"
 	"github.com/workersd/workersd/internal/testing/promtest"
 	"github.com/workersd/workersd/registrar"
 )
