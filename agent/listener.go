@@ -106,8 +106,10 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 		}
 		key, caller := identify(c)
 		if reason := ll.lim.acquire(key); reason != "" {
-			c.Close()
+			// Counted before the close: whoever sees the connection closed
+			// sees it counted too.
 			ll.lim.refuse(key, reason)
+			c.Close()
 			continue
 		}
 		return &limitedConn{Conn: c, lim: ll.lim, key: key, caller: caller}, nil

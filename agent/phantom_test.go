@@ -98,8 +98,10 @@ func TestShortLivedWorkersLeaveNoKeys(t *testing.T) {
 	wg.Wait()
 	t.Logf("answers by status: %v", codes)
 	// 422: the process was gone before the agent looked, which the slower
-	// answers of a loaded machine make common; the rest raced their claim.
-	if codes[http.StatusCreated] < total/5 {
+	// answers of a loaded machine make common (under a stress run beside
+	// three other jobs, 282 to 513 of 3000 were accepted); the rest raced
+	// their claim. A few hundred exits racing their claims still test.
+	if codes[http.StatusCreated] < total/20 {
 		t.Fatalf("only %d of %d registrations were accepted (%v): the test did not test", codes[http.StatusCreated], total, codes)
 	}
 	hold := h.agent.hostHoldLease()
@@ -290,7 +292,9 @@ func TestNoSpaceStillRemovesDeadWorkers(t *testing.T) {
 // host lease before serving, up to a TTL while etcd did not answer; it
 // serves at once now and looks in the background.
 func TestStartDoesNotWaitForEtcd(t *testing.T) {
-	h := newHarness(t, nil, func(c *Config) { c.TTL = 10 * time.Second })
+	// A long TTL: a start that waits for etcd waits up to a TTL, far
+	// beyond the bound below even on a loaded machine.
+	h := newHarness(t, nil, func(c *Config) { c.TTL = 30 * time.Second })
 	w := child(t)
 	if code, body := h.do("POST", "/v1/workers", map[string]any{"job": "api", "port": 9000, "pid": w.Process.Pid}); code != 201 {
 		t.Fatalf("register: %d %v", code, body)
@@ -300,8 +304,8 @@ func TestStartDoesNotWaitForEtcd(t *testing.T) {
 	h.etcd.Stop()
 	start := time.Now()
 	h.start()
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("the agent took %s to start with etcd down (TTL 10 s)", d)
+	if d := time.Since(start); d > h.cfg.TTL/3 {
+		t.Fatalf("the agent took %s to start with etcd down (TTL %s)", d, h.cfg.TTL)
 	}
 	if ws := h.agent.List(); len(ws) != 1 {
 		t.Fatalf("after a restart with etcd down: %v; want the live worker adopted", ws)
