@@ -135,12 +135,13 @@ func TestSyncerRetriesFailedWrites(t *testing.T) {
 	s.Update(nil, time.Now())
 	waitOutput(t, s, func(b []byte) bool { return string(b) == "[]\n" })
 
+	// Enough targets to render beyond the size limit below.
 	var groups []*targetgroup.Group
-	for i := range 100 {
+	for i := range 2 * filetest.MinSize / 50 {
 		groups = append(groups, group(fmt.Sprint(i), []string{fmt.Sprintf("host-%d:%d", i, i+1)}, model.LabelSet{"job": "j"}))
 	}
 	t.Run("disk full", func(t *testing.T) {
-		filetest.LimitSize(t, 1024)
+		filetest.LimitSize(t, filetest.MinSize)
 		s.Update(groups, time.Now())
 		deadline := time.Now().Add(10 * time.Second)
 		for metrictest.Value(m.WriteErrors) < 3 {

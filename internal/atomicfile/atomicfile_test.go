@@ -107,8 +107,8 @@ func TestWriteFailureLeavesPrevious(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("disk full", func(t *testing.T) {
-		filetest.LimitSize(t, 1024)
-		if err := Write(path, bytes.Repeat([]byte("x"), 4096), 0o644); err == nil {
+		filetest.LimitSize(t, filetest.MinSize)
+		if err := Write(path, bytes.Repeat([]byte("x"), 2*filetest.MinSize), 0o644); err == nil {
 			t.Fatal("write beyond the file size limit succeeded")
 		}
 	})

@@ -25,3 +25,7 @@ func Check(t testing.TB, path, want string, mode os.FileMode) {
 		t.Errorf("%s has mode %v, want %v", path, fi.Mode().Perm(), mode)
 	}
 }
+
+// MinSize is the smallest limit LimitSize takes (see there): far above
+// what go test logs of one package's run.
+const MinSize = 256 << 10
